@@ -1,0 +1,1 @@
+"""fhirbots engine package."""

@@ -1,0 +1,1 @@
+"""fhirbots subscriptions package."""
