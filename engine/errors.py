@@ -1,0 +1,109 @@
+"""The engine's exception tree. Every error a client sees is one of these, rendered once as an
+OperationOutcome by :mod:`engine.api.outcome`.
+
+    FhirError                      (500, base)
+    ├── BadRequest                 (400) malformed JSON, bad parameters, bad Bundle
+    ├── Unauthorized               (401) no or unknown API key
+    ├── Forbidden                  (403) the key's project may not do this
+    ├── NotFound                   (404) unknown type or resource
+    ├── MethodNotAllowed           (405)
+    ├── Conflict                   (409) e.g. a conditional create matching several resources
+    ├── Gone                       (410) the resource was deleted
+    ├── PreconditionFailed         (412) If-Match does not name the current version
+    ├── UnsupportedMediaType       (415)
+    └── Unprocessable              (422) a resource that does not validate
+
+Foreign errors (database drivers, pydantic) are translated at the boundary with
+``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "FhirError",
+    "Forbidden",
+    "Gone",
+    "Issue",
+    "MethodNotAllowed",
+    "NotFound",
+    "PreconditionFailed",
+    "Unauthorized",
+    "Unprocessable",
+    "UnsupportedMediaType",
+]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One OperationOutcome issue."""
+
+    diagnostics: str
+    code: str = "processing"
+    severity: str = "error"
+    expression: tuple[str, ...] = field(default=())
+
+
+class FhirError(Exception):
+    """Base of every error the engine reports to a client."""
+
+    status = 500
+    code = "exception"
+
+    def __init__(self, message: str, *, issues: tuple[Issue, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.issues = issues or (Issue(message, code=self.code),)
+
+
+class BadRequest(FhirError):
+    status = 400
+    code = "invalid"
+
+
+class Unauthorized(FhirError):
+    status = 401
+    code = "login"
+
+
+class Forbidden(FhirError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(FhirError):
+    status = 404
+    code = "not-found"
+
+
+class MethodNotAllowed(FhirError):
+    status = 405
+    code = "not-supported"
+
+
+class Conflict(FhirError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(FhirError):
+    status = 410
+    code = "deleted"
+
+
+class PreconditionFailed(FhirError):
+    status = 412
+    code = "conflict"
+
+
+class UnsupportedMediaType(FhirError):
+    status = 415
+    code = "not-supported"
+
+
+class Unprocessable(FhirError):
+    status = 422
+    code = "invalid"

@@ -1,0 +1,19 @@
+"""Topic names. Each carries a version suffix; bump it when its payload changes incompatibly."""
+
+from __future__ import annotations
+
+__all__ = ["CHANGES", "DEADLETTER_SUFFIX", "NOTIFICATIONS", "deadletter_topic"]
+
+CHANGES = "fhir.changes.v1"
+"""Every committed create, update and delete (payload: :class:`schemas.events.ChangeEvent`)."""
+
+NOTIFICATIONS = "fhir.notifications.v1"
+"""One message per (subscription, change event) that matched, keyed by subscription id."""
+
+DEADLETTER_SUFFIX = ".deadletter"
+"""A message that cannot be decoded or handled goes to its topic's dead-letter twin."""
+
+
+def deadletter_topic(topic: str) -> str:
+    """Name of the dead-letter twin of ``topic``."""
+    return topic + DEADLETTER_SUFFIX
