@@ -1,0 +1,215 @@
+"""In-memory evaluation of a parsed query against one resource.
+
+``matches(query, resource)`` is what the subscription matcher calls for each change event: no
+database, only the resource. Chained parameters and ``_has`` need other resources and raise
+:class:`~subscriptions.search.errors.NotSupportedInMemoryError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from subscriptions.search.entries import ENTRY_BUILDERS
+from subscriptions.search.errors import NotSupportedInMemoryError
+from subscriptions.search.query import (
+    ChainClause,
+    Clause,
+    DateValue,
+    HasClause,
+    MissingClause,
+    NumberValue,
+    ParamClause,
+    QuantityValue,
+    ReferenceValue,
+    SearchQuery,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from subscriptions.search.values import (
+    DateEntry,
+    NumberEntry,
+    QuantityEntry,
+    ReferenceEntry,
+    StringEntry,
+    TokenEntry,
+    UriEntry,
+)
+
+__all__ = ["check_in_memory", "clause_matches", "matches"]
+
+
+def matches(query: SearchQuery, resource: dict[str, Any]) -> bool:
+    """Whether ``resource`` satisfies every clause of ``query``.
+
+    Args:
+        query: A parsed query (result parameters such as ``_sort`` are ignored).
+        resource: The resource as a JSON dict.
+
+    Returns:
+        True when the resource type fits and all clauses hold.
+
+    Raises:
+        NotSupportedInMemoryError: The query has chained or ``_has`` clauses.
+    """
+    if query.resource_type is not None and resource.get("resourceType") != query.resource_type:
+        return False
+    return all(clause_matches(clause, resource) for clause in query.clauses)
+
+
+def check_in_memory(query: SearchQuery) -> None:
+    """Raise :class:`NotSupportedInMemoryError` if ``query`` cannot run on a lone resource.
+
+    Lets the subscription layer reject criteria when a Subscription is created rather than
+    at the first event.
+    """
+    for clause in query.clauses:
+        if isinstance(clause, ChainClause | HasClause):
+            raise NotSupportedInMemoryError(
+                f"{clause.name}: chained and _has parameters need the datastore",
+                param=clause.name,
+            )
+
+
+def clause_matches(clause: Clause, resource: dict[str, Any]) -> bool:
+    """Whether one clause holds for ``resource``.
+
+    Raises:
+        NotSupportedInMemoryError: For chained and ``_has`` clauses.
+    """
+    if isinstance(clause, ChainClause | HasClause):
+        raise NotSupportedInMemoryError(
+            f"{clause.name}: chained and _has parameters need the datastore", param=clause.name
+        )
+    selected = clause.extract(resource)
+    entries = ENTRY_BUILDERS[clause.param.type](selected) if selected else []
+    if isinstance(clause, MissingClause):
+        return (not entries) == clause.missing
+    test = _TESTS[clause.param.type]
+    if clause.modifier == "not":
+        return not any(test(clause, e, v) for v in clause.values for e in entries)
+    return any(test(clause, e, v) for v in clause.values for e in entries)
+
+
+def _string(clause: ParamClause, entry: StringEntry, value: StringValue) -> bool:
+    if clause.modifier == "exact":
+        return entry.exact == value.raw
+    if clause.modifier == "contains":
+        return value.norm in entry.norm
+    return entry.norm.startswith(value.norm)
+
+
+def _token(clause: ParamClause, entry: TokenEntry, value: TokenValue) -> bool:
+    if clause.modifier == "text":
+        return (
+            entry.text is not None and value.code is not None and entry.text.startswith(value.code)
+        )
+    if clause.modifier == "of-type":
+        return (
+            entry.code == value.code
+            and entry.type_code == value.type_code
+            and (value.type_system is None or entry.type_system == value.type_system)
+        )
+    if value.system is None:
+        return entry.code == value.code
+    if value.system == "":
+        return entry.system is None and entry.code == value.code
+    if value.code is None:
+        return entry.system == value.system
+    return entry.system == value.system and entry.code == value.code
+
+
+def _reference(_clause: ParamClause, entry: ReferenceEntry, value: ReferenceValue) -> bool:
+    if value.id_value is not None:
+        return entry.id_value == value.id_value and (
+            value.id_system is None or entry.id_system == value.id_system
+        )
+    if value.url is not None:
+        return entry.url == value.url
+    if entry.ref_id != value.ref_id:
+        return False
+    if value.ref_type is not None:
+        return entry.ref_type == value.ref_type
+    return not value.types or entry.ref_type in value.types
+
+
+def _date(_clause: ParamClause, entry: DateEntry, value: DateValue) -> bool:
+    rl, rh, sl, sh = entry.low, entry.high, value.low, value.high
+    prefix = value.prefix
+    within = rl >= sl and rh <= sh
+    if prefix == "eq":
+        return within
+    if prefix == "ne":
+        return not within
+    if prefix == "gt":
+        return rh > sh
+    if prefix == "lt":
+        return rl < sl
+    if prefix == "ge":
+        return rh > sh or within
+    if prefix == "le":
+        return rl < sl or within
+    if prefix == "sa":
+        return rl > sh
+    if prefix == "eb":
+        return rh < sl
+    return rl <= sh and rh >= sl  # ap: ranges overlap (search range already widened)
+
+
+def number_test(rl: float, rh: float, value: NumberValue) -> bool:
+    """Compare a resource number or range ``[rl, rh]`` with a number search value."""
+    prefix, v = value.prefix, value.value
+    within = rl >= value.low and rh < value.high
+    if prefix == "eq":
+        return within
+    if prefix == "ne":
+        return not within
+    if prefix == "gt":
+        return rh > v
+    if prefix == "lt":
+        return rl < v
+    if prefix == "ge":
+        return rh >= v
+    if prefix == "le":
+        return rl <= v
+    if prefix == "sa":
+        return rl > v
+    if prefix == "eb":
+        return rh < v
+    return rl <= value.high and rh >= value.low  # ap: within +/- 10 %
+
+
+def _number(_clause: ParamClause, entry: NumberEntry, value: NumberValue) -> bool:
+    return number_test(entry.low, entry.high, value)
+
+
+def _quantity(_clause: ParamClause, entry: QuantityEntry, value: QuantityValue) -> bool:
+    if value.system is not None and entry.system != value.system:
+        return False
+    if value.code is not None:
+        if value.system is not None:
+            if entry.code != value.code:
+                return False
+        elif entry.code != value.code and entry.unit != value.code:
+            return False
+    return number_test(entry.low, entry.high, value.number)
+
+
+def _uri(clause: ParamClause, entry: UriEntry, value: UriValue) -> bool:
+    if clause.modifier == "below":
+        return entry.uri.startswith(value.uri)
+    if clause.modifier == "above":
+        return value.uri.startswith(entry.uri)
+    return entry.uri == value.uri
+
+
+_TESTS: dict[str, Callable[[ParamClause, Any, Any], bool]] = {
+    "string": _string,
+    "token": _token,
+    "reference": _reference,
+    "date": _date,
+    "number": _number,
+    "quantity": _quantity,
+    "uri": _uri,
+}
