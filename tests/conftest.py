@@ -19,3 +19,28 @@ def shared_path() -> Path:
 def shared_dir() -> Path:
     """The shared reference data folder (official FHIR definitions, sample bundles)."""
     return shared_path()
+
+
+PG_DSN_ENV = "FHIRBOTS_TEST_DATABASE_URL"
+"""A PostgreSQL database the tests may wipe (``deploy/postgres/setup.sh`` prints one)."""
+
+
+def postgres_dsn() -> str:
+    """The test database; CI always sets it, so PostgreSQL tests never skip there."""
+    dsn = os.environ.get(PG_DSN_ENV)
+    if not dsn:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{PG_DSN_ENV} must be set in CI")
+        pytest.skip(f"set {PG_DSN_ENV} (run deploy/postgres/setup.sh) for PostgreSQL tests")
+    return dsn
+
+
+async def reset_postgres(dsn: str) -> None:
+    """Drop every table of the test database."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()

@@ -1,0 +1,1 @@
+"""The FHIR R4 REST API (aiohttp) at ``/fhir/R4/``."""

@@ -1,0 +1,62 @@
+"""What a handler gets from its request: the engine's services, the caller, the trace."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from engine.auth import Principal
+from engine.service import FhirService
+from engine.settings import Settings
+from engine.storage.model import WriteContext
+
+__all__ = [
+    "PRINCIPAL",
+    "SERVICES",
+    "TRACEPARENT_KEY",
+    "Services",
+    "principal",
+    "services",
+    "write_context",
+]
+
+GetUrl = Callable[[str, str], Awaitable[Any]]
+
+
+@dataclass
+class Services:
+    """The engine's parts that request handlers use."""
+
+    settings: Settings
+    fhir: FhirService
+    get_url: GetUrl
+    """``(project, relative url) -> resource or Bundle`` for GET entries of a batch."""
+    search_params: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def search_capabilities(self) -> dict[str, list[dict[str, str]]]:
+        """Supported search parameters per type, for the CapabilityStatement."""
+        return self.search_params
+
+
+SERVICES = web.AppKey("services", Services)
+PRINCIPAL = "fhirbots.principal"
+TRACEPARENT_KEY = "fhirbots.traceparent"
+
+
+def services(request: web.Request) -> Services:
+    """The engine's services."""
+    return request.app[SERVICES]
+
+
+def principal(request: web.Request) -> Principal:
+    """The authenticated caller (set by the auth middleware)."""
+    found: Principal = request[PRINCIPAL]
+    return found
+
+
+def write_context(request: web.Request) -> WriteContext:
+    """Author and trace of the writes this request makes."""
+    return WriteContext(author=principal(request).author, traceparent=request[TRACEPARENT_KEY])

@@ -1,0 +1,272 @@
+"""Handlers of the FHIR REST interactions (everything but search, which lives in
+:mod:`engine.api.search`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from engine.api.capability import capability_statement
+from engine.api.context import principal, services, write_context
+from engine.api.http import base_url, fhir_response, read_json, version_headers
+from engine.api.outcome import operation_outcome
+from engine.bundles import process_bundle
+from engine.errors import BadRequest, Issue
+from engine.storage.model import HistoryPage, StoredResource, WriteResult
+from engine.storage.planner import format_instant
+
+__all__ = ["routes"]
+
+DEFAULT_COUNT = 50
+"""Page size of history when ``_count`` is not given."""
+
+MAX_COUNT = 1000
+"""Largest page a client may ask for."""
+
+
+
+def _if_match(request: web.Request) -> int | None:
+    value = request.headers.get("If-Match")
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequest(f"If-Match {value!r} is not a version ETag like W/\"3\"")
+    return int(text)
+
+
+def _prefer_return(request: web.Request) -> str:
+    for part in request.headers.get("Prefer", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "return":
+            return value.strip('"')
+    return "representation"
+
+
+def _location(request: web.Request, stored: StoredResource) -> str:
+    base = base_url(request, services(request).settings.public_url)
+    return f"{base}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+
+
+def _write_response(request: web.Request, result: WriteResult, status: int) -> web.Response:
+    stored = result.stored
+    assert stored is not None
+    headers = version_headers(stored, _location(request, stored))
+    prefer = _prefer_return(request)
+    if prefer == "minimal":
+        return fhir_response(None, status=status, headers=headers)
+    if prefer == "OperationOutcome":
+        outcome = operation_outcome(
+            [Issue(f"{stored.resource_type}/{stored.id} version {stored.version_id}",
+                   severity="information", code="informational")]
+        )
+        return fhir_response(outcome, status=status, headers=headers)
+    return fhir_response(stored.content, status=status, headers=headers)
+
+
+async def metadata(request: web.Request) -> web.Response:
+    """The CapabilityStatement (no authentication)."""
+    svc = services(request)
+    base = base_url(request, svc.settings.public_url)
+    return fhir_response(capability_statement(base, svc.search_capabilities()))
+
+
+async def create(request: web.Request) -> web.Response:
+    """create, and conditional create with ``If-None-Exist``."""
+    resource_type = request.match_info["type"]
+    body = await read_json(request)
+    if isinstance(body, dict) and body.get("resourceType") != resource_type:
+        raise BadRequest(
+            f"the body's resourceType {body.get('resourceType')!r} is not {resource_type!r}"
+        )
+    result = await services(request).fhir.create(
+        principal(request).project,
+        body,
+        write_context(request),
+        if_none_exist=request.headers.get("If-None-Exist"),
+    )
+    return _write_response(request, result, 201 if result.created else 200)
+
+
+async def read(request: web.Request) -> web.Response:
+    """read: 404 unknown, 410 deleted."""
+    stored = await services(request).fhir.read(
+        principal(request).project, request.match_info["type"], request.match_info["id"]
+    )
+    return fhir_response(stored.content, headers=version_headers(stored))
+
+
+async def update(request: web.Request) -> web.Response:
+    """update, or update-as-create with the client's id."""
+    result = await services(request).fhir.update(
+        principal(request).project,
+        request.match_info["type"],
+        request.match_info["id"],
+        await read_json(request),
+        write_context(request),
+        if_match=_if_match(request),
+    )
+    return _write_response(request, result, 201 if result.created else 200)
+
+
+async def patch(request: web.Request) -> web.Response:
+    """JSON Patch (``application/json-patch+json``)."""
+    result = await services(request).fhir.patch(
+        principal(request).project,
+        request.match_info["type"],
+        request.match_info["id"],
+        await read_json(request, patch=True),
+        write_context(request),
+        if_match=_if_match(request),
+    )
+    return _write_response(request, result, 200)
+
+
+async def delete(request: web.Request) -> web.Response:
+    """delete: 204; the history keeps a tombstone."""
+    result = await services(request).fhir.delete(
+        principal(request).project,
+        request.match_info["type"],
+        request.match_info["id"],
+        write_context(request),
+        if_match=_if_match(request),
+    )
+    headers = version_headers(result.stored) if result.stored is not None else None
+    return fhir_response(None, status=204, headers=headers)
+
+
+async def vread(request: web.Request) -> web.Response:
+    """vread."""
+    stored = await services(request).fhir.vread(
+        principal(request).project,
+        request.match_info["type"],
+        request.match_info["id"],
+        request.match_info["vid"],
+    )
+    return fhir_response(stored.content, headers=version_headers(stored))
+
+
+def _int_param(request: web.Request, name: str, default: int, ceiling: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer, not {raw!r}")
+    value = int(raw)
+    return min(value, ceiling) if ceiling is not None else value
+
+
+def _since(request: web.Request) -> datetime | None:
+    raw = request.query.get("_since")
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise BadRequest(f"_since must be an instant, not {raw!r}") from exc
+    if moment.tzinfo is None:
+        raise BadRequest(f"_since must carry a time zone: {raw!r}")
+    return moment
+
+
+def _history_bundle(request: web.Request, page: HistoryPage, count: int, offset: int) -> dict[str, Any]:
+    base = base_url(request, services(request).settings.public_url)
+    path = request.path.removeprefix("/fhir/R4")
+    query = {k: v for k, v in request.query.items() if k not in ("_count", "_offset")}
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        params = "&".join([*(f"{k}={v}" for k, v in query.items()), f"_count={count}", f"_offset={at}"])
+        return {"relation": relation, "url": f"{base}{path}?{params}"}
+
+    links = [link("self", offset)]
+    if offset + count < page.total:
+        links.append(link("next", offset + count))
+    if offset > 0:
+        links.append(link("previous", max(0, offset - count)))
+    entries = []
+    for stored in page.entries:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{stored.resource_type}/{stored.id}"}
+        if stored.content is not None:
+            entry["resource"] = stored.content
+        url = stored.resource_type if stored.method == "POST" else f"{stored.resource_type}/{stored.id}"
+        entry["request"] = {"method": stored.method, "url": url}
+        entry["response"] = {
+            "status": {"POST": "201", "PUT": "200", "DELETE": "204"}[stored.method],
+            "etag": f'W/"{stored.version_id}"',
+            "lastModified": format_instant(stored.last_updated),
+        }
+        entries.append(entry)
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": page.total,
+        "link": links,
+        "entry": entries,
+    }
+
+
+async def _history(
+    request: web.Request, resource_type: str | None, resource_id: str | None
+) -> web.Response:
+    count = _int_param(request, "_count", DEFAULT_COUNT, MAX_COUNT)
+    offset = _int_param(request, "_offset", 0)
+    page = await services(request).fhir.history(
+        principal(request).project,
+        resource_type,
+        resource_id,
+        since=_since(request),
+        count=count,
+        offset=offset,
+    )
+    return fhir_response(_history_bundle(request, page, count, offset))
+
+
+async def history_system(request: web.Request) -> web.Response:
+    """History of every resource of the project."""
+    return await _history(request, None, None)
+
+
+async def history_type(request: web.Request) -> web.Response:
+    """History of one type."""
+    return await _history(request, request.match_info["type"], None)
+
+
+async def history_instance(request: web.Request) -> web.Response:
+    """History of one resource."""
+    return await _history(request, request.match_info["type"], request.match_info["id"])
+
+
+async def bundle(request: web.Request) -> web.Response:
+    """Transaction or batch Bundle."""
+    svc = services(request)
+    result = await process_bundle(
+        svc.fhir,
+        principal(request).project,
+        await read_json(request),
+        write_context(request),
+        get=svc.get_url,
+        representation=_prefer_return(request) == "representation"
+        and "return=" in request.headers.get("Prefer", ""),
+    )
+    return fhir_response(result)
+
+
+def routes() -> list[web.RouteDef]:
+    """The routes, most specific first (``_history`` before ``{id}``)."""
+    base = "/fhir/R4"
+    return [
+        web.get(f"{base}/metadata", metadata),
+        web.get(f"{base}/_history", history_system),
+        web.post(base, bundle),
+        web.post(f"{base}/", bundle),
+        web.get(f"{base}/{{type}}/_history", history_type),
+        web.get(f"{base}/{{type}}/{{id}}/_history", history_instance),
+        web.get(f"{base}/{{type}}/{{id}}/_history/{{vid}}", vread),
+        web.post(f"{base}/{{type}}", create),
+        web.get(f"{base}/{{type}}/{{id}}", read),
+        web.put(f"{base}/{{type}}/{{id}}", update),
+        web.patch(f"{base}/{{type}}/{{id}}", patch),
+        web.delete(f"{base}/{{type}}/{{id}}", delete),
+    ]

@@ -1,0 +1,120 @@
+"""The engine assembled from its settings: storage, event log, relay, FHIR service and API.
+
+``fhirbots serve`` and the workers build one :class:`Engine` at their entry point and start the
+parts their role needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from engine.api.app import create_app
+from engine.api.context import Services
+from engine.auth import Authenticator, generate_key, hash_key
+from engine.errors import BadRequest
+from engine.eventlog.factory import create_event_log
+from engine.eventlog.port import EventLog
+from engine.relay import OutboxRelay
+from engine.service import FhirService
+from engine.settings import Settings
+from engine.storage.factory import create_storage
+from engine.storage.port import Storage
+
+__all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
+
+DEFAULT_PROJECT = "default"
+"""The project ``serve`` creates on first start."""
+
+ADMIN_TOKEN_FILE = "admin-token"
+"""File in the data dir holding the first admin key (mode 0600)."""
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """What the first start created."""
+
+    project_created: bool
+    token_path: Path | None
+
+
+class Engine:
+    """All parts of one engine process."""
+
+    def __init__(self, settings: Settings, *, storage: Storage | None = None) -> None:
+        self.settings = settings
+        self.storage = storage or create_storage(settings)
+        self.event_log: EventLog | None = None
+        self.relay: OutboxRelay | None = None
+        self.fhir = FhirService(self.storage, on_commit=self._on_commit)
+        self.authenticator = Authenticator(self.storage)
+
+    def _on_commit(self) -> None:
+        if self.relay is not None:
+            self.relay.notify()
+
+    async def open(self) -> None:
+        """Open the storage (creating its schema)."""
+        await self.storage.open()
+
+    async def start_relay(self) -> None:
+        """Open the event log and run the outbox relay in the background."""
+        self.event_log = create_event_log(
+            kafka_bootstrap=self.settings.kafka, data_dir=self.settings.data_dir
+        )
+        await self.event_log.start()
+        self.relay = OutboxRelay(self.storage, self.event_log)
+        self.relay.start()
+
+    async def close(self) -> None:
+        """Stop the relay, the event log and the storage, in that order."""
+        if self.relay is not None:
+            await self.relay.stop()
+            self.relay = None
+        if self.event_log is not None:
+            await self.event_log.stop()
+            self.event_log = None
+        await self.storage.close()
+
+    async def bootstrap(self) -> Bootstrap:
+        """Create the default project and, the first time, an admin key in the data dir."""
+        created = await self.storage.ensure_project(DEFAULT_PROJECT, "Default project")
+        token_path = self.settings.data_dir / ADMIN_TOKEN_FILE
+        if not created and token_path.exists():
+            return Bootstrap(False, None)
+        key = generate_key()
+        await self.storage.add_api_key(DEFAULT_PROJECT, hash_key(key), name="admin", admin=True)
+        token_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        os.chmod(token_path, 0o600)
+        return Bootstrap(created, token_path)
+
+    async def create_project(self, project: str, name: str) -> str:
+        """Create a project and return a new admin key for it (shown once)."""
+        await self.storage.ensure_project(project, name)
+        key = generate_key()
+        await self.storage.add_api_key(project, hash_key(key), name="admin", admin=True)
+        return key
+
+    async def _get_url(self, project: str, url: str) -> Any:
+        path, _, query = url.partition("?")
+        parts = path.strip("/").split("/")
+        if query or len(parts) not in (2, 4):
+            raise BadRequest(f"GET {url!r} in a Bundle: only read and vread are supported here")
+        if len(parts) == 2:
+            return (await self.fhir.read(project, parts[0], parts[1])).content
+        return (await self.fhir.vread(project, parts[0], parts[1], parts[3])).content
+
+    def app(self) -> web.Application:
+        """The HTTP application of this engine."""
+        services = Services(settings=self.settings, fhir=self.fhir, get_url=self._get_url)
+        return create_app(services, self.authenticator)

@@ -1,0 +1,65 @@
+"""Settings, built once at the entry point (CLI flags over environment over defaults) and
+passed down. No module reads the environment on its own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = ["DEFAULT_PORT", "Settings"]
+
+DEFAULT_PORT = 8080
+"""Port of ``fhirbots serve``; client commands default to it too."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the engine is configured with."""
+
+    data_dir: Path = Path(".fhirbots")
+    """Where the embedded engine keeps its SQLite files and the admin token."""
+
+    host: str = "127.0.0.1"
+    """Interface the HTTP API listens on."""
+
+    port: int = DEFAULT_PORT
+    """Port the HTTP API listens on."""
+
+    database_url: str | None = None
+    """PostgreSQL DSN; the embedded SQLite store when None (``FHIRBOTS_DATABASE_URL``)."""
+
+    kafka: str | None = None
+    """Kafka bootstrap servers; the embedded event log when None (``FHIRBOTS_KAFKA``)."""
+
+    log_level: str = "INFO"
+    """structlog level (``FHIRBOTS_LOG_LEVEL``)."""
+
+    public_url: str | None = None
+    """Base URL clients reach the API at, for links; taken from each request when None."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``FHIRBOTS_*`` environment variables."""
+        env = os.environ if environ is None else environ
+        base = cls()
+        return replace(
+            base,
+            data_dir=Path(env.get("FHIRBOTS_DATA_DIR", str(base.data_dir))),
+            host=env.get("FHIRBOTS_HOST", base.host),
+            port=int(env.get("FHIRBOTS_PORT", str(base.port))),
+            database_url=env.get("FHIRBOTS_DATABASE_URL") or None,
+            kafka=env.get("FHIRBOTS_KAFKA") or None,
+            log_level=env.get("FHIRBOTS_LOG_LEVEL", base.log_level),
+            public_url=env.get("FHIRBOTS_PUBLIC_URL") or None,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields changed; None values are ignored (unset CLI flags)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded datastore file."""
+        return self.data_dir / "fhirbots.db"

@@ -1,0 +1,1 @@
+"""Datastore: one port (:class:`engine.storage.port.Storage`), two adapters (SQLite, PostgreSQL)."""

@@ -1,0 +1,19 @@
+"""Choose the storage adapter from the settings."""
+
+from __future__ import annotations
+
+from engine.settings import Settings
+from engine.storage.port import SearchIndexer, Storage
+
+__all__ = ["create_storage"]
+
+
+def create_storage(settings: Settings, *, indexer: SearchIndexer | None = None) -> Storage:
+    """PostgreSQL when ``database_url`` is set, the embedded SQLite file otherwise."""
+    if settings.database_url:
+        from engine.storage.postgres import PostgresStorage
+
+        return PostgresStorage(settings.database_url, indexer=indexer)
+    from engine.storage.sqlite import SqliteStorage
+
+    return SqliteStorage(settings.sqlite_path, indexer=indexer)

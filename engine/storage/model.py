@@ -1,0 +1,121 @@
+"""Plain values the storage port takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from schemas.events import CausationLink, ChangeEvent
+
+__all__ = [
+    "ApiKeyRecord",
+    "CreateOp",
+    "DeleteOp",
+    "HistoryPage",
+    "OutboxRow",
+    "StoredResource",
+    "UpdateOp",
+    "WriteContext",
+    "WriteOp",
+    "WriteResult",
+]
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource; ``content`` is None for a deletion tombstone."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: dict[str, Any] | None
+
+    @property
+    def method(self) -> str:
+        """The HTTP method that made this version, as a history Bundle reports it."""
+        if self.deleted:
+            return "DELETE"
+        return "POST" if self.version_id == 1 else "PUT"
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Who writes, and why: copied into every change event the write produces."""
+
+    author: str | None = None
+    traceparent: str | None = None
+    causation: tuple[CausationLink, ...] = ()
+
+
+@dataclass(frozen=True)
+class CreateOp:
+    """Create a resource under a new id (server-assigned unless ``id`` is given)."""
+
+    resource: dict[str, Any]
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class UpdateOp:
+    """Update (or create, when it does not exist) the resource ``resource_type/id``."""
+
+    resource_type: str
+    id: str
+    resource: dict[str, Any]
+    if_match: int | None = None
+
+
+@dataclass(frozen=True)
+class DeleteOp:
+    """Delete ``resource_type/id``; deleting a missing or deleted resource changes nothing."""
+
+    resource_type: str
+    id: str
+    if_match: int | None = None
+
+
+WriteOp = CreateOp | UpdateOp | DeleteOp
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of one write: the stored version and the event it produced.
+
+    ``stored`` is None when a delete found nothing to delete; ``event`` is None when nothing
+    changed.
+    """
+
+    stored: StoredResource | None
+    event: ChangeEvent | None
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of history, newest first, and the number of versions in all pages."""
+
+    entries: list[StoredResource]
+    total: int
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A committed change event waiting to be published."""
+
+    seq: int
+    key: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored: only the hash of the secret is kept."""
+
+    id: str
+    project: str
+    name: str
+    admin: bool
+    created: datetime = field(compare=False)

@@ -1,0 +1,252 @@
+"""PostgreSQL adapter of the storage port (asyncpg), for the distributed mode.
+
+Each :meth:`PostgresStorage.apply` is one transaction: the current row of every written
+resource is locked (``FOR UPDATE``) before its version is decided, so concurrent writers of one
+resource serialise, and its outbox rows get sequence numbers in commit order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from engine.errors import Conflict, FhirError
+from engine.storage import sql
+from engine.storage.model import (
+    ApiKeyRecord,
+    HistoryPage,
+    OutboxRow,
+    StoredResource,
+    WriteContext,
+    WriteOp,
+    WriteResult,
+)
+from engine.storage.planner import op_target, plan_write
+from engine.storage.port import SearchIndexer
+
+__all__ = ["PostgresStorage"]
+
+POOL_SIZE = 10
+"""Connections per process; two cores gain nothing from more."""
+
+_SELECT_CURRENT_FOR_UPDATE = sql.numbered(sql.SELECT_CURRENT + " FOR UPDATE")
+
+
+def _to_stored(row: asyncpg.Record) -> StoredResource:
+    content = row["content"]
+    return StoredResource(
+        resource_type=row["resource_type"],
+        id=row["id"],
+        version_id=int(row["version_id"]),
+        last_updated=row["last_updated"],
+        deleted=bool(row["deleted"]),
+        content=orjson.loads(content) if content is not None else None,
+    )
+
+
+class PostgresStorage:
+    """The storage port on PostgreSQL."""
+
+    def __init__(self, dsn: str, *, indexer: SearchIndexer | None = None) -> None:
+        self._dsn = dsn
+        self._indexer = indexer
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool (open only)."""
+        if self._pool is None:
+            raise RuntimeError("storage is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
+        statements = sql.schema("postgres")
+        if self._indexer is not None:
+            statements += self._indexer.ddl("postgres")
+        async with self.pool.acquire() as conn:
+            # Serialises schema creation between processes starting at once.
+            await conn.execute("SELECT pg_advisory_lock(7311)")
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(7311)")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # -- resources --------------------------------------------------------------------------
+
+    async def apply(
+        self, project: str, ops: Sequence[WriteOp], context: WriteContext
+    ) -> list[WriteResult]:
+        targets = [op_target(op) for op in ops]
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return [
+                    await self._apply_one(conn, project, op, target, context)
+                    for op, target in zip(ops, targets, strict=True)
+                ]
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"concurrent write to the same resource: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise FhirError(f"database error: {exc}") from exc
+
+    async def _apply_one(
+        self,
+        conn: asyncpg.Connection,
+        project: str,
+        op: WriteOp,
+        target: tuple[str, str],
+        context: WriteContext,
+    ) -> WriteResult:
+        row = await conn.fetchrow(_SELECT_CURRENT_FOR_UPDATE, project, *target)
+        current = _to_stored(row) if row is not None else None
+        result = plan_write(op, target, current, project=project, context=context)
+        stored, event = result.stored, result.event
+        if event is None or stored is None:
+            return result
+        content = orjson.dumps(stored.content).decode() if stored.content is not None else None
+        values = (
+            project,
+            stored.resource_type,
+            stored.id,
+            stored.version_id,
+            stored.last_updated,
+            stored.deleted,
+            content,
+        )
+        await conn.execute(sql.numbered(sql.UPSERT_CURRENT), *values)
+        await conn.execute(sql.numbered(sql.INSERT_HISTORY), *values)
+        await conn.execute(
+            sql.numbered(sql.INSERT_OUTBOX), event.key, event.model_dump_json(), event.time
+        )
+        if self._indexer is not None:
+            for statement, rows in self._indexer.statements(
+                "postgres", project, stored.resource_type, stored.id, stored.content
+            ):
+                if rows:
+                    await conn.executemany(sql.numbered(statement), rows)
+        return result
+
+    async def read(
+        self, project: str, resource_type: str, resource_id: str
+    ) -> StoredResource | None:
+        row = await self.pool.fetchrow(
+            sql.numbered(sql.SELECT_CURRENT), project, resource_type, resource_id
+        )
+        return _to_stored(row) if row is not None else None
+
+    async def vread(
+        self, project: str, resource_type: str, resource_id: str, version_id: int
+    ) -> StoredResource | None:
+        row = await self.pool.fetchrow(
+            sql.numbered(sql.SELECT_VERSION), project, resource_type, resource_id, version_id
+        )
+        return _to_stored(row) if row is not None else None
+
+    async def history(
+        self,
+        project: str,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> HistoryPage:
+        filters: list[Any] = [project]
+        filters += [v for v in (resource_type, resource_id) if v is not None]
+        if since is not None:
+            filters.append(since)
+        shape = {
+            "resource_type": resource_type is not None,
+            "resource_id": resource_id is not None,
+            "since": since is not None,
+        }
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(
+                sql.numbered(sql.history_query(**shape, count_only=True)), *filters
+            )
+            rows = await conn.fetch(
+                sql.numbered(sql.history_query(**shape)), *filters, count, offset
+            )
+        return HistoryPage([_to_stored(r) for r in rows], int(total))
+
+    async def count_by_type(self, project: str) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT resource_type, COUNT(*) AS n FROM resources"
+            " WHERE project = $1 AND NOT deleted GROUP BY resource_type",
+            project,
+        )
+        return {str(r["resource_type"]): int(r["n"]) for r in rows}
+
+    async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
+        rows = await self.pool.fetch(sql.numbered(sql_text), *params)
+        return [_to_stored(r) for r in rows]
+
+    async def search_count(self, sql_text: str, params: Sequence[Any]) -> int:
+        return int(await self.pool.fetchval(sql.numbered(sql_text), *params))
+
+    # -- projects and keys ------------------------------------------------------------------
+
+    async def ensure_project(self, project: str, name: str) -> bool:
+        status = await self.pool.execute(
+            "INSERT INTO projects (id, name, created) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO NOTHING",
+            project,
+            name,
+            datetime.now(UTC),
+        )
+        return bool(status.endswith(" 1"))
+
+    async def add_api_key(
+        self, project: str, key_hash: str, *, name: str, admin: bool = False
+    ) -> ApiKeyRecord:
+        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC))
+        await self.pool.execute(
+            "INSERT INTO api_keys (id, project, name, key_hash, admin, created)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            record.id,
+            project,
+            name,
+            key_hash,
+            admin,
+            record.created,
+        )
+        return record
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, project, name, admin, created FROM api_keys WHERE key_hash = $1", key_hash
+        )
+        if row is None:
+            return None
+        return ApiKeyRecord(row["id"], row["project"], row["name"], row["admin"], row["created"])
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def outbox_pending(self, limit: int) -> list[OutboxRow]:
+        rows = await self.pool.fetch(
+            "SELECT seq, key, payload FROM outbox WHERE NOT published ORDER BY seq LIMIT $1", limit
+        )
+        return [OutboxRow(int(r["seq"]), r["key"], r["payload"].encode()) for r in rows]
+
+    async def outbox_mark_published(self, seqs: Sequence[int]) -> None:
+        await self.pool.execute(
+            "UPDATE outbox SET published = TRUE WHERE seq = ANY($1::bigint[])", list(seqs)
+        )
+
+    async def outbox_purge(self, older_than: datetime) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM outbox WHERE published AND created < $1", older_than
+        )
+        return int(status.split()[-1])

@@ -1,0 +1,130 @@
+"""SQL shared by the SQLite and PostgreSQL adapters.
+
+Statements are written once with ``?`` placeholders; :func:`numbered` turns them into asyncpg's
+``$1, $2, …``. Where the dialects differ (types, JSON column), :func:`schema` takes the dialect.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+__all__ = [
+    "DELETE_CURRENT",
+    "INSERT_HISTORY",
+    "INSERT_OUTBOX",
+    "RESOURCE_COLUMNS",
+    "SELECT_CURRENT",
+    "SELECT_VERSION",
+    "UPSERT_CURRENT",
+    "Dialect",
+    "history_query",
+    "numbered",
+    "schema",
+]
+
+Dialect = Literal["sqlite", "postgres"]
+
+RESOURCE_COLUMNS = "resource_type, id, version_id, last_updated, deleted, content"
+"""Columns every query returning resources selects, in this order (search queries too)."""
+
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {
+        "json": "TEXT",
+        "bool": "INTEGER",
+        "time": "TEXT",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    "postgres": {
+        "json": "JSONB",
+        "bool": "BOOLEAN",
+        "time": "TIMESTAMPTZ",
+        "serial": "BIGSERIAL PRIMARY KEY",
+    },
+}
+
+
+def schema(dialect: Dialect) -> list[str]:
+    """CREATE statements of the core tables (idempotent)."""
+    t = _TYPES[dialect]
+    return [
+        f"""CREATE TABLE IF NOT EXISTS projects (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, created {t["time"]} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS api_keys (
+            id TEXT PRIMARY KEY, project TEXT NOT NULL REFERENCES projects(id),
+            name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, admin {t["bool"]} NOT NULL,
+            created {t["time"]} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS resources (
+            project TEXT NOT NULL, resource_type TEXT NOT NULL, id TEXT NOT NULL,
+            version_id INTEGER NOT NULL, last_updated {t["time"]} NOT NULL,
+            deleted {t["bool"]} NOT NULL, content {t["json"]},
+            PRIMARY KEY (project, resource_type, id))""",
+        "CREATE INDEX IF NOT EXISTS resources_updated ON resources "
+        "(project, resource_type, last_updated)",
+        f"""CREATE TABLE IF NOT EXISTS resource_history (
+            project TEXT NOT NULL, resource_type TEXT NOT NULL, id TEXT NOT NULL,
+            version_id INTEGER NOT NULL, last_updated {t["time"]} NOT NULL,
+            deleted {t["bool"]} NOT NULL, content {t["json"]},
+            PRIMARY KEY (project, resource_type, id, version_id))""",
+        "CREATE INDEX IF NOT EXISTS history_project_time ON resource_history "
+        "(project, last_updated)",
+        "CREATE INDEX IF NOT EXISTS history_type_time ON resource_history "
+        "(project, resource_type, last_updated)",
+        f"""CREATE TABLE IF NOT EXISTS outbox (
+            seq {t["serial"]}, key TEXT NOT NULL, payload TEXT NOT NULL,
+            created {t["time"]} NOT NULL, published {t["bool"]} NOT NULL DEFAULT {
+            "0" if dialect == "sqlite" else "FALSE"
+        })""",
+        "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE NOT published",
+    ]
+
+
+SELECT_CURRENT = (
+    f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE project = ? AND resource_type = ? AND id = ?"
+)
+SELECT_VERSION = (
+    f"SELECT {RESOURCE_COLUMNS} FROM resource_history "
+    "WHERE project = ? AND resource_type = ? AND id = ? AND version_id = ?"
+)
+UPSERT_CURRENT = (
+    "INSERT INTO resources (project, resource_type, id, version_id, last_updated, deleted, content)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, resource_type, id) DO UPDATE SET"
+    " version_id = excluded.version_id, last_updated = excluded.last_updated,"
+    " deleted = excluded.deleted, content = excluded.content"
+)
+DELETE_CURRENT = "DELETE FROM resources WHERE project = ? AND resource_type = ? AND id = ?"
+INSERT_HISTORY = (
+    "INSERT INTO resource_history"
+    " (project, resource_type, id, version_id, last_updated, deleted, content)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_OUTBOX = "INSERT INTO outbox (key, payload, created) VALUES (?, ?, ?)"
+
+
+def history_query(
+    *, resource_type: bool, resource_id: bool, since: bool, count_only: bool = False
+) -> str:
+    """History SELECT (or COUNT) with the filters that are set, newest first."""
+    where = ["project = ?"]
+    if resource_type:
+        where.append("resource_type = ?")
+    if resource_id:
+        where.append("id = ?")
+    if since:
+        where.append("last_updated >= ?")
+    clause = " AND ".join(where)
+    if count_only:
+        return f"SELECT COUNT(*) FROM resource_history WHERE {clause}"
+    return (
+        f"SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE {clause}"
+        " ORDER BY last_updated DESC, version_id DESC LIMIT ? OFFSET ?"
+    )
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def numbered(sql: str) -> str:
+    """``?`` placeholders to ``$1, $2, …`` (no statement here has a literal question mark)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)

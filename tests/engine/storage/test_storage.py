@@ -1,0 +1,146 @@
+"""One contract suite for both storage adapters (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from engine.errors import PreconditionFailed
+from engine.storage.model import CreateOp, DeleteOp, UpdateOp, WriteContext
+from engine.storage.port import Storage
+from schemas.events import CausationLink, ChangeEvent
+
+CTX = WriteContext(author="ApiKey/k1", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+
+
+def patient(family: str) -> dict[str, object]:
+    return {"resourceType": "Patient", "name": [{"family": family}]}
+
+
+async def test_create_assigns_id_version_and_meta(storage: Storage) -> None:
+    [result] = await storage.apply("p1", [CreateOp(patient("Chalmers"))], CTX)
+    stored = result.stored
+    assert stored is not None and result.created
+    assert stored.version_id == 1
+    assert stored.content is not None
+    assert stored.content["id"] == stored.id
+    assert stored.content["meta"]["versionId"] == "1"
+    read = await storage.read("p1", "Patient", stored.id)
+    assert read is not None and read.content == stored.content
+
+
+async def test_update_keeps_history_and_events_carry_previous(storage: Storage) -> None:
+    [created] = await storage.apply("p1", [CreateOp(patient("A"))], CTX)
+    assert created.stored is not None
+    pid = created.stored.id
+    [updated] = await storage.apply("p1", [UpdateOp("Patient", pid, patient("B"))], CTX)
+    assert updated.stored is not None and updated.stored.version_id == 2
+    assert updated.event is not None
+    assert updated.event.interaction == "update"
+    assert updated.event.previous is not None
+    assert updated.event.previous["name"][0]["family"] == "A"
+    v1 = await storage.vread("p1", "Patient", pid, 1)
+    assert v1 is not None and v1.content is not None and v1.content["name"][0]["family"] == "A"
+    page = await storage.history("p1", "Patient", pid)
+    assert [e.version_id for e in page.entries] == [2, 1]
+    assert page.total == 2
+
+
+async def test_update_as_create_with_client_id(storage: Storage) -> None:
+    [result] = await storage.apply("p1", [UpdateOp("Patient", "client-1", patient("C"))], CTX)
+    assert result.created and result.stored is not None and result.stored.id == "client-1"
+    assert result.event is not None and result.event.interaction == "create"
+
+
+async def test_if_match_conflict_changes_nothing(storage: Storage) -> None:
+    [created] = await storage.apply("p1", [UpdateOp("Patient", "x", patient("A"))], CTX)
+    with pytest.raises(PreconditionFailed):
+        await storage.apply("p1", [UpdateOp("Patient", "x", patient("B"), if_match=7)], CTX)
+    current = await storage.read("p1", "Patient", "x")
+    assert current is not None and current.version_id == 1
+    assert len(await storage.outbox_pending(100)) == 1
+
+
+async def test_delete_leaves_tombstone_and_event(storage: Storage) -> None:
+    await storage.apply("p1", [UpdateOp("Patient", "d", patient("A"))], CTX)
+    [deleted] = await storage.apply("p1", [DeleteOp("Patient", "d")], CTX)
+    assert deleted.event is not None and deleted.event.interaction == "delete"
+    assert deleted.event.resource is None and deleted.event.previous is not None
+    current = await storage.read("p1", "Patient", "d")
+    assert current is not None and current.deleted and current.version_id == 2
+    [again] = await storage.apply("p1", [DeleteOp("Patient", "d")], CTX)
+    assert again.event is None
+    [missing] = await storage.apply("p1", [DeleteOp("Patient", "never")], CTX)
+    assert missing.event is None and missing.stored is None
+    page = await storage.history("p1", "Patient", "d")
+    assert [e.method for e in page.entries] == ["DELETE", "POST"]
+
+
+async def test_apply_is_atomic(storage: Storage) -> None:
+    await storage.apply("p1", [UpdateOp("Patient", "a", patient("A"))], CTX)
+    ops = [
+        UpdateOp("Patient", "b", patient("B")),
+        UpdateOp("Patient", "a", patient("A2"), if_match=99),
+    ]
+    with pytest.raises(PreconditionFailed):
+        await storage.apply("p1", ops, CTX)
+    assert await storage.read("p1", "Patient", "b") is None
+    assert len(await storage.outbox_pending(100)) == 1
+
+
+async def test_projects_are_isolated(storage: Storage) -> None:
+    await storage.apply("p1", [UpdateOp("Patient", "same", patient("One"))], CTX)
+    assert await storage.read("p2", "Patient", "same") is None
+    assert (await storage.history("p2")).total == 0
+    assert await storage.count_by_type("p1") == {"Patient": 1}
+    assert await storage.count_by_type("p2") == {}
+
+
+async def test_outbox_holds_events_in_commit_order(storage: Storage) -> None:
+    link = CausationLink(bot="Bot/b1", execution="e1")
+    ctx = WriteContext(author="ApiKey/k", traceparent=CTX.traceparent, causation=(link,))
+    for family in ("A", "B", "C"):
+        await storage.apply("p1", [UpdateOp("Patient", "o", patient(family))], ctx)
+    rows = await storage.outbox_pending(10)
+    events = [ChangeEvent.model_validate(orjson.loads(r.payload)) for r in rows]
+    assert [e.version_id for e in events] == ["1", "2", "3"]
+    assert all(r.key == "p1/Patient/o" for r in rows)
+    assert events[0].causation == (link,)
+    assert events[2].traceparent == CTX.traceparent and events[2].author == "ApiKey/k"
+    await storage.outbox_mark_published([rows[0].seq])
+    assert [r.seq for r in await storage.outbox_pending(10)] == [r.seq for r in rows[1:]]
+
+
+async def test_concurrent_updates_of_one_resource_serialise(storage: Storage) -> None:
+    await storage.apply("p1", [UpdateOp("Patient", "c", patient("0"))], CTX)
+    await asyncio.gather(
+        *(storage.apply("p1", [UpdateOp("Patient", "c", patient(str(i)))], CTX) for i in range(20))
+    )
+    page = await storage.history("p1", "Patient", "c", count=100)
+    assert sorted(e.version_id for e in page.entries) == list(range(1, 22))
+    times = [e.last_updated for e in sorted(page.entries, key=lambda e: e.version_id)]
+    assert times == sorted(times)
+
+
+async def test_history_since_and_paging(storage: Storage) -> None:
+    for i in range(5):
+        await storage.apply("p1", [UpdateOp("Patient", f"h{i}", patient(str(i)))], CTX)
+    page = await storage.history("p1", count=2, offset=0)
+    assert page.total == 5 and len(page.entries) == 2
+    rest = await storage.history("p1", count=10, offset=2)
+    assert len(rest.entries) == 3
+    newest = page.entries[0].last_updated
+    since = await storage.history("p1", since=newest - timedelta(microseconds=1))
+    assert [e.id for e in since.entries] == ["h4"]
+
+
+async def test_api_keys(storage: Storage) -> None:
+    assert await storage.ensure_project("p1", "One")
+    assert not await storage.ensure_project("p1", "One")
+    record = await storage.add_api_key("p1", "hash-1", name="admin", admin=True)
+    found = await storage.find_api_key("hash-1")
+    assert found == record
+    assert await storage.find_api_key("other") is None
