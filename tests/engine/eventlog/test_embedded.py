@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
+from engine.eventlog.errors import EventLogClosed, TopicNotFound
+from engine.eventlog.port import (
+    HEADER_ERROR,
+    ConsumerOptions,
+    OutgoingMessage,
+    Record,
+    RetryPolicy,
+)
+from schemas.topics import deadletter_topic
+
+
+class Collector:
+    """A handler that records batches and signals when it has seen ``expected`` records."""
+
+    def __init__(self, expected: int) -> None:
+        self.records: list[Record] = []
+        self.batches = 0
+        self.expected = expected
+        self.done = asyncio.Event()
+
+    async def __call__(self, batch: list[Record]) -> None:
+        self.batches += 1
+        self.records.extend(batch)
+        if len(self.records) >= self.expected:
+            self.done.set()
+
+
+async def test_consumer_is_woken_immediately_by_publish(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 2)
+    seen = Collector(1)
+    consumer = await log.consume(["t"], "g", seen)
+    await consumer.wait_assigned()
+    await asyncio.sleep(0.05)  # the consumer is now idle, waiting (poll interval is 5 s)
+    started = time.perf_counter()
+    await log.publish("t", "k", b"v")
+    await asyncio.wait_for(seen.done.wait(), timeout=2)
+    assert time.perf_counter() - started < 0.5
+    await consumer.stop()
+
+
+async def test_batches_keep_key_order_and_commit(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 4)
+    messages = [OutgoingMessage(f"k{i % 7}", str(i).encode()) for i in range(1000)]
+    await log.publish_many("t", messages)
+    seen = Collector(1000)
+    consumer = await log.consume(["t"], "g", seen, options=ConsumerOptions(batch_size=64))
+    await asyncio.wait_for(seen.done.wait(), timeout=10)
+    await consumer.stop()
+    assert seen.batches >= 1000 // 64
+    per_key: dict[str, list[int]] = {}
+    for r in seen.records:
+        per_key.setdefault(r.key, []).append(int(r.value))
+    for values in per_key.values():
+        assert values == sorted(values)
+    assert sum(len(v) for v in per_key.values()) == 1000
+    assert set((await log.lag("g")).values()) == {0}
+
+
+async def test_restart_resumes_from_committed_offsets(settings: EmbeddedSettings) -> None:
+    first = EmbeddedEventLog(settings)
+    await first.start()
+    await first.create_topic("t", 1)
+    await first.publish_many("t", [OutgoingMessage("k", str(i).encode()) for i in range(10)])
+    seen = Collector(10)
+    consumer = await first.consume(["t"], "g", seen)
+    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await consumer.stop()
+    await first.publish_many("t", [OutgoingMessage("k", str(i).encode()) for i in range(10, 15)])
+    await first.stop()
+
+    second = EmbeddedEventLog(settings)
+    await second.start()
+    assert await second.lag("g") == {("t", 0): 5}
+    rest = Collector(5)
+    consumer = await second.consume(["t"], "g", rest)
+    await asyncio.wait_for(rest.done.wait(), timeout=5)
+    await consumer.stop()
+    assert [int(r.value) for r in rest.records] == list(range(10, 15))
+    await second.stop()
+
+
+async def test_failing_handler_gets_the_same_batch_again(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 1)
+    await log.publish_many("t", [OutgoingMessage("k", str(i).encode()) for i in range(5)])
+    calls: list[list[int]] = []
+    done = asyncio.Event()
+
+    async def flaky(batch: list[Record]) -> None:
+        calls.append([r.offset for r in batch])
+        if len(calls) < 3:
+            raise RuntimeError("database down")
+        done.set()
+
+    retry = RetryPolicy(initial_backoff=timedelta(milliseconds=10))
+    consumer = await log.consume(["t"], "g", flaky, options=ConsumerOptions(retry=retry))
+    await asyncio.wait_for(done.wait(), timeout=5)
+    await consumer.stop()
+    assert calls == [[0, 1, 2, 3, 4]] * 3
+    assert await log.lag("g") == {("t", 0): 0}
+
+
+async def test_retry_ceiling_sends_batch_to_dead_letter(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 1)
+    await log.publish("t", "k", b"v")
+    attempts = 0
+
+    async def broken(batch: list[Record]) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("always")
+
+    retry = RetryPolicy(initial_backoff=timedelta(milliseconds=1), max_attempts=2)
+    consumer = await log.consume(["t"], "g", broken, options=ConsumerOptions(retry=retry))
+    for _ in range(200):
+        if await log.lag("g") == {("t", 0): 0}:
+            break
+        await asyncio.sleep(0.01)
+    await consumer.stop()
+    assert attempts == 2
+    (dead,) = await log.read(deadletter_topic("t"), 0, offset=0)
+    assert dead.value == b"v"
+    assert dead.header(HEADER_ERROR) == b"always"
+
+
+async def test_stop_during_retry_does_not_commit(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 1)
+    await log.publish("t", "k", b"v")
+    failed = asyncio.Event()
+
+    async def broken(batch: list[Record]) -> None:
+        failed.set()
+        raise RuntimeError("down")
+
+    retry = RetryPolicy(initial_backoff=timedelta(seconds=30))
+    consumer = await log.consume(["t"], "g", broken, options=ConsumerOptions(retry=retry))
+    await asyncio.wait_for(failed.wait(), timeout=5)
+    started = time.perf_counter()
+    await consumer.stop()
+    assert time.perf_counter() - started < 1
+    assert await log.lag("g") == {}  # nothing committed, no members left
+    again = Collector(1)
+    consumer = await log.consume(["t"], "g", again)
+    await asyncio.wait_for(again.done.wait(), timeout=5)
+    await consumer.stop()
+    assert [r.value for r in again.records] == [b"v"]
+
+
+async def test_two_members_split_partitions_and_rebalance_on_leave(
+    log: EmbeddedEventLog,
+) -> None:
+    await log.create_topic("t", 4)
+    a = await log.consume(["t"], "g", Collector(0))
+    b = await log.consume(["t"], "g", Collector(0))
+    for _ in range(100):
+        if a.assignment() and b.assignment():
+            break
+        await asyncio.sleep(0.02)
+    assert a.assignment() | b.assignment() == {("t", p) for p in range(4)}
+    assert not a.assignment() & b.assignment()
+    await b.stop()
+    for _ in range(100):
+        if len(a.assignment()) == 4:
+            break
+        await asyncio.sleep(0.02)
+    assert len(a.assignment()) == 4
+    await a.stop()
+
+
+async def test_start_from_latest_skips_history(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 1)
+    await log.publish("t", "k", b"old")
+    seen = Collector(1)
+    consumer = await log.consume(["t"], "g", seen, options=ConsumerOptions(start_from="latest"))
+    await consumer.wait_assigned()
+    await log.publish("t", "k", b"new")
+    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await consumer.stop()
+    assert [r.value for r in seen.records] == [b"new"]
+
+
+async def test_reset_offsets_by_offset_and_time(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 1)
+    await log.publish_many("t", [OutgoingMessage("k", b"a"), OutgoingMessage("k", b"b")])
+    await asyncio.sleep(0.01)
+    middle = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await log.publish("t", "k", b"c")
+    assert await log.reset_offsets("g", "t", offset=1) == {0: 1}
+    assert await log.lag("g") == {("t", 0): 2}
+    assert await log.reset_offsets("g", "t", since=middle) == {0: 2}
+    assert await log.reset_offsets("g", "t", offset=99) == {0: 3}
+    seen = Collector(1)
+    await log.reset_offsets("g", "t", offset=2)
+    consumer = await log.consume(["t"], "g", seen)
+    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await consumer.stop()
+    assert [r.value for r in seen.records] == [b"c"]
+
+
+async def test_read_without_group(log: EmbeddedEventLog) -> None:
+    await log.create_topic("t", 1)
+    await log.publish_many("t", [OutgoingMessage("k", bytes([i])) for i in range(5)])
+    assert [r.offset for r in await log.read("t", 0, offset=2)] == [2, 3, 4]
+    assert [r.offset for r in await log.read("t", 0, offset=0, limit=2)] == [0, 1]
+    assert await log.end_offsets("t") == {0: 5}
+    assert await log.partitions("t") == 1
+
+
+async def test_topics_from_settings_and_errors(settings: EmbeddedSettings) -> None:
+    from dataclasses import replace
+
+    from engine.eventlog.port import TopicSpec
+
+    log = EmbeddedEventLog(replace(settings, topics=(TopicSpec("fhir.x.v1", 3),)))
+    with pytest.raises(EventLogClosed):
+        await log.publish("fhir.x.v1", "k", b"v")
+    await log.start()
+    assert await log.partitions("fhir.x.v1") == 3
+    assert await log.partitions(deadletter_topic("fhir.x.v1")) == 3
+    with pytest.raises(TopicNotFound):
+        await log.publish("missing", "k", b"v")
+    with pytest.raises(TopicNotFound):
+        await log.consume(["missing"], "g", Collector(0))
+    await log.stop()
+
+
+async def test_two_processes_share_the_file_by_polling(settings: EmbeddedSettings) -> None:
+    from dataclasses import replace
+
+    fast = replace(settings, poll_interval=timedelta(milliseconds=20))
+    writer, reader = EmbeddedEventLog(fast), EmbeddedEventLog(fast)
+    await writer.start()
+    await reader.start()
+    await writer.create_topic("t", 2)
+    seen = Collector(50)
+    consumer = await reader.consume(["t"], "g", seen)
+    await writer.publish_many("t", [OutgoingMessage(f"k{i}", b"v") for i in range(50)])
+    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await consumer.stop()
+    await writer.stop()
+    await reader.stop()
+    assert len(seen.records) == 50
