@@ -1,0 +1,428 @@
+"""Running bots: the :class:`BotExecutor` port and its worker-pool adapter.
+
+``await executor.execute(request)`` always returns an :class:`ExecutionResult`; a bot that
+raises, loops, exhausts memory or kills its worker yields a result with the matching status,
+never an exception. :class:`ProcessBotExecutor` keeps a pool of pre-warmed worker processes
+(see :mod:`bots._worker`), sends each bot's code to a worker once, answers the bot's FHIR calls
+through a :class:`bots.gateway.FhirGateway` after checking its access scopes, and replaces any
+worker that timed out, died or ran out of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from bots import _metrics
+from bots._pool import WorkerLostError, WorkerProcess
+from bots.errors import ExecutorError, FhirGatewayError
+from bots.gateway import CallContext, FhirGateway
+from bots.policy import EffectiveLimits, SandboxPolicy
+from bots.scopes import check_call
+from schemas.bot import AuditEventTrigger, Bot
+
+__all__ = [
+    "BotExecutor",
+    "ExecutionRequest",
+    "ExecutionResult",
+    "ExecutionStatus",
+    "ProcessBotExecutor",
+]
+
+ExecutionStatus = Literal["success", "error", "timeout", "killed", "memory"]
+"""How an execution ended."""
+
+RESPAWN_DELAY_SECONDS = 1.0
+"""Pause before retrying a worker that failed to start, so a broken host is not hammered."""
+
+_log = structlog.get_logger("bots.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRequest:
+    """One execution of a bot."""
+
+    bot: Bot
+    """The bot to run (its code, limits, scopes and secret names)."""
+    input: Any = None
+    """What the bot receives as ``event.input`` (JSON-like: a resource, an HL7v2 string...)."""
+    content_type: str = "application/fhir+json"
+    """Media type of ``input``."""
+    project: str = "default"
+    """Project the bot runs in; FHIR calls stay inside it."""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    """The project's secrets; the bot sees only those named in its ``secret`` list."""
+    trace_id: str | None = None
+    """W3C traceparent of whatever triggered the execution."""
+    requester: str | None = None
+    """Who triggered it (``Practitioner/1``, ``ApiKey/x``...)."""
+    idempotency_key: str | None = None
+    """Key of the triggering delivery, passed through to the bot and the gateway."""
+    execution_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Id of this execution (for logs, audit and the causation chain)."""
+
+    def visible_secrets(self) -> dict[str, str]:
+        """The secrets this bot may read."""
+        allowed = set(self.bot.secret)
+        return {name: value for name, value in self.secrets.items() if name in allowed}
+
+    def call_context(self) -> CallContext:
+        """The context of FHIR calls this execution makes."""
+        author = self.bot.reference
+        if self.bot.run_as == "author" and self.requester:
+            author = self.requester
+        return CallContext(
+            project=self.project,
+            bot=self.bot.reference,
+            execution_id=self.execution_id,
+            author=author,
+            requester=self.requester,
+            trace_id=self.trace_id,
+            idempotency_key=self.idempotency_key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """How an execution ended. Failures of bot code are results, not exceptions."""
+
+    status: ExecutionStatus
+    """``success``, ``error`` (the bot raised or returned something unusable), ``timeout``
+    (wall clock or CPU), ``killed`` (the worker died), ``memory`` (memory limit)."""
+    execution_id: str
+    output: Any = None
+    """The handler's return value (JSON-like) on success."""
+    logs: str = ""
+    """Captured ``print`` and ``logger`` text (size-capped)."""
+    error: str | None = None
+    """What went wrong, with the bot's own traceback lines."""
+    duration_ms: float = 0.0
+    """Wall-clock time from dispatch to result."""
+    fhir_calls: int = 0
+    """FHIR calls the bot made."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the bot succeeded."""
+        return self.status == "success"
+
+    def needs_audit(self, trigger: AuditEventTrigger) -> bool:
+        """Whether this result should be recorded as an AuditEvent under ``trigger``."""
+        if trigger == "always":
+            return True
+        if trigger == "on-error":
+            return not self.ok
+        if trigger == "on-output":
+            return not self.ok or self.output is not None
+        return False
+
+
+class BotExecutor(Protocol):
+    """Port: runs bots. Adapters: :class:`ProcessBotExecutor`."""
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        """Run one execution; never raises for failures of the bot's code."""
+        ...
+
+
+class _Outcome:
+    """What the worker loop learnt, filled in as it goes."""
+
+    __slots__ = ("done", "fhir_calls")
+
+    def __init__(self) -> None:
+        self.done: dict[str, Any] | None = None
+        self.fhir_calls = 0
+
+
+class ProcessBotExecutor:
+    """Runs bots in a pool of sandboxed worker processes.
+
+    Use as an async context manager, or call :meth:`start` and :meth:`close`::
+
+        async with ProcessBotExecutor(gateway, SandboxPolicy().with_timeout(5)) as executor:
+            result = await executor.execute(ExecutionRequest(bot=bot, input=resource))
+    """
+
+    def __init__(self, gateway: FhirGateway, policy: SandboxPolicy | None = None) -> None:
+        """Create an executor (no process starts until :meth:`start`).
+
+        Args:
+            gateway: performs the bots' FHIR calls.
+            policy: sandbox limits and allow-lists; defaults to ``SandboxPolicy()``.
+        """
+        self._gateway = gateway
+        self.policy = policy or SandboxPolicy()
+        self._idle: asyncio.Queue[WorkerProcess] = asyncio.Queue()
+        self._workers: set[WorkerProcess] = set()
+        self._spawners: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closed = False
+
+    async def __aenter__(self) -> ProcessBotExecutor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for monitoring and tests)."""
+        return sorted(w.pid for w in self._workers if w.alive)
+
+    async def start(self) -> None:
+        """Start and warm up the pool; returns when every worker is ready.
+
+        Raises:
+            ExecutorError: the executor is closed or a worker could not start.
+        """
+        if self._closed:
+            raise ExecutorError("the executor is closed")
+        if self._started:
+            return
+        self._started = True
+        try:
+            workers = await asyncio.gather(
+                *(WorkerProcess.spawn(self.policy) for _ in range(self.policy.pool_size))
+            )
+        except (OSError, WorkerLostError, TimeoutError) as exc:
+            await self.close()
+            raise ExecutorError(f"bot workers could not start: {exc}") from exc
+        for worker in workers:
+            self._workers.add(worker)
+            self._idle.put_nowait(worker)
+        _log.info("bot workers started", pids=self.worker_pids)
+
+    async def close(self) -> None:
+        """Stop every worker. Executions still running end as ``killed``."""
+        self._closed = True
+        for task in list(self._spawners):
+            task.cancel()
+        for task in list(self._spawners):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.gather(*(w.stop() for w in list(self._workers)), return_exceptions=True)
+        self._workers.clear()
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        """Run one execution; failures of the bot are results, never exceptions.
+
+        Raises:
+            ExecutorError: only if the executor is closed or cannot start.
+        """
+        await self.start()
+        limits = self.policy.limits_for(request.bot.timeout, request.bot.memory_limit_bytes)
+        worker = await self._acquire()
+        started = time.perf_counter()
+        outcome = _Outcome()
+        keep = False
+        try:
+            async with asyncio.timeout(limits.timeout_seconds):
+                await self._run(worker, request, limits, outcome)
+            done = outcome.done or {}
+            status: ExecutionStatus = done.get("status", "error")
+            error = done.get("error")
+            keep = (
+                not done.get("recycle")
+                and worker.executions < self.policy.max_executions_per_worker
+            )
+            reason = "memory" if status == "memory" else "recycle"
+        except TimeoutError:
+            status = "timeout"
+            error = f"the bot ran longer than its {limits.timeout_seconds:g} s timeout"
+            done, reason = {}, "timeout"
+        except WorkerLostError as exc:
+            status, error = self._lost_status(exc, limits)
+            done, reason = {}, status
+        except asyncio.CancelledError:
+            self._discard(worker, "cancelled")
+            raise
+        except Exception as exc:  # a protocol or engine bug: contain it, keep serving
+            _log.exception("bot execution broke", bot=request.bot.reference)
+            status, error = "killed", f"internal error running the bot: {type(exc).__name__}"
+            done, reason = {}, "internal"
+        finally:
+            if keep:
+                self._idle.put_nowait(worker)
+        if not keep:
+            self._discard(worker, reason)
+        seconds = time.perf_counter() - started
+        _metrics.EXECUTIONS.labels(status).inc()
+        _metrics.EXECUTION_SECONDS.observe(seconds)
+        if status != "success":
+            _log.info(
+                "bot execution failed",
+                bot=request.bot.reference,
+                execution=request.execution_id,
+                status=status,
+            )
+        return ExecutionResult(
+            status=status,
+            execution_id=request.execution_id,
+            output=done.get("output"),
+            logs=done.get("logs") or "",
+            error=error,
+            duration_ms=seconds * 1000.0,
+            fhir_calls=outcome.fhir_calls,
+        )
+
+    @staticmethod
+    def _lost_status(exc: WorkerLostError, limits: EffectiveLimits) -> tuple[ExecutionStatus, str]:
+        if exc.returncode == -signal.SIGXCPU:
+            return "timeout", f"the bot used more than {limits.cpu_seconds} s of CPU time"
+        detail = exc.signal_name or f"exit code {exc.returncode}"
+        return "killed", f"the bot's worker process died ({detail}): {exc}"
+
+    async def _acquire(self) -> WorkerProcess:
+        while True:
+            if self._closed:
+                raise ExecutorError("the executor is closed")
+            worker = await self._idle.get()
+            if worker.alive:
+                return worker
+            self._discard(worker, "died")
+
+    def _discard(self, worker: WorkerProcess, reason: str) -> None:
+        """Kill ``worker`` and start its replacement in the background."""
+        self._workers.discard(worker)
+        _metrics.WORKER_REPLACEMENTS.labels(reason).inc()
+        task = asyncio.get_running_loop().create_task(self._replace(worker))
+        self._spawners.add(task)
+        task.add_done_callback(self._spawners.discard)
+
+    async def _replace(self, worker: WorkerProcess) -> None:
+        await worker.kill()
+        while not self._closed:
+            try:
+                fresh = await WorkerProcess.spawn(self.policy)
+            except (OSError, WorkerLostError, TimeoutError) as exc:
+                _log.error("bot worker failed to start", error=str(exc))
+                await asyncio.sleep(RESPAWN_DELAY_SECONDS)
+                continue
+            if self._closed:
+                await fresh.stop()
+                return
+            self._workers.add(fresh)
+            self._idle.put_nowait(fresh)
+            return
+
+    async def _run(
+        self,
+        worker: WorkerProcess,
+        request: ExecutionRequest,
+        limits: EffectiveLimits,
+        outcome: _Outcome,
+    ) -> None:
+        bot = request.bot
+        digest = hashlib.sha256(bot.code.encode("utf-8", "surrogatepass")).hexdigest()
+        message: dict[str, Any] = {
+            "op": "exec",
+            "digest": digest,
+            "limits": {"cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes},
+            "event": {
+                "input": request.input,
+                "content_type": request.content_type,
+                "secrets": request.visible_secrets(),
+                "trace_id": request.trace_id,
+                "bot": {"id": bot.id, "name": bot.name, "reference": bot.reference},
+                "requester": request.requester,
+                "idempotency_key": request.idempotency_key,
+                "execution_id": request.execution_id,
+            },
+        }
+        if not worker.knows(digest):
+            message["source"] = bot.code
+        worker.executions += 1
+        try:
+            await worker.send(message)
+        except TypeError as exc:
+            outcome.done = {"status": "error", "error": f"input is not JSON-serialisable: {exc}"}
+            return
+        worker.remember(digest)
+        context = request.call_context()
+        while True:
+            reply = await worker.receive()
+            op = reply.get("op")
+            if op == "done":
+                outcome.done = reply
+                return
+            if op == "fhir":
+                outcome.fhir_calls += 1
+                await worker.send(await self._fhir_call(bot, context, reply))
+            elif op == "need_source":
+                await worker.send({"op": "source", "source": bot.code})
+            else:
+                await worker.kill()
+                raise WorkerLostError(f"worker sent unexpected {op!r}", worker.process.returncode)
+
+    async def _fhir_call(
+        self, bot: Bot, context: CallContext, message: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        method = str(message.get("method"))
+        args = message.get("args")
+        try:
+            if not isinstance(args, dict):
+                raise FhirGatewayError("malformed FHIR call", code="invalid")
+            check_call(bot, method, args)
+            value = await self._dispatch(context, method, args)
+        except FhirGatewayError as exc:
+            _metrics.FHIR_CALLS.labels(method, str(exc.status)).inc()
+            return {
+                "op": "fhir_result",
+                "ok": False,
+                "status": exc.status,
+                "message": str(exc),
+                "outcome": exc.outcome,
+            }
+        except Exception as exc:  # a gateway bug must not take the executor down
+            _log.exception("FHIR gateway failed", method=method, bot=bot.reference)
+            _metrics.FHIR_CALLS.labels(method, "500").inc()
+            return {
+                "op": "fhir_result",
+                "ok": False,
+                "status": 500,
+                "message": f"internal error performing {method}: {type(exc).__name__}",
+            }
+        _metrics.FHIR_CALLS.labels(method, "ok").inc()
+        return {"op": "fhir_result", "ok": True, "value": value}
+
+    async def _dispatch(self, ctx: CallContext, method: str, args: dict[str, Any]) -> Any:
+        gateway = self._gateway
+        if method == "read":
+            return await gateway.read(ctx, args["resource_type"], str(args.get("resource_id")))
+        if method == "create":
+            return await gateway.create(ctx, args["resource"])
+        if method == "update":
+            return await gateway.update(ctx, args["resource"])
+        if method == "patch":
+            patch = args.get("patch")
+            if not isinstance(patch, list):
+                raise FhirGatewayError("patch must be a list of JSON Patch operations")
+            return await gateway.patch(
+                ctx, args["resource_type"], str(args.get("resource_id")), patch
+            )
+        if method == "delete":
+            await gateway.delete(ctx, args["resource_type"], str(args.get("resource_id")))
+            return None
+        if method == "search":
+            params = args.get("params") or {}
+            if not isinstance(params, dict):
+                raise FhirGatewayError("search params must be an object")
+            return await gateway.search(ctx, args["resource_type"], params)
+        return await gateway.transaction(ctx, args["bundle"])
