@@ -42,8 +42,8 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
-PRINCIPAL = "fhirbots.principal"
-TRACEPARENT_KEY = "fhirbots.traceparent"
+PRINCIPAL = web.RequestKey("principal", Principal)
+TRACEPARENT_KEY = web.RequestKey("traceparent", str)
 
 
 def services(request: web.Request) -> Services:
@@ -53,8 +53,7 @@ def services(request: web.Request) -> Services:
 
 def principal(request: web.Request) -> Principal:
     """The authenticated caller (set by the auth middleware)."""
-    found: Principal = request[PRINCIPAL]
-    return found
+    return request[PRINCIPAL]
 
 
 def write_context(request: web.Request) -> WriteContext:
