@@ -11,6 +11,7 @@ R4 model, compiled once.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -209,10 +210,17 @@ def compile_expression(expression: str, resource_type: str) -> Extractor:
 
 
 def _plain(value: Any) -> Any:
-    """Turn fhirpathpy result nodes (dates, resource nodes) back into JSON values."""
-    if isinstance(value, dict | list | str | bool | int | float) or value is None:
+    """Turn fhirpathpy results back into JSON values (it turns decimals into Decimal and
+    wraps dates and resource nodes)."""
+    if isinstance(value, str | bool | int | float) or value is None:
         return value
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     data = getattr(value, "data", None)
     if data is not None:
-        return data
+        return _plain(data)
     return str(value)
