@@ -289,7 +289,7 @@ def test_system_level_query_matches_any_type() -> None:
 
 def test_chains_are_not_supported_in_memory() -> None:
     query = parse_search("Observation?subject:Patient.name=peter").query
-    with pytest.raises(NotSupportedInMemoryError, match="subject:Patient.name"):
+    with pytest.raises(NotSupportedInMemoryError, match=r"subject:Patient\.name"):
         matches(query, OBSERVATION)
     with pytest.raises(NotSupportedInMemoryError):
         check_in_memory(parse_search("Patient?_has:Observation:patient:code=1").query)
