@@ -41,7 +41,7 @@ FAILURES = Counter("fhirbots_outbox_publish_failures_total", "Failed outbox publ
 class Publisher(Protocol):
     """What the relay needs of an event log."""
 
-    async def publish_many(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+    async def publish_many(self, topic: str, messages: Sequence[OutgoingMessage]) -> object:
         """Publish in order; return once the log has stored them durably."""
 
 

@@ -19,12 +19,13 @@ from engine.api.context import Services
 from engine.auth import Authenticator, generate_key, hash_key
 from engine.errors import BadRequest
 from engine.eventlog.factory import create_event_log
-from engine.eventlog.port import EventLog
+from engine.eventlog.port import EventLog, TopicSpec
 from engine.relay import OutboxRelay
 from engine.service import FhirService
 from engine.settings import Settings
 from engine.storage.factory import create_storage
 from engine.storage.port import Storage
+from schemas.topics import CHANGES
 
 __all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
 
@@ -67,7 +68,9 @@ class Engine:
     async def start_relay(self) -> None:
         """Open the event log and run the outbox relay in the background."""
         self.event_log = create_event_log(
-            kafka_bootstrap=self.settings.kafka, data_dir=self.settings.data_dir
+            kafka_bootstrap=self.settings.kafka,
+            data_dir=self.settings.data_dir,
+            topics=(TopicSpec(CHANGES),),
         )
         await self.event_log.start()
         self.relay = OutboxRelay(self.storage, self.event_log)
