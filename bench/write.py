@@ -1,0 +1,111 @@
+"""Write throughput of the FHIR API over HTTP, on SQLite and PostgreSQL.
+
+Prints single creates per second with one and eight concurrent clients (p50/p99 latency),
+and resources per second through transaction Bundles (the Synthea sample bundles).
+
+    python bench/write.py [--seconds 10] [--postgres DSN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._server import Server, percentile, running_server  # noqa: E402
+
+SHARED = Path(os.environ.get("FHIRBOTS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def patient(i: int) -> bytes:
+    return orjson.dumps({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:bench", "value": str(i)}],
+        "name": [{"family": f"Bench{i}", "given": ["Ada"]}],
+        "gender": "female",
+        "birthDate": "1970-01-01",
+    })
+
+
+async def single_creates(server: Server, clients: int, seconds: float) -> tuple[float, float, float]:
+    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/fhir+json",
+               "Prefer": "return=minimal"}
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.post(f"{server.url}/Patient", data=patient(next(counter))) as r:
+                    await r.read()
+                    if r.status != 201:
+                        raise RuntimeError(f"create failed: {r.status}")
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
+
+
+async def transactions(server: Server, bundles: list[bytes], count: list[int], clients: int = 2) -> float:
+    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/fhir+json"}
+    queue = list(zip(bundles, count, strict=True))
+    total = 0
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async def client() -> None:
+            nonlocal total
+            while queue:
+                body, n = queue.pop()
+                async with session.post(server.url, data=body) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"transaction failed: {r.status}")
+                total += n
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return total / elapsed
+
+
+async def run(label: str, server: Server, seconds: float, bundles: list[bytes], counts: list[int]) -> None:
+    await single_creates(server, 8, 1.0)  # warm-up: models built, connections open
+    for clients in (1, 8):
+        rate, p50, p99 = await single_creates(server, clients, seconds)
+        print(f"{label:<10} single creates, {clients} client(s): {rate:8.0f}/s  "
+              f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    rate = await transactions(server, bundles, counts)
+    print(f"{label:<10} transaction bundles: {rate:8.0f} resources/s "
+          f"({sum(counts)} resources in {len(bundles)} bundles)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--postgres", default=os.environ.get("FHIRBOTS_TEST_DATABASE_URL"))
+    args = parser.parse_args()
+    files = sorted((SHARED / "fhir-samples" / "synthea-r4").glob("*.json"))
+    bundles = [f.read_bytes() for f in files]
+    counts = [len(orjson.loads(b)["entry"]) for b in bundles]
+    with running_server() as server:
+        asyncio.run(run("sqlite", server, args.seconds, bundles, counts))
+    if args.postgres:
+        with running_server(database_url=args.postgres) as server:
+            asyncio.run(run("postgres", server, args.seconds, bundles, counts))
+    else:
+        print("postgres: skipped (pass --postgres DSN or set FHIRBOTS_TEST_DATABASE_URL)")
+
+
+if __name__ == "__main__":
+    main()
