@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -227,7 +228,7 @@ ATTEMPTS = [
         "AsyncFunctionDef",
     ),
     Attempt("event-write", handler("event.secrets = {'a': 'b'}"), "error", "cannot modify"),
-    # --- resource exhaustion ------------------------------------------------------------------------
+    # --- resource exhaustion ---------------------------------------------------------------
     Attempt("huge-string", handler("return len('a' * (10 ** 10))"), "memory"),
     Attempt("huge-list", handler("return len([0] * (10 ** 9))"), "memory"),
     Attempt("huge-bytearray", handler("return len(bytearray(2 ** 33))"), "memory"),
@@ -318,17 +319,23 @@ async def test_module_state_does_not_leak_between_executions(harness: BotHarness
         assert again.output == ["0.6666666666666666666666666667", 3.141592653589793]
 
 
+def _process_facts(pid: int) -> tuple[bytes, int, str]:
+    """Environment, number of open descriptors and resource-limit table of a process."""
+    proc = Path(f"/proc/{pid}")
+    return (
+        (proc / "environ").read_bytes(),
+        len(os.listdir(proc / "fd")),
+        (proc / "limits").read_text(),
+    )
+
+
 @MODULE_LOOP
 async def test_worker_holds_no_environment_or_extra_files(harness: BotHarness) -> None:
     for pid in harness.executor.worker_pids:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            assert environ.read() == b""
-        fds = os.listdir(f"/proc/{pid}/fd")
+        environ, fds, table = _process_facts(pid)
+        assert environ == b""
         # stdin/stdout/stderr (now /dev/null) plus the two channel descriptors.
-        assert len(fds) <= 5
-        with open(f"/proc/{pid}/limits") as limits:
-            table = limits.read()
-        assert "Max address space" in table
+        assert fds <= 5
         address_space = next(line for line in table.splitlines() if "address space" in line)
         assert str(256 * 1024 * 1024) in address_space
         open_files = next(line for line in table.splitlines() if "open files" in line)
