@@ -39,8 +39,16 @@ def running_server(database_url: str | None = None, kafka: str | None = None) ->
             env["FHIRBOTS_DATABASE_URL"] = database_url
         if kafka:
             env["FHIRBOTS_KAFKA"] = kafka
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--data-dir", data_dir,
-               "--port", str(port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--port",
+            str(port),
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60

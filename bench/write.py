@@ -20,29 +20,37 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._server import Server, percentile, running_server  # noqa: E402
+from bench._server import Server, percentile, running_server
 
 SHARED = Path(os.environ.get("FHIRBOTS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def patient(i: int) -> bytes:
-    return orjson.dumps({
-        "resourceType": "Patient",
-        "identifier": [{"system": "urn:bench", "value": str(i)}],
-        "name": [{"family": f"Bench{i}", "given": ["Ada"]}],
-        "gender": "female",
-        "birthDate": "1970-01-01",
-    })
+    return orjson.dumps(
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:bench", "value": str(i)}],
+            "name": [{"family": f"Bench{i}", "given": ["Ada"]}],
+            "gender": "female",
+            "birthDate": "1970-01-01",
+        }
+    )
 
 
-async def single_creates(server: Server, clients: int, seconds: float) -> tuple[float, float, float]:
-    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/fhir+json",
-               "Prefer": "return=minimal"}
+async def single_creates(
+    server: Server, clients: int, seconds: float
+) -> tuple[float, float, float]:
+    headers = {
+        "Authorization": f"Bearer {server.token}",
+        "Content-Type": "application/fhir+json",
+        "Prefer": "return=minimal",
+    }
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
     async with aiohttp.ClientSession(headers=headers) as session:
+
         async def client() -> None:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
@@ -55,14 +63,23 @@ async def single_creates(server: Server, clients: int, seconds: float) -> tuple[
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
+    return (
+        len(latencies) / elapsed,
+        percentile(latencies, 0.5) * 1e3,
+        percentile(latencies, 0.99) * 1e3,
+    )
 
 
-async def transactions(server: Server, bundles: list[bytes], count: list[int], clients: int = 2) -> float:
+async def transactions(
+    server: Server, bundles: list[bytes], count: list[int], clients: int = 2
+) -> float:
     headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/fhir+json"}
     queue = list(zip(bundles, count, strict=True))
     total = 0
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=600)) as session:
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=aiohttp.ClientTimeout(total=600)
+    ) as session:
+
         async def client() -> None:
             nonlocal total
             while queue:
@@ -79,15 +96,23 @@ async def transactions(server: Server, bundles: list[bytes], count: list[int], c
     return total / elapsed
 
 
-async def run(label: str, server: Server, seconds: float, bundles: list[bytes], counts: list[int]) -> None:
+async def run(
+    label: str, server: Server, seconds: float, bundles: list[bytes], counts: list[int]
+) -> None:
     await single_creates(server, 8, 1.0)  # warm-up: models built, connections open
     for clients in (1, 8):
         rate, p50, p99 = await single_creates(server, clients, seconds)
-        print(f"{label:<10} single creates, {clients} client(s): {rate:8.0f}/s  "
-              f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+        print(
+            f"{label:<10} single creates, {clients} client(s): {rate:8.0f}/s  "
+            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
+            flush=True,
+        )
     rate = await transactions(server, bundles, counts)
-    print(f"{label:<10} transaction bundles: {rate:8.0f} resources/s "
-          f"({sum(counts)} resources in {len(bundles)} bundles)", flush=True)
+    print(
+        f"{label:<10} transaction bundles: {rate:8.0f} resources/s "
+        f"({sum(counts)} resources in {len(bundles)} bundles)",
+        flush=True,
+    )
 
 
 def main() -> None:

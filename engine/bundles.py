@@ -167,9 +167,9 @@ class _Transaction:
                 if entry.full_url:
                     self.ids[entry.full_url] = f"{resource_type}/{resource_id}"
             elif entry.method == "PUT" and entry.full_url:
-                resource_type, resource_id = _split_url(entry)
-                if resource_id is not None:
-                    self.ids[entry.full_url] = f"{resource_type}/{resource_id}"
+                put_type, put_id = _split_url(entry)
+                if put_id is not None:
+                    self.ids[entry.full_url] = f"{put_type}/{put_id}"
         return assigned
 
     async def _op(self, entry: _Entry, assigned: dict[int, str]) -> WriteOp:

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 from pathlib import Path
 
 import structlog
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fhirbots`` command."""
     args = _parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], Awaitable[int]] = args.run
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))
     return 130

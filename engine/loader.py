@@ -53,7 +53,7 @@ def _count(document: dict[str, Any]) -> Counter[str]:
 
 
 async def _load_one(client: FhirClient, path: Path) -> Counter[str]:
-    document = orjson.loads(path.read_bytes())
+    document = orjson.loads(await asyncio.to_thread(path.read_bytes))
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
     if document.get("resourceType") == "Bundle":

@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
 DEFAULT_PROJECT = "default"
 """The project ``serve`` creates on first start."""
 
-ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_KEY_FILE = "admin-token"
 """File in the data dir holding the first admin key (mode 0600)."""
 
 log = structlog.get_logger(__name__)
@@ -89,7 +89,7 @@ class Engine:
     async def bootstrap(self) -> Bootstrap:
         """Create the default project and, the first time, an admin key in the data dir."""
         created = await self.storage.ensure_project(DEFAULT_PROJECT, "Default project")
-        token_path = self.settings.data_dir / ADMIN_TOKEN_FILE
+        token_path = self.settings.data_dir / ADMIN_KEY_FILE
         if not created and token_path.exists():
             return Bootstrap(False, None)
         key = generate_key()

@@ -28,9 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = structlog.get_logger(__name__)
 
-REQUESTS = Counter(
-    "fhirbots_http_requests_total", "HTTP requests", ["method", "route", "status"]
-)
+REQUESTS = Counter("fhirbots_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
     "fhirbots_http_request_seconds",
     "HTTP request latency",
@@ -56,8 +54,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except FhirError as exc:
         response = fhir_response(outcome_for(exc), status=exc.status)
     except web.HTTPMethodNotAllowed as exc:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        response = fhir_response(outcome_for(error), status=405, headers={"Allow": ",".join(exc.allowed_methods)})
+        refused = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        response = fhir_response(
+            outcome_for(refused), status=405, headers={"Allow": ",".join(exc.allowed_methods)}
+        )
     except web.HTTPNotFound:
         response = fhir_response(outcome_for(NotFound(f"no route for {request.path}")), status=404)
     except web.HTTPException as exc:

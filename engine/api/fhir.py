@@ -26,14 +26,13 @@ MAX_COUNT = 1000
 """Largest page a client may ask for."""
 
 
-
 def _if_match(request: web.Request) -> int | None:
     value = request.headers.get("If-Match")
     if value is None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise BadRequest(f"If-Match {value!r} is not a version ETag like W/\"3\"")
+        raise BadRequest(f'If-Match {value!r} is not a version ETag like W/"3"')
     return int(text)
 
 
@@ -59,8 +58,13 @@ def _write_response(request: web.Request, result: WriteResult, status: int) -> w
         return fhir_response(None, status=status, headers=headers)
     if prefer == "OperationOutcome":
         outcome = operation_outcome(
-            [Issue(f"{stored.resource_type}/{stored.id} version {stored.version_id}",
-                   severity="information", code="informational")]
+            [
+                Issue(
+                    f"{stored.resource_type}/{stored.id} version {stored.version_id}",
+                    severity="information",
+                    code="informational",
+                )
+            ]
         )
         return fhir_response(outcome, status=status, headers=headers)
     return fhir_response(stored.content, status=status, headers=headers)
@@ -171,13 +175,17 @@ def _since(request: web.Request) -> datetime | None:
     return moment
 
 
-def _history_bundle(request: web.Request, page: HistoryPage, count: int, offset: int) -> dict[str, Any]:
+def _history_bundle(
+    request: web.Request, page: HistoryPage, count: int, offset: int
+) -> dict[str, Any]:
     base = base_url(request, services(request).settings.public_url)
     path = request.path.removeprefix("/fhir/R4")
     query = {k: v for k, v in request.query.items() if k not in ("_count", "_offset")}
 
     def link(relation: str, at: int) -> dict[str, str]:
-        params = "&".join([*(f"{k}={v}" for k, v in query.items()), f"_count={count}", f"_offset={at}"])
+        params = "&".join(
+            [*(f"{k}={v}" for k, v in query.items()), f"_count={count}", f"_offset={at}"]
+        )
         return {"relation": relation, "url": f"{base}{path}?{params}"}
 
     links = [link("self", offset)]
@@ -190,7 +198,11 @@ def _history_bundle(request: web.Request, page: HistoryPage, count: int, offset:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{stored.resource_type}/{stored.id}"}
         if stored.content is not None:
             entry["resource"] = stored.content
-        url = stored.resource_type if stored.method == "POST" else f"{stored.resource_type}/{stored.id}"
+        url = (
+            stored.resource_type
+            if stored.method == "POST"
+            else f"{stored.resource_type}/{stored.id}"
+        )
         entry["request"] = {"method": stored.method, "url": url}
         entry["response"] = {
             "status": {"POST": "201", "PUT": "200", "DELETE": "204"}[stored.method],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -32,7 +33,16 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRBOTS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--data-dir", str(tmp_path), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -66,9 +76,14 @@ async def test_load_every_sample_bundle(server: tuple[str, Path], shared_dir: Pa
     url, data_dir = server
     samples = shared_dir / "fhir-samples"
     env = {**os.environ, "FHIRBOTS_TOKEN": (data_dir / "admin-token").read_text().strip()}
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "engine.cli", "load", str(samples), "--url", url, "--quiet"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     expected: Counter[str] = Counter()
     for path in samples.rglob("*.json"):

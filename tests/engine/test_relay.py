@@ -49,7 +49,9 @@ async def write(storage: Storage, n: int) -> None:
     await storage.apply("p1", [DeleteOp("Patient", "r0")], WriteContext())
 
 
-async def test_every_change_is_published_keyed_and_in_order(storage: Storage, log: EventLog) -> None:
+async def test_every_change_is_published_keyed_and_in_order(
+    storage: Storage, log: EventLog
+) -> None:
     await write(storage, 9)
     relay = OutboxRelay(storage, log)
     assert await relay.drain() == 10

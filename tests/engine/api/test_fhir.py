@@ -17,7 +17,9 @@ def patient(family: str = "Chalmers", **extra: Any) -> dict[str, Any]:
 
 
 async def post(api: Api, path: str, body: Any, **headers: str) -> Any:
-    return await api.client.post(f"{BASE}/{path}", data=orjson.dumps(body), headers=api.headers(**headers))
+    return await api.client.post(
+        f"{BASE}/{path}", data=orjson.dumps(body), headers=api.headers(**headers)
+    )
 
 
 async def test_metadata_is_open_and_truthful(api: Api) -> None:
@@ -71,7 +73,9 @@ async def test_create_read_update_history(api: Api) -> None:
 
     v1 = await api.client.get(f"{BASE}/Patient/{pid}/_history/1", headers=api.headers())
     assert (await v1.json())["name"][0]["family"] == "Chalmers"
-    history = await (await api.client.get(f"{BASE}/Patient/{pid}/_history", headers=api.headers())).json()
+    history = await (
+        await api.client.get(f"{BASE}/Patient/{pid}/_history", headers=api.headers())
+    ).json()
     assert history["type"] == "history" and history["total"] == 2
     assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
     assert [e["request"]["method"] for e in history["entry"]] == ["PUT", "POST"]
@@ -93,10 +97,14 @@ async def test_delete_then_read_is_gone_and_history_keeps_tombstone(api: Api) ->
     resp = await api.client.delete(f"{BASE}/Patient/{pid}", headers=api.headers())
     assert resp.status == 204
     assert (await api.client.get(f"{BASE}/Patient/{pid}", headers=api.headers())).status == 410
-    history = await (await api.client.get(f"{BASE}/Patient/{pid}/_history", headers=api.headers())).json()
+    history = await (
+        await api.client.get(f"{BASE}/Patient/{pid}/_history", headers=api.headers())
+    ).json()
     assert history["entry"][0]["request"]["method"] == "DELETE"
     assert "resource" not in history["entry"][0]
-    assert (await api.client.get(f"{BASE}/Patient/{pid}/_history/2", headers=api.headers())).status == 410
+    assert (
+        await api.client.get(f"{BASE}/Patient/{pid}/_history/2", headers=api.headers())
+    ).status == 410
 
 
 async def test_errors_are_operation_outcomes_with_the_right_status(api: Api) -> None:
@@ -104,13 +112,16 @@ async def test_errors_are_operation_outcomes_with_the_right_status(api: Api) -> 
     assert malformed.status == 400
     assert (await malformed.json())["resourceType"] == "OperationOutcome"
     wrong_type = await api.client.post(
-        f"{BASE}/Patient", data=orjson.dumps(patient()),
+        f"{BASE}/Patient",
+        data=orjson.dumps(patient()),
         headers={**api.headers(), "Content-Type": "text/plain"},
     )
     assert wrong_type.status == 415
     assert (await api.client.get(f"{BASE}/Patient/nope", headers=api.headers())).status == 404
     assert (await api.client.get(f"{BASE}/NotAType/1", headers=api.headers())).status == 404
-    invalid = await post(api, "Patient", {"resourceType": "Patient", "birthDate": "2020-13-45", "gender": 3})
+    invalid = await post(
+        api, "Patient", {"resourceType": "Patient", "birthDate": "2020-13-45", "gender": 3}
+    )
     assert invalid.status == 422
     outcome = await invalid.json()
     paths = {e for issue in outcome["issue"] for e in issue.get("expression", [])}
@@ -126,14 +137,16 @@ async def test_json_patch(api: Api) -> None:
     pid = (await (await post(api, "Patient", patient())).json())["id"]
     ops = [{"op": "replace", "path": "/name/0/family", "value": "Patched"}]
     resp = await api.client.patch(
-        f"{BASE}/Patient/{pid}", data=orjson.dumps(ops),
+        f"{BASE}/Patient/{pid}",
+        data=orjson.dumps(ops),
         headers={**api.headers(), "Content-Type": "application/json-patch+json"},
     )
     assert resp.status == 200
     body = await resp.json()
     assert body["name"][0]["family"] == "Patched" and body["meta"]["versionId"] == "2"
     bad = await api.client.patch(
-        f"{BASE}/Patient/{pid}", data=orjson.dumps([{"op": "replace", "path": "/gender", "value": "x"}]),
+        f"{BASE}/Patient/{pid}",
+        data=orjson.dumps([{"op": "replace", "path": "/gender", "value": "x"}]),
         headers={**api.headers(), "Content-Type": "application/json-patch+json"},
     )
     assert bad.status == 422
@@ -168,23 +181,39 @@ async def test_transaction_rewrites_urn_references_and_is_atomic(api: Api) -> No
     assert [e["response"]["status"] for e in body["entry"]] == ["201 Created", "201 Created"]
     patient_loc = body["entry"][0]["response"]["location"]
     obs_loc = body["entry"][1]["response"]["location"]
-    obs = await (await api.client.get(f"{BASE}/{obs_loc.rsplit('/_history', 1)[0]}", headers=api.headers())).json()
+    obs = await (
+        await api.client.get(f"{BASE}/{obs_loc.rsplit('/_history', 1)[0]}", headers=api.headers())
+    ).json()
     assert obs["subject"]["reference"] == patient_loc.rsplit("/_history", 1)[0]
 
-    bad = {**bundle, "entry": [*bundle["entry"], {
-        "resource": {"resourceType": "Patient", "birthDate": "not-a-date"},
-        "request": {"method": "POST", "url": "Patient"},
-    }]}
-    before = (await (await api.client.get(f"{BASE}/_history", headers=api.headers())).json())["total"]
+    bad = {
+        **bundle,
+        "entry": [
+            *bundle["entry"],
+            {
+                "resource": {"resourceType": "Patient", "birthDate": "not-a-date"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+        ],
+    }
+    before = (await (await api.client.get(f"{BASE}/_history", headers=api.headers())).json())[
+        "total"
+    ]
     failed = await post(api, "", bad)
     assert failed.status == 422
-    after = (await (await api.client.get(f"{BASE}/_history", headers=api.headers())).json())["total"]
+    after = (await (await api.client.get(f"{BASE}/_history", headers=api.headers())).json())[
+        "total"
+    ]
     assert after == before
 
 
 async def test_batch_reports_each_entry(api: Api) -> None:
-    patch = base64.b64encode(orjson.dumps([{"op": "add", "path": "/active", "value": True}])).decode()
-    await api.client.put(f"{BASE}/Patient/b1", data=orjson.dumps(patient(id="b1")), headers=api.headers())
+    patch = base64.b64encode(
+        orjson.dumps([{"op": "add", "path": "/active", "value": True}])
+    ).decode()
+    await api.client.put(
+        f"{BASE}/Patient/b1", data=orjson.dumps(patient(id="b1")), headers=api.headers()
+    )
     bundle = {
         "resourceType": "Bundle",
         "type": "batch",
@@ -192,8 +221,14 @@ async def test_batch_reports_each_entry(api: Api) -> None:
             {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
             {"request": {"method": "GET", "url": "Patient/missing"}},
             {"request": {"method": "GET", "url": "Patient/b1"}},
-            {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch},
-             "request": {"method": "PATCH", "url": "Patient/b1"}},
+            {
+                "resource": {
+                    "resourceType": "Binary",
+                    "contentType": "application/json-patch+json",
+                    "data": patch,
+                },
+                "request": {"method": "PATCH", "url": "Patient/b1"},
+            },
             {"request": {"method": "DELETE", "url": "Patient/b1"}},
         ],
     }
@@ -227,13 +262,17 @@ async def test_one_project_cannot_touch_another(api: Api) -> None:
 async def test_history_paging_links(api: Api) -> None:
     for i in range(5):
         await post(api, "Patient", patient(str(i)))
-    first = await (await api.client.get(f"{BASE}/Patient/_history?_count=2", headers=api.headers())).json()
+    first = await (
+        await api.client.get(f"{BASE}/Patient/_history?_count=2", headers=api.headers())
+    ).json()
     assert first["total"] == 5 and len(first["entry"]) == 2
     links = {link["relation"]: link["url"] for link in first["link"]}
     nxt = links["next"].split("/fhir/R4", 1)[1]
     second = await (await api.client.get(f"{BASE}{nxt}", headers=api.headers())).json()
     assert len(second["entry"]) == 2
-    seen = {e["resource"]["id"] for e in first["entry"]} | {e["resource"]["id"] for e in second["entry"]}
+    seen = {e["resource"]["id"] for e in first["entry"]} | {
+        e["resource"]["id"] for e in second["entry"]
+    }
     assert len(seen) == 4
     bad = await api.client.get(f"{BASE}/_history?_since=yesterday", headers=api.headers())
     assert bad.status == 400

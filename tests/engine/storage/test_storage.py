@@ -56,7 +56,7 @@ async def test_update_as_create_with_client_id(storage: Storage) -> None:
 
 
 async def test_if_match_conflict_changes_nothing(storage: Storage) -> None:
-    [created] = await storage.apply("p1", [UpdateOp("Patient", "x", patient("A"))], CTX)
+    await storage.apply("p1", [UpdateOp("Patient", "x", patient("A"))], CTX)
     with pytest.raises(PreconditionFailed):
         await storage.apply("p1", [UpdateOp("Patient", "x", patient("B"), if_match=7)], CTX)
     current = await storage.read("p1", "Patient", "x")
