@@ -39,7 +39,9 @@ class ChangeEvent(BaseModel):
     interaction: Interaction
     resource_type: str
     resource_id: str
-    version_id: str = Field(description="versionId of the new version (of the tombstone on delete).")
+    version_id: str = Field(
+        description="versionId of the new version (of the tombstone on delete)."
+    )
     resource: dict[str, Any] | None = Field(
         default=None, description="The new version; none on delete."
     )
