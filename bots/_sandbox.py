@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
 from bots._modules import ModuleProxy
+from bots.compile import BOT_API_MODULE
 
 __all__ = [
     "BOT_MODULE_NAME",
@@ -28,7 +29,6 @@ __all__ = [
     "LogBuffer",
     "SandboxNamespace",
     "SandboxViolation",
-    "build_globals",
     "guarded_getattr",
     "guarded_write",
     "json_default",
@@ -395,7 +395,7 @@ def _import_guard(proxies: Mapping[str, ModuleProxy]) -> Callable[..., ModulePro
         level = context[3] if len(context) > 3 else named.get("level", 0)
         proxy = proxies.get(name) if level == 0 else None
         if proxy is None:
-            allowed = ", ".join(sorted(proxies))
+            allowed = ", ".join(sorted(set(proxies) - {BOT_API_MODULE}))
             raise ImportError(
                 f"import of {name!r} is not allowed in the bot sandbox (allowed: {allowed}); "
                 f"an operator can allow it with SandboxPolicy.with_modules({name!r})"
@@ -482,29 +482,36 @@ _SAFE_BUILTIN_NAMES = (
 )
 
 
-def _safe_builtins(proxies: Mapping[str, ModuleProxy]) -> dict[str, Any]:
+def _safe_builtins() -> dict[str, Any]:
     table = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
     table["getattr"] = guarded_getattr
     table["hasattr"] = guarded_hasattr
-    table["__import__"] = _import_guard(proxies)
     table["__build_class__"] = builtins.__build_class__
     return table
 
 
 class SandboxNamespace:
-    """Builds the globals of executions around one table of safe builtins."""
+    """Builds the globals of executions around one table of safe builtins and modules."""
 
-    __slots__ = ("_builtins",)
+    __slots__ = ("_builtins", "_proxies")
 
     def __init__(self, proxies: Mapping[str, ModuleProxy]) -> None:
-        self._builtins = _safe_builtins(proxies)
+        self._builtins = _safe_builtins()
+        self._proxies = dict(proxies)
 
     def build_globals(self, fhir_error: type[FhirError], buffer: LogBuffer) -> dict[str, Any]:
-        """Fresh globals for one execution."""
+        """Fresh globals for one execution.
+
+        Besides the guards, a bot gets ``logger`` and ``FhirError`` as globals, and can also
+        import them (``from fhirbots import FhirError, logger``) so that linters see them.
+        """
         printer = _Printer(buffer)
+        logger = BotLogger(buffer)
+        api = ModuleProxy(BOT_API_MODULE, {"FhirError": fhir_error, "logger": logger})
+        table = dict(self._builtins)  # per execution: CPython needs a real dict; none is shared
+        table["__import__"] = _import_guard({**self._proxies, BOT_API_MODULE: api})
         return {
-            # A copy per execution: CPython needs a real dict, and none is shared.
-            "__builtins__": dict(self._builtins),
+            "__builtins__": table,
             "__name__": BOT_MODULE_NAME,
             "__metaclass__": type,
             "_getattr_": guarded_getattr,
@@ -516,14 +523,9 @@ class SandboxNamespace:
             "_inplacevar_": guarded_inplacevar,
             "_apply_": guarded_apply,
             "_print_": lambda *_args: printer,
-            "logger": BotLogger(buffer),
+            "logger": logger,
             "FhirError": fhir_error,
         }
-
-
-def build_globals(proxies: Mapping[str, ModuleProxy], buffer: LogBuffer) -> dict[str, Any]:
-    """Globals for one execution (convenience over :class:`SandboxNamespace`)."""
-    return SandboxNamespace(proxies).build_globals(FhirError, buffer)
 
 
 def json_default(value: Any) -> Any:

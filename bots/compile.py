@@ -20,10 +20,20 @@ from RestrictedPython.transformer import RestrictingNodeTransformer
 from bots.errors import BotCompileError, CompileProblem
 from bots.policy import SandboxPolicy
 
-__all__ = ["BOT_FILENAME", "FORBIDDEN_NAMES", "HANDLER_NAME", "CompiledBot", "compile_bot"]
+__all__ = [
+    "BOT_API_MODULE",
+    "BOT_FILENAME",
+    "FORBIDDEN_NAMES",
+    "HANDLER_NAME",
+    "CompiledBot",
+    "compile_bot",
+]
 
 BOT_FILENAME = "<bot>"
 """Filename of compiled bot code; tracebacks shown to authors keep only these frames."""
+
+BOT_API_MODULE = "fhirbots"
+"""The module a bot may always import: ``from fhirbots import FhirError, logger``."""
 
 HANDLER_NAME = "handler"
 """The function every bot defines: ``def handler(fhir, event)``."""
@@ -97,7 +107,7 @@ class _BotTransformer(RestrictingNodeTransformer):
         if level or not module:
             self.error(node, "relative imports are not allowed: bots are single modules")
             return
-        if module not in self._policy.allowed_modules:
+        if module not in self._policy.allowed_modules and module != BOT_API_MODULE:
             allowed = ", ".join(sorted(self._policy.allowed_modules))
             self.error(
                 node,

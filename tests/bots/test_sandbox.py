@@ -149,3 +149,13 @@ def test_json_default() -> None:
     assert json_default({3, 1}) == [1, 3]
     with pytest.raises(TypeError):
         json_default(object())
+
+
+def test_bot_api_module_gives_logger_and_fhir_error() -> None:
+    output, logs = run_in_namespace(
+        "from fhirbots import FhirError, logger\n"
+        "def handler(fhir, event):\n"
+        "    logger.info('hi')\n"
+        "    return FhirError('x', 400, {}).status\n"
+    )
+    assert (output, logs) == (400, "INFO hi\n")
