@@ -10,21 +10,25 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
 
 from engine.api.app import create_app
 from engine.api.context import Services
+from engine.api.search import searchset
 from engine.auth import Authenticator, generate_key, hash_key
 from engine.errors import BadRequest
 from engine.eventlog.factory import create_event_log
 from engine.eventlog.port import EventLog, TopicSpec
 from engine.relay import OutboxRelay
+from engine.search import SearchService
 from engine.service import FhirService
 from engine.settings import Settings
 from engine.storage.factory import create_storage
 from engine.storage.port import Storage
+from engine.storage.search_index import SqlSearchIndexer
 from schemas.topics import CHANGES
 
 __all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
@@ -51,10 +55,13 @@ class Engine:
 
     def __init__(self, settings: Settings, *, storage: Storage | None = None) -> None:
         self.settings = settings
-        self.storage = storage or create_storage(settings)
+        self.storage = storage or create_storage(settings, indexer=SqlSearchIndexer())
         self.event_log: EventLog | None = None
         self.relay: OutboxRelay | None = None
-        self.fhir = FhirService(self.storage, on_commit=self._on_commit)
+        self.search = SearchService(self.storage, dialect=self.storage.dialect)
+        self.fhir = FhirService(
+            self.storage, on_commit=self._on_commit, conditional_search=self.search.find
+        )
         self.authenticator = Authenticator(self.storage)
 
     def _on_commit(self) -> None:
@@ -111,13 +118,21 @@ class Engine:
     async def _get_url(self, project: str, url: str) -> Any:
         path, _, query = url.partition("?")
         parts = path.strip("/").split("/")
+        if len(parts) == 1:
+            resource_type = parts[0] or None
+            pairs = parse_qsl(query, keep_blank_values=True)
+            result = await self.search.search(project, resource_type, pairs)
+            base = (self.settings.public_url or "").rstrip("/")
+            return searchset(base, f"/{resource_type}" if resource_type else "", pairs, result)
         if query or len(parts) not in (2, 4):
-            raise BadRequest(f"GET {url!r} in a Bundle: only read and vread are supported here")
+            raise BadRequest(f"GET {url!r} in a Bundle: expected a read, vread or search")
         if len(parts) == 2:
             return (await self.fhir.read(project, parts[0], parts[1])).content
         return (await self.fhir.vread(project, parts[0], parts[1], parts[3])).content
 
     def app(self) -> web.Application:
         """The HTTP application of this engine."""
-        services = Services(settings=self.settings, fhir=self.fhir, get_url=self._get_url)
+        services = Services(
+            settings=self.settings, fhir=self.fhir, search=self.search, get_url=self._get_url
+        )
         return create_app(services, self.authenticator)

@@ -17,7 +17,6 @@ import jsonpatch
 
 from engine.errors import (
     BadRequest,
-    Conflict,
     Gone,
     Issue,
     NotFound,
@@ -133,13 +132,15 @@ class FhirService:
     async def find_existing(
         self, project: str, resource_type: str, if_none_exist: str
     ) -> StoredResource | None:
-        """The resource a conditional create finds (409 if several), or None."""
+        """The resource a conditional create finds (412 if several, as R4 says), or None."""
         if self._conditional_search is None:
             raise BadRequest("conditional create (If-None-Exist) needs search, not enabled")
         query = if_none_exist.split("?", 1)[-1]
         found = await self._conditional_search(project, resource_type, query)
         if len(found) > 1:
-            raise Conflict(f"If-None-Exist {if_none_exist!r} matches {len(found)} resources")
+            raise PreconditionFailed(
+                f"If-None-Exist {if_none_exist!r} matches {len(found)} resources"
+            )
         return found[0] if found else None
 
     async def create(

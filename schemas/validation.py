@@ -20,6 +20,7 @@ __all__ = [
     "CUSTOM_TYPES",
     "ResourceInvalid",
     "ValidationProblem",
+    "fhir_model",
     "is_known_type",
     "register_custom_type",
     "validate_resource",
@@ -54,7 +55,8 @@ def register_custom_type(name: str, model: type[BaseModel]) -> None:
 
 
 @cache
-def _fhir_model(resource_type: str) -> type[BaseModel] | None:
+def fhir_model(resource_type: str) -> type[BaseModel] | None:
+    """The R4B model class of a resource type, or None."""
     module_name = f"fhir.resources.R4B.{resource_type.lower()}"
     try:
         module = importlib.import_module(module_name)
@@ -67,7 +69,7 @@ def _fhir_model(resource_type: str) -> type[BaseModel] | None:
 
 
 def _model_for(resource_type: str) -> type[BaseModel] | None:
-    return CUSTOM_TYPES.get(resource_type) or _fhir_model(resource_type)
+    return CUSTOM_TYPES.get(resource_type) or fhir_model(resource_type)
 
 
 def is_known_type(resource_type: str) -> bool:

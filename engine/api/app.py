@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from engine.api import fhir
+from engine.api import fhir, search
 from engine.api.context import PRINCIPAL, SERVICES, TRACEPARENT_KEY, Services
 from engine.api.http import fhir_response
 from engine.api.outcome import outcome_for
@@ -105,5 +105,6 @@ def create_app(services: Services, authenticator: Authenticator) -> web.Applicat
     app[AUTHENTICATOR] = authenticator
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.add_routes(search.routes())
     app.add_routes(fhir.routes())
     return app

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from aiohttp import web
 
 from engine.auth import Principal
+from engine.search import SearchService
 from engine.service import FhirService
 from engine.settings import Settings
 from engine.storage.model import WriteContext
@@ -32,16 +34,33 @@ class Services:
 
     settings: Settings
     fhir: FhirService
+    search: SearchService
     get_url: GetUrl
     """``(project, relative url) -> resource or Bundle`` for GET entries of a batch."""
-    search_params: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def search_capabilities(self) -> dict[str, list[dict[str, str]]]:
         """Supported search parameters per type, for the CapabilityStatement."""
-        return self.search_params
+        return search_capabilities(self.search)
 
 
 SERVICES = web.AppKey("services", Services)
+
+
+@cache
+def search_capabilities(search: SearchService) -> dict[str, list[dict[str, str]]]:
+    """Supported search parameters per type, from the registry."""
+    registry = search.registry
+    out: dict[str, list[dict[str, str]]] = {}
+    for resource_type in sorted(registry.resource_types):
+        params = []
+        for code in registry.codes(resource_type):
+            definition = registry.get(resource_type, code)
+            if definition is not None and definition.supported:
+                params.append({"name": code, "type": definition.type, "definition": definition.url})
+        out[resource_type] = params
+    return out
+
+
 PRINCIPAL = web.RequestKey("principal", Principal)
 TRACEPARENT_KEY = web.RequestKey("traceparent", str)
 

@@ -26,6 +26,9 @@ __all__ = ["SearchIndexer", "Storage"]
 class Storage(Protocol):
     """A FHIR datastore with version history, projects, API keys and a transactional outbox."""
 
+    dialect: str
+    """``sqlite`` or ``postgres``: which SQL the compiled searches must be written in."""
+
     async def open(self) -> None:
         """Connect and create the schema if it is missing."""
 
@@ -69,6 +72,9 @@ class Storage(Protocol):
     async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
         """Run a compiled search query (``?`` placeholders) selecting
         :data:`engine.storage.sql.RESOURCE_COLUMNS` of ``resources r``."""
+
+    async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a read-only query over the search index; plain rows."""
 
     async def search_count(self, sql_text: str, params: Sequence[Any]) -> int:
         """Run a compiled count query."""

@@ -52,6 +52,8 @@ def _to_stored(row: asyncpg.Record) -> StoredResource:
 class PostgresStorage:
     """The storage port on PostgreSQL."""
 
+    dialect = "postgres"
+
     def __init__(self, dsn: str, *, indexer: SearchIndexer | None = None) -> None:
         self._dsn = dsn
         self._indexer = indexer
@@ -192,6 +194,9 @@ class PostgresStorage:
     async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
         rows = await self.pool.fetch(sql.numbered(sql_text), *params)
         return [_to_stored(r) for r in rows]
+
+    async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self.pool.fetch(sql.numbered(sql_text), *params)]
 
     async def search_count(self, sql_text: str, params: Sequence[Any]) -> int:
         return int(await self.pool.fetchval(sql.numbered(sql_text), *params))

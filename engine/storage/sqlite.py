@@ -158,6 +158,8 @@ class _Writer(threading.Thread):
 class SqliteStorage:
     """The storage port on a SQLite file."""
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path, *, indexer: SearchIndexer | None = None) -> None:
         self._path = path
         self._indexer = indexer
@@ -340,6 +342,12 @@ class SqliteStorage:
     async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
         def work(conn: sqlite3.Connection) -> list[StoredResource]:
             return [_row_to_stored(r) for r in conn.execute(sql_text, list(params)).fetchall()]
+
+        return await self._read(work)
+
+    async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in conn.execute(sql_text, list(params)).fetchall()]
 
         return await self._read(work)
 

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from engine.runtime import Engine
 from engine.settings import Settings
 from engine.storage.port import Storage
+from engine.storage.search_index import SqlSearchIndexer
 from tests.conftest import postgres_dsn, reset_postgres
 
 
@@ -19,13 +20,13 @@ async def open_storage(kind: str, tmp_path: Path) -> Storage:
     if kind == "sqlite":
         from engine.storage.sqlite import SqliteStorage
 
-        storage: Storage = SqliteStorage(tmp_path / "test.db")
+        storage: Storage = SqliteStorage(tmp_path / "test.db", indexer=SqlSearchIndexer())
     else:
         from engine.storage.postgres import PostgresStorage
 
         dsn = postgres_dsn()
         await reset_postgres(dsn)
-        storage = PostgresStorage(dsn)
+        storage = PostgresStorage(dsn, indexer=SqlSearchIndexer())
     await storage.open()
     return storage
 
