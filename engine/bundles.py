@@ -200,7 +200,7 @@ class _Transaction:
             if entry.method in ("GET", "HEAD") or entry.index in self.existing:
                 continue
             try:
-                op = self.service.prepare(await self._op(entry, assigned))
+                op = await self.service.prepare(self.project, await self._op(entry, assigned))
             except FhirError as exc:
                 exc.message = f"Bundle.entry[{entry.index}]: {exc.message}"
                 raise

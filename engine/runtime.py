@@ -63,6 +63,8 @@ class Engine:
             self.storage, on_commit=self._on_commit, conditional_search=self.search.find
         )
         self.authenticator = Authenticator(self.storage)
+        self.routes: list[web.RouteDef] = []
+        """Operation routes other parts add (they are served before the generic routes)."""
 
     def _on_commit(self) -> None:
         if self.relay is not None:
@@ -135,4 +137,4 @@ class Engine:
         services = Services(
             settings=self.settings, fhir=self.fhir, search=self.search, get_url=self._get_url
         )
-        return create_app(services, self.authenticator)
+        return create_app(services, self.authenticator, self.routes)

@@ -36,13 +36,24 @@ from engine.storage.model import (
 from engine.storage.port import Storage
 from schemas.validation import ResourceInvalid, is_known_type, validate_resource
 
-__all__ = ["ConditionalSearch", "FhirService", "apply_json_patch", "check_id", "check_type"]
+__all__ = [
+    "ConditionalSearch",
+    "FhirService",
+    "WriteCheck",
+    "apply_json_patch",
+    "check_id",
+    "check_type",
+]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 """FHIR R4 id: 1 to 64 of letters, digits, '-' and '.'."""
 
 ConditionalSearch = Callable[[str, str, str], Awaitable[list[StoredResource]]]
 """``(project, type, query string) -> matches``; used by conditional create."""
+
+WriteCheck = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""``(project, resource)``: raises a FhirError (e.g. 422) to refuse a resource before it is
+written; registered per type with :meth:`FhirService.add_write_check`."""
 
 
 def check_type(resource_type: str) -> None:
@@ -96,6 +107,7 @@ class FhirService:
         self.storage = storage
         self._on_commit = on_commit
         self._conditional_search = conditional_search
+        self._checks: dict[str, list[WriteCheck]] = {}
 
     def set_conditional_search(self, search: ConditionalSearch) -> None:
         """Enable ``If-None-Exist`` with the search implementation."""
@@ -110,24 +122,35 @@ class FhirService:
             self._on_commit()
         return results
 
-    def prepare(self, op: WriteOp) -> WriteOp:
+    def add_write_check(self, resource_type: str, check: WriteCheck) -> None:
+        """Run ``check`` on every resource of ``resource_type`` before it is written.
+
+        Checks go beyond the structure the models validate, e.g. a Subscription's criteria
+        must be ones the engine can evaluate; a check refuses by raising a :class:`FhirError`.
+        """
+        self._checks.setdefault(resource_type, []).append(check)
+
+    async def prepare(self, project: str, op: WriteOp) -> WriteOp:
         """Validate the resource an operation writes (422 naming the element if invalid)."""
+        if isinstance(op, DeleteOp):
+            check_type(op.resource_type)
+            check_id(op.id)
+            return op
         if isinstance(op, CreateOp):
             resource = _validated(op.resource)
             check_type(resource["resourceType"])
-            resource = {k: v for k, v in resource.items() if k != "id"}
-            return CreateOp(resource, op.id)
-        if isinstance(op, UpdateOp):
+            prepared: WriteOp = CreateOp({k: v for k, v in resource.items() if k != "id"}, op.id)
+        else:
             check_type(op.resource_type)
             check_id(op.id)
             resource = _validated(op.resource, op.resource_type)
             body_id = resource.get("id")
             if body_id is not None and body_id != op.id:
                 raise BadRequest(f"the body's id {body_id!r} does not match the URL's {op.id!r}")
-            return op
-        check_type(op.resource_type)
-        check_id(op.id)
-        return op
+            prepared = op
+        for check in self._checks.get(resource["resourceType"], ()):
+            await check(project, resource)
+        return prepared
 
     async def find_existing(
         self, project: str, resource_type: str, if_none_exist: str
@@ -152,7 +175,7 @@ class FhirService:
         if_none_exist: str | None = None,
     ) -> WriteResult:
         """Create under a server-assigned id; with ``if_none_exist``, return the match instead."""
-        op = self.prepare(CreateOp(resource))
+        op = await self.prepare(project, CreateOp(resource))
         assert isinstance(op, CreateOp)
         if if_none_exist:
             existing = await self.find_existing(project, op.resource["resourceType"], if_none_exist)
@@ -171,7 +194,7 @@ class FhirService:
         if_match: int | None = None,
     ) -> WriteResult:
         """Update, or create with the client's id when it does not exist."""
-        op = self.prepare(UpdateOp(resource_type, resource_id, resource, if_match))
+        op = await self.prepare(project, UpdateOp(resource_type, resource_id, resource, if_match))
         return (await self.write(project, [op], context))[0]
 
     async def patch(
@@ -211,7 +234,7 @@ class FhirService:
         if_match: int | None = None,
     ) -> WriteResult:
         """Delete (a tombstone version); deleting what is absent changes nothing."""
-        op = self.prepare(DeleteOp(resource_type, resource_id, if_match))
+        op = await self.prepare(project, DeleteOp(resource_type, resource_id, if_match))
         return (await self.write(project, [op], context))[0]
 
     async def read(self, project: str, resource_type: str, resource_id: str) -> StoredResource:

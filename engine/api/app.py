@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from aiohttp import web
@@ -96,8 +96,16 @@ async def metrics(_: web.Request) -> web.Response:
     return response
 
 
-def create_app(services: Services, authenticator: Authenticator) -> web.Application:
-    """The HTTP application serving ``services``."""
+def create_app(
+    services: Services,
+    authenticator: Authenticator,
+    extra_routes: Sequence[web.RouteDef] = (),
+) -> web.Application:
+    """The HTTP application serving ``services``.
+
+    ``extra_routes`` (operations such as ``Subscription/$explain``) go before the generic FHIR
+    routes, so a ``$operation`` segment is never taken for an id.
+    """
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=64 * 1024**2
     )
@@ -105,6 +113,7 @@ def create_app(services: Services, authenticator: Authenticator) -> web.Applicat
     app[AUTHENTICATOR] = authenticator
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.add_routes(extra_routes)
     app.add_routes(search.routes())
     app.add_routes(fhir.routes())
     return app
