@@ -13,8 +13,8 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web

@@ -11,9 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CausationLink", "ChangeEvent", "Interaction"]
+__all__ = ["CONFIG_TYPES", "CausationLink", "ChangeEvent", "Interaction"]
 
 Interaction = Literal["create", "update", "delete"]
+
+CONFIG_TYPES = frozenset({"Subscription", "SubscriptionTopic", "Bot"})
+"""Resource types that configure the engine; writing one bumps the project's generation."""
 
 
 class CausationLink(BaseModel):
@@ -53,6 +56,13 @@ class ChangeEvent(BaseModel):
     traceparent: str | None = Field(default=None, description="W3C traceparent of the request.")
     causation: tuple[CausationLink, ...] = Field(
         default=(), description="Bot executions that led to this change, oldest first."
+    )
+    config_generation: int = Field(
+        default=0,
+        description="The project's configuration generation when the change was committed. It "
+        "grows with every write of a Subscription, SubscriptionTopic or Bot, in the same "
+        "transaction, so a matcher that sees a larger number than it has loaded reloads that "
+        "project's configuration before matching: changes take effect for the very next event.",
     )
 
     @property

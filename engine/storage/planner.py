@@ -103,6 +103,7 @@ def plan_write(
     project: str,
     context: WriteContext,
     now: datetime | None = None,
+    generation: int = 0,
 ) -> WriteResult:
     """Decide the new version and change event of ``op`` applied over ``current``.
 
@@ -113,6 +114,7 @@ def plan_write(
         project: the project that owns the resource.
         context: author, trace and causation of the write.
         now: commit time; must not be earlier than ``current.last_updated``.
+        generation: the project's configuration generation (see ``ChangeEvent``).
 
     Raises:
         PreconditionFailed: ``If-Match`` does not name the current version.
@@ -138,5 +140,6 @@ def plan_write(
         author=context.author,
         traceparent=context.traceparent,
         causation=context.causation,
+        config_generation=generation,
     )
     return WriteResult(stored=change.stored, event=event, created=change.interaction == "create")

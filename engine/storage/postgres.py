@@ -28,6 +28,7 @@ from engine.storage.model import (
 )
 from engine.storage.planner import op_target, plan_write
 from engine.storage.port import SearchIndexer
+from schemas.events import CONFIG_TYPES
 
 __all__ = ["PostgresStorage"]
 
@@ -112,7 +113,11 @@ class PostgresStorage:
     ) -> WriteResult:
         row = await conn.fetchrow(_SELECT_CURRENT_FOR_UPDATE, project, *target)
         current = _to_stored(row) if row is not None else None
-        result = plan_write(op, target, current, project=project, context=context)
+        statement = sql.BUMP_GENERATION if target[0] in CONFIG_TYPES else sql.SELECT_GENERATION
+        generation = await conn.fetchval(sql.numbered(statement), project)
+        result = plan_write(
+            op, target, current, project=project, context=context, generation=generation or 0
+        )
         stored, event = result.stored, result.event
         if event is None or stored is None:
             return result

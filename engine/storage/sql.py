@@ -10,11 +10,13 @@ import re
 from typing import Literal
 
 __all__ = [
+    "BUMP_GENERATION",
     "DELETE_CURRENT",
     "INSERT_HISTORY",
     "INSERT_OUTBOX",
     "RESOURCE_COLUMNS",
     "SELECT_CURRENT",
+    "SELECT_GENERATION",
     "SELECT_VERSION",
     "UPSERT_CURRENT",
     "Dialect",
@@ -76,6 +78,8 @@ def schema(dialect: Dialect) -> list[str]:
             "0" if dialect == "sqlite" else "FALSE"
         })""",
         "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE NOT published",
+        """CREATE TABLE IF NOT EXISTS config_generations (
+            project TEXT PRIMARY KEY, generation BIGINT NOT NULL)""",
     ]
 
 
@@ -99,6 +103,12 @@ INSERT_HISTORY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_OUTBOX = "INSERT INTO outbox (key, payload, created) VALUES (?, ?, ?)"
+BUMP_GENERATION = (
+    "INSERT INTO config_generations (project, generation) VALUES (?, 1)"
+    " ON CONFLICT (project) DO UPDATE SET generation = config_generations.generation + 1"
+    " RETURNING generation"
+)
+SELECT_GENERATION = "SELECT generation FROM config_generations WHERE project = ?"
 
 
 def history_query(

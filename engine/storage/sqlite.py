@@ -36,6 +36,7 @@ from engine.storage.model import (
 )
 from engine.storage.planner import format_instant, op_target, plan_write
 from engine.storage.port import SearchIndexer
+from schemas.events import CONFIG_TYPES
 
 __all__ = ["SqliteStorage"]
 
@@ -255,7 +256,14 @@ class SqliteStorage:
     ) -> WriteResult:
         row = conn.execute(sql.SELECT_CURRENT, (project, *target)).fetchone()
         current = _row_to_stored(row) if row is not None else None
-        result = plan_write(op, target, current, project=project, context=context)
+        if target[0] in CONFIG_TYPES:
+            found = conn.execute(sql.BUMP_GENERATION, (project,)).fetchone()
+        else:
+            found = conn.execute(sql.SELECT_GENERATION, (project,)).fetchone()
+        generation = int(found[0]) if found is not None else 0
+        result = plan_write(
+            op, target, current, project=project, context=context, generation=generation
+        )
         stored, event = result.stored, result.event
         if event is None or stored is None:
             return result

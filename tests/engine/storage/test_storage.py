@@ -144,3 +144,21 @@ async def test_api_keys(storage: Storage) -> None:
     found = await storage.find_api_key("hash-1")
     assert found == record
     assert await storage.find_api_key("other") is None
+
+
+async def test_config_writes_bump_the_generation_every_event_carries(storage: Storage) -> None:
+    [plain] = await storage.apply("p1", [UpdateOp("Patient", "g", patient("A"))], CTX)
+    assert plain.event is not None and plain.event.config_generation == 0
+    subscription = {
+        "resourceType": "Subscription",
+        "status": "active",
+        "reason": "test",
+        "criteria": "Patient?name=A",
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:1/hook"},
+    }
+    [sub] = await storage.apply("p1", [CreateOp(subscription)], CTX)
+    assert sub.event is not None and sub.event.config_generation == 1
+    [after] = await storage.apply("p1", [UpdateOp("Patient", "g", patient("B"))], CTX)
+    assert after.event is not None and after.event.config_generation == 1
+    [other] = await storage.apply("p2", [UpdateOp("Patient", "g", patient("B"))], CTX)
+    assert other.event is not None and other.event.config_generation == 0
