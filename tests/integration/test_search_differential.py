@@ -50,8 +50,8 @@ _URN = re.compile(r'"(urn:uuid:[0-9a-f-]+)"')
 
 
 def synthea_bundles(shared_dir: Path) -> list[list[dict[str, Any]]]:
-    """Resources of each bundle, ``urn:uuid`` references rewritten to ``Type/id`` (as a
-    transaction would)."""
+    """Resources of each Synthea bundle, ``urn:uuid`` references rewritten to ``Type/id`` (as
+    a transaction would), and the HL7 examples as one more batch."""
     bundles: list[list[dict[str, Any]]] = []
     for path in sorted((shared_dir / "fhir-samples" / "synthea-r4").glob("*.json"))[:BUNDLES]:
         bundle = json.loads(path.read_text(encoding="utf-8"))
@@ -62,6 +62,9 @@ def synthea_bundles(shared_dir: Path) -> list[list[dict[str, Any]]]:
         text = json.dumps([e["resource"] for e in bundle["entry"]])
         text = _URN.sub(lambda m, urls=local: json.dumps(urls.get(m.group(1), m.group(1))), text)
         bundles.append(json.loads(text))
+    # The HL7 examples add shapes Synthea lacks: Ranges, typed identifiers, uris, strings.
+    examples = sorted((shared_dir / "fhir-samples" / "hl7-r4-examples").glob("*.json"))
+    bundles.append([json.loads(p.read_text(encoding="utf-8")) for p in examples])
     return bundles
 
 
@@ -109,6 +112,11 @@ async def engines(
             await _load("sqlite", sqlite, bundles),
             await _load("postgres", postgres, bundles),
         ]
+        # Fresh tables have no planner statistics until autovacuum runs; without them
+        # PostgreSQL may pick nested loops over the index subqueries.
+        stats = await asyncpg.connect(_database_dsn(base, database))
+        await stats.execute("ANALYZE")
+        await stats.close()
         yield loaded
     finally:
         await sqlite.close()
@@ -222,7 +230,13 @@ def _clause_for(resource: dict[str, Any], rng: random.Random) -> tuple[str, str]
     entries = resource_entries(resource)
     if not entries:
         return None
-    code = rng.choice(sorted(entries))
+    # Pick the parameter type first, so rarer types (quantity, uri) get their share.
+    by_kind: dict[str, list[str]] = {}
+    for name in sorted(entries):
+        found = registry.get(resource["resourceType"], name)
+        if found is not None:
+            by_kind.setdefault(found.type, []).append(name)
+    code = rng.choice(by_kind[rng.choice(sorted(by_kind))])
     param = registry.get(resource["resourceType"], code)
     if param is None:
         return None
@@ -245,8 +259,9 @@ def generate_queries(resources: list[dict[str, Any]], count: int) -> list[Search
     seen: set[str] = set()
     queries: list[SearchQuery] = []
     while len(queries) < count:
-        resource_type = rng.choice(types)
-        resource = rng.choice(by_type[resource_type])
+        # Half by type (every type gets queries), half by resource (common types get more).
+        resource = rng.choice(by_type[rng.choice(types)] if rng.random() < 0.5 else resources)
+        resource_type = resource["resourceType"]
         first = _clause_for(resource, rng)
         if first is None:
             continue
@@ -381,19 +396,26 @@ def _joined(query: SearchQuery, resource: dict[str, Any], by_ref: dict[str, Any]
             if not any(t is not None and matches(inner, t) for t in targets):
                 return False
         elif isinstance(clause, HasClause):
-            inner = SearchQuery(clause.source_type, (clause.inner,))
-            me = (resource["resourceType"], resource["id"])
-            sources = [
-                r
-                for r in by_ref.values()
-                if r["resourceType"] == clause.source_type
-                and any(
-                    (e.ref_type, e.ref_id) == me
-                    for e in resource_entries(r).get(clause.reference.code, [])
-                )
-            ]
-            if not any(matches(inner, s) for s in sources):
+            if (resource["resourceType"], resource["id"]) not in _has_targets(clause, by_ref):
                 return False
         elif not matches(SearchQuery(query.resource_type, (clause,)), resource):
             return False
     return True
+
+
+_HAS_CACHE: dict[tuple[int, str], set[tuple[str | None, str | None]]] = {}
+
+
+def _has_targets(clause: HasClause, by_ref: dict[str, Any]) -> set[tuple[str | None, str | None]]:
+    """``(type, id)`` pointed to by the clause's reference from sources matching its inner
+    clause (computed once per clause and engine)."""
+    key = (id(by_ref), clause.name)
+    if key not in _HAS_CACHE:
+        inner = SearchQuery(clause.source_type, (clause.inner,))
+        _HAS_CACHE[key] = {
+            (e.ref_type, e.ref_id)
+            for r in by_ref.values()
+            if r["resourceType"] == clause.source_type and matches(inner, r)
+            for e in resource_entries(r).get(clause.reference.code, [])
+        }
+    return _HAS_CACHE[key]
