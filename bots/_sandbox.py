@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
@@ -390,17 +391,29 @@ class BotEvent:
 
 
 def _import_guard(proxies: Mapping[str, ModuleProxy]) -> Callable[..., ModuleProxy]:
+    """The ``__import__`` of bot code.
+
+    Bot ``import`` statements were checked at compile time, so a name outside the allow-list
+    arrives here only from trusted C code running on the bot's frame (``date.today()``
+    imports ``time`` through ``PyImport_Import``, which calls the *current* globals'
+    ``__import__`` and then takes the module from ``sys.modules`` itself, ignoring what we
+    return). Such a caller gets an empty proxy when the module is already loaded (workers
+    pre-load those modules); nothing else is ever imported on a bot's behalf.
+    """
+
     def guarded_import(name: str, *context: object, **named: object) -> ModuleProxy:
         # CPython passes (name, globals, locals, fromlist, level) positionally.
         level = context[3] if len(context) > 3 else named.get("level", 0)
         proxy = proxies.get(name) if level == 0 else None
-        if proxy is None:
-            allowed = ", ".join(sorted(set(proxies) - {BOT_API_MODULE}))
-            raise ImportError(
-                f"import of {name!r} is not allowed in the bot sandbox (allowed: {allowed}); "
-                f"an operator can allow it with SandboxPolicy.with_modules({name!r})"
-            )
-        return proxy
+        if proxy is not None:
+            return proxy
+        if level == 0 and name in sys.modules:
+            return ModuleProxy(name, {})
+        allowed = ", ".join(sorted(set(proxies) - {BOT_API_MODULE}))
+        raise ImportError(
+            f"import of {name!r} is not allowed in the bot sandbox (allowed: {allowed}); "
+            f"an operator can allow it with SandboxPolicy.with_modules({name!r})"
+        )
 
     return guarded_import
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import importlib
 import os
 import resource
 import sys
@@ -38,8 +39,21 @@ from bots.policy import SandboxPolicy
 
 __all__ = ["Worker", "main", "policy_from_message"]
 
-_WARM_UP_SOURCE = "import json\ndef handler(fhir, event):\n    return json.dumps([1])\n"
-"""Compiled and run once at start so the first real execution finds everything imported."""
+_WARM_UP_SOURCE = """
+import json
+from datetime import date, datetime
+from decimal import Decimal
+def handler(fhir, event):
+    stamp = datetime.strptime("2024-01-02 03:04", "%Y-%m-%d %H:%M")
+    return json.dumps([str(date.today()), str(datetime.now()), stamp.isoformat(),
+                       format(Decimal("1.5"), "n"), "bücher.example".encode("idna").decode()])
+"""
+"""Compiled and run once at start: every module that allowed modules import lazily from C
+(``time`` for ``date.today()``, ``_strptime``, ``locale``, the idna codec) gets loaded
+before limits apply, since bot code cannot import them itself (see ``_import_guard``)."""
+
+_PRELOADED_MODULES = ("time", "_strptime", "locale", "calendar", "unicodedata", "encodings.idna")
+"""Modules trusted C code may import on a bot's frame; loaded at start for the same reason."""
 
 
 def policy_from_message(fields: dict[str, Any]) -> SandboxPolicy:
@@ -201,7 +215,9 @@ class Worker:
         return result
 
     def warm_up(self) -> None:
-        """Compile and run a trivial bot so every lazy import has happened."""
+        """Load lazily imported modules and run a bot that touches them."""
+        for name in _PRELOADED_MODULES:
+            importlib.import_module(name)
         code, _ = self._code_for({"digest": "warm-up", "source": _WARM_UP_SOURCE})
         env = self._namespace.build_globals(FhirError, LogBuffer(1024))
         _run_module(code, env)

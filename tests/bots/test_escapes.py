@@ -262,6 +262,15 @@ ATTEMPTS = [
         "log truncated",
     ),
     Attempt("int-str-bomb", handler("return str(10 ** 100000)"), "error", "ValueError"),
+    Attempt(
+        "trusted-c-import-does-not-leak",
+        handler(
+            "today = datetime.date.today()\nreturn [today.year > 2000, repr(time)]",
+            "import datetime",
+        ),
+        "error",
+        "NameError",
+    ),
     Attempt("fork", handler("return os.fork()", "import os"), "compile", "'os'"),
     Attempt("env", handler("return dict(os.environ)", "import os"), "compile", "'os'"),
 ]

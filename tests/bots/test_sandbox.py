@@ -159,3 +159,20 @@ def test_bot_api_module_gives_logger_and_fhir_error() -> None:
         "    return FhirError('x', 400, {}).status\n"
     )
     assert (output, logs) == (400, "INFO hi\n")
+
+
+def test_imports_made_by_trusted_c_code_get_an_empty_proxy() -> None:
+    env = SandboxNamespace(build_proxies(frozenset({"datetime"}))).build_globals(
+        FhirError, LogBuffer(100)
+    )
+    importer = env["__builtins__"]["__import__"]
+    placeholder = importer("time", env, env, None, 0)
+    assert dir(placeholder) == []
+    with pytest.raises(AttributeError):
+        guarded_getattr(placeholder, "sleep")
+    with pytest.raises(ImportError, match="not allowed"):
+        importer("surely_not_a_loaded_module", env, env, None, 0)
+    output, _ = run_in_namespace(
+        "import json\ndef handler(fhir, event):\n    return json.dumps(1)\n"
+    )
+    assert output == "1"
