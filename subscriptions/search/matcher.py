@@ -37,15 +37,23 @@ from subscriptions.search.values import (
     UriEntry,
 )
 
-__all__ = ["check_in_memory", "clause_matches", "matches"]
+__all__ = ["EntryCache", "check_in_memory", "clause_matches", "matches"]
 
 
-def matches(query: SearchQuery, resource: dict[str, Any]) -> bool:
+EntryCache = dict[tuple[str, str], list[Any]]
+"""Entries of one resource by (parameter type, expression), shared by the queries run on it."""
+
+
+def matches(
+    query: SearchQuery, resource: dict[str, Any], *, cache: EntryCache | None = None
+) -> bool:
     """Whether ``resource`` satisfies every clause of ``query``.
 
     Args:
         query: A parsed query (result parameters such as ``_sort`` are ignored).
         resource: The resource as a JSON dict.
+        cache: A dict kept for this one resource while many queries run on it (the
+            subscription matcher's case): each parameter's values are extracted once.
 
     Returns:
         True when the resource type fits and all clauses hold.
@@ -55,7 +63,7 @@ def matches(query: SearchQuery, resource: dict[str, Any]) -> bool:
     """
     if query.resource_type is not None and resource.get("resourceType") != query.resource_type:
         return False
-    return all(clause_matches(clause, resource) for clause in query.clauses)
+    return all(clause_matches(clause, resource, cache) for clause in query.clauses)
 
 
 def check_in_memory(query: SearchQuery) -> None:
@@ -72,8 +80,10 @@ def check_in_memory(query: SearchQuery) -> None:
             )
 
 
-def clause_matches(clause: Clause, resource: dict[str, Any]) -> bool:
-    """Whether one clause holds for ``resource``.
+def clause_matches(
+    clause: Clause, resource: dict[str, Any], cache: EntryCache | None = None
+) -> bool:
+    """Whether one clause holds for ``resource`` (``cache`` as in :func:`matches`).
 
     Raises:
         NotSupportedInMemoryError: For chained and ``_has`` clauses.
@@ -82,8 +92,13 @@ def clause_matches(clause: Clause, resource: dict[str, Any]) -> bool:
         raise NotSupportedInMemoryError(
             f"{clause.name}: chained and _has parameters need the datastore", param=clause.name
         )
-    selected = clause.extract(resource)
-    entries = ENTRY_BUILDERS[clause.param.type](selected) if selected else []
+    key = (clause.param.type, clause.param.expression or "")
+    entries = cache.get(key) if cache is not None else None
+    if entries is None:
+        selected = clause.extract(resource)
+        entries = ENTRY_BUILDERS[clause.param.type](selected) if selected else []
+        if cache is not None:
+            cache[key] = entries
     if isinstance(clause, MissingClause):
         return (not entries) == clause.missing
     test = _TESTS[clause.param.type]

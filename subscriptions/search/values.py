@@ -15,6 +15,7 @@ import math
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -43,6 +44,11 @@ MIN_US = -(2**62)
 """Open lower bound of a date range (a Period without start); fits a signed 64-bit column."""
 MAX_US = 2**62
 """Open upper bound of a date range (a Period without end, i.e. still ongoing)."""
+
+_NORMALIZE_CACHE = 65_536
+"""Normalised strings kept: displays and names repeat across resources (a few MB at most)."""
+_DATE_CACHE = 65_536
+"""Parsed date ranges kept: the same dates recur in one patient's resources and criteria."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DATE_RE = re.compile(
@@ -113,6 +119,7 @@ class UriEntry(NamedTuple):
     uri: str
 
 
+@lru_cache(maxsize=_NORMALIZE_CACHE)
 def normalize(text: str) -> str:
     """Fold ``text`` for the string default match: strip accents, fold case, squeeze spaces."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -269,6 +276,7 @@ def _add_months(year: int, month: int, months: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+@lru_cache(maxsize=_DATE_CACHE)
 def parse_date_range(text: str) -> DateEntry | None:
     """The implicit range of a FHIR date, dateTime or instant, or None if malformed.
 

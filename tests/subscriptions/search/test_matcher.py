@@ -309,3 +309,14 @@ def test_synthea_observations(synthea_resources: list[dict[str, Any]]) -> None:
     assert [o for o in found if o["valueQuantity"]["value"] > 170] == [
         o for o in observations if matches(tall, o)
     ]
+
+
+def test_cache_shares_extraction_between_queries() -> None:
+    cache: dict[tuple[str, str], list[Any]] = {}
+    first = parse_search("Observation?code=8867-4").query
+    second = parse_search("Observation?code:not=1234-5&status=final").query
+    assert matches(first, OBSERVATION, cache=cache)
+    assert matches(second, OBSERVATION, cache=cache)
+    assert set(cache) == {("token", "Observation.code"), ("token", "Observation.status")}
+    # The cache belongs to one resource: what it holds is what the resource has.
+    assert not matches(parse_search("Observation?code=1234-5").query, OBSERVATION, cache=cache)
