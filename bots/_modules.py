@@ -18,15 +18,27 @@ __all__ = ["HIDDEN_MEMBERS", "ModuleProxy", "build_proxies", "build_proxy"]
 HIDDEN_MEMBERS: dict[str, frozenset[str]] = {
     # update_wrapper/wraps get and set attributes named by the caller: a getattr/setattr
     # primitive that would bypass the attribute guard.
-    "functools": frozenset({"update_wrapper", "wraps", "WRAPPER_ASSIGNMENTS", "WRAPPER_UPDATES"}),
+    # singledispatch(method).register evaluates string annotations with eval(), outside the
+    # compile-time checks.
+    "functools": frozenset(
+        {
+            "update_wrapper",
+            "wraps",
+            "WRAPPER_ASSIGNMENTS",
+            "WRAPPER_UPDATES",
+            "singledispatch",
+            "singledispatchmethod",
+        }
+    ),
     # Formatter resolves "{0.__class__}" fields with the real getattr.
     "string": frozenset({"Formatter"}),
     # template/TEMPLATE are deprecated (warn on use); Scanner drives the regex internals.
     "re": frozenset({"template", "TEMPLATE", "Scanner"}),
     # Process-wide mutable contexts would leak state from one execution into the next.
     "decimal": frozenset({"DefaultContext", "BasicContext", "ExtendedContext", "setcontext"}),
-    # getnode/uuid1 read the hardware address and may run external programs to find it.
-    "uuid": frozenset({"getnode", "uuid1"}),
+    # getnode/uuid1 read the hardware address and may run external programs to find it;
+    # Enum, bytes_ and int_ are the module's own imports, not its API (it has no __all__).
+    "uuid": frozenset({"getnode", "uuid1", "Enum", "bytes_", "int_"}),
     # reset_tzpath changes where every later execution reads time-zone files from;
     # available_timezones walks the file system.
     "zoneinfo": frozenset({"reset_tzpath", "TZPATH", "available_timezones"}),

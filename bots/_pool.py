@@ -118,9 +118,21 @@ class WorkerProcess:
             self._digests.popitem(last=False)
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Write one message; a broken pipe means the worker is gone."""
+        """Write one message; a broken pipe means the worker is gone.
+
+        Raises:
+            TypeError: the message holds something that is not JSON.
+            FrameTooLargeError: it is larger than the policy's ``max_message_bytes``.
+            WorkerLostError: the worker is gone.
+        """
+        frame = encode(message)
+        if len(frame) - HEADER.size > self._max_frame:
+            raise FrameTooLargeError(
+                f"message of {len(frame)} bytes exceeds SandboxPolicy.max_message_bytes "
+                f"({self._max_frame})"
+            )
         try:
-            self._writer.write(encode(message))
+            self._writer.write(frame)
             await self._writer.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise await self._lost(f"channel broken: {exc}") from exc

@@ -25,6 +25,7 @@ import structlog
 
 from bots import _metrics
 from bots._pool import WorkerLostError, WorkerProcess
+from bots._protocol import FrameTooLargeError
 from bots.errors import ExecutorError, FhirGatewayError
 from bots.gateway import CallContext, FhirGateway
 from bots.policy import EffectiveLimits, SandboxPolicy
@@ -133,6 +134,10 @@ class BotExecutor(Protocol):
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         """Run one execution; never raises for failures of the bot's code."""
         ...
+
+
+def _failure(status: int, message: str) -> dict[str, Any]:
+    return {"op": "fhir_result", "ok": False, "status": status, "message": message}
 
 
 class _Outcome:
@@ -354,6 +359,9 @@ class ProcessBotExecutor:
         except TypeError as exc:
             outcome.done = {"status": "error", "error": f"input is not JSON-serialisable: {exc}"}
             return
+        except FrameTooLargeError as exc:
+            outcome.done = {"status": "error", "error": f"input is too large: {exc}"}
+            return
         worker.remember(digest)
         context = request.call_context()
         while True:
@@ -364,7 +372,11 @@ class ProcessBotExecutor:
                 return
             if op == "fhir":
                 outcome.fhir_calls += 1
-                await worker.send(await self._fhir_call(bot, context, reply))
+                answer = await self._fhir_call(bot, context, reply)
+                try:
+                    await worker.send(answer)
+                except (FrameTooLargeError, TypeError) as exc:
+                    await worker.send(_failure(413, f"FHIR response cannot be delivered: {exc}"))
             elif op == "need_source":
                 await worker.send({"op": "source", "source": bot.code})
             else:
@@ -393,12 +405,7 @@ class ProcessBotExecutor:
         except Exception as exc:  # a gateway bug must not take the executor down
             _log.exception("FHIR gateway failed", method=method, bot=bot.reference)
             _metrics.FHIR_CALLS.labels(method, "500").inc()
-            return {
-                "op": "fhir_result",
-                "ok": False,
-                "status": 500,
-                "message": f"internal error performing {method}: {type(exc).__name__}",
-            }
+            return _failure(500, f"internal error performing {method}: {type(exc).__name__}")
         _metrics.FHIR_CALLS.labels(method, "ok").inc()
         return {"op": "fhir_result", "ok": True, "value": value}
 

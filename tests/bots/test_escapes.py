@@ -183,6 +183,19 @@ ATTEMPTS = [
         "error",
         "update_wrapper",
     ),
+    Attempt(
+        "singledispatch-annotation-eval",
+        handler(
+            "dispatch = functools.singledispatch(lambda x: x)\n"
+            "def probe(x: '().__class__.__base__.__subclasses__()'):\n"
+            "    return x\n"
+            "dispatch.register(probe)",
+            "import functools",
+        ),
+        "error",
+        "singledispatch",
+    ),
+    Attempt("uuid-enum", handler("return uuid.Enum", "import uuid"), "error", "Enum"),
     Attempt("re-internals", handler("return re._compiler", "import re"), "compile", "_compiler"),
     Attempt(
         "decimal-default-context",

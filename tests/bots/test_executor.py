@@ -329,3 +329,27 @@ async def test_closed_executor_refuses(gateway: SlowGateway) -> None:
 def test_needs_audit(trigger: Any, status: Any, output: Any, expected: bool) -> None:
     result = ExecutionResult(status=status, execution_id="x", output=output)
     assert result.needs_audit(trigger) is expected
+
+
+@MODULE_LOOP
+async def test_oversized_messages_are_refused_not_fatal() -> None:
+    big = {"resourceType": "Patient", "id": "big", "text": {"div": "x" * 200_000}}
+    gateway = InMemoryFhirGateway([big])
+    policy = SandboxPolicy(pool_size=1, max_message_bytes=100_000)
+    source = """
+def handler(fhir, event):
+    try:
+        fhir.read("Patient", "big")
+    except FhirError as error:
+        return [error.status, str(error)]
+"""
+    async with ProcessBotExecutor(gateway, policy) as executor:
+        result = await run(executor, source)
+        status, message = result.output
+        assert status == 413
+        assert "cannot be delivered" in message
+        assert "max_message_bytes" in message
+        too_big = await run(executor, source, input="y" * 200_000)
+        assert too_big.status == "error"
+        assert "input is too large" in (too_big.error or "")
+        await assert_healthy(executor)
