@@ -10,7 +10,7 @@ from aiohttp import web
 
 from engine.api.capability import capability_statement
 from engine.api.context import principal, services, write_context
-from engine.api.http import base_url, fhir_response, read_json, version_headers
+from engine.api.http import base_url, fhir_response, prefer, read_json, version_headers
 from engine.api.outcome import operation_outcome
 from engine.bundles import process_bundle
 from engine.errors import BadRequest, Issue
@@ -36,14 +36,6 @@ def _if_match(request: web.Request) -> int | None:
     return int(text)
 
 
-def _prefer_return(request: web.Request) -> str:
-    for part in request.headers.get("Prefer", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == "return":
-            return value.strip('"')
-    return "representation"
-
-
 def _location(request: web.Request, stored: StoredResource) -> str:
     base = base_url(request, services(request).settings.public_url)
     return f"{base}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
@@ -53,10 +45,10 @@ def _write_response(request: web.Request, result: WriteResult, status: int) -> w
     stored = result.stored
     assert stored is not None
     headers = version_headers(stored, _location(request, stored))
-    prefer = _prefer_return(request)
-    if prefer == "minimal":
+    wanted = prefer(request, "return", "representation")
+    if wanted == "minimal":
         return fhir_response(None, status=status, headers=headers)
-    if prefer == "OperationOutcome":
+    if wanted == "OperationOutcome":
         outcome = operation_outcome(
             [
                 Issue(
@@ -259,8 +251,8 @@ async def bundle(request: web.Request) -> web.Response:
         await read_json(request),
         write_context(request),
         get=svc.get_url,
-        representation=_prefer_return(request) == "representation"
-        and "return=" in request.headers.get("Prefer", ""),
+        # Entries carry status and location only, unless the client asks for the resources.
+        representation=prefer(request, "return", "minimal") == "representation",
     )
     return fhir_response(result)
 

@@ -17,6 +17,7 @@ __all__ = [
     "base_url",
     "fhir_response",
     "http_date",
+    "prefer",
     "read_json",
     "version_headers",
 ]
@@ -54,6 +55,15 @@ async def read_json(request: web.Request, *, patch: bool = False) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
+
+
+def prefer(request: web.Request, name: str, default: str) -> str:
+    """One preference of the ``Prefer`` header (RFC 7240), e.g. ``return`` or ``handling``."""
+    for part in request.headers.get("Prefer", "").replace(",", ";").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value.strip('"')
+    return default
 
 
 def version_headers(stored: StoredResource, location: str | None = None) -> dict[str, str]:

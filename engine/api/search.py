@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from engine.api.context import principal, services
-from engine.api.http import base_url, fhir_response
+from engine.api.http import base_url, fhir_response, prefer
 from engine.api.outcome import operation_outcome
 from engine.errors import Issue, UnsupportedMediaType
 from engine.search import SearchResult, shape
@@ -21,10 +21,6 @@ from engine.service import check_type
 __all__ = ["routes", "searchset"]
 
 _PAGING = ("_count", "_offset")
-
-
-def _lenient(request: web.Request) -> bool:
-    return "handling=lenient" in request.headers.get("Prefer", "").replace(" ", "")
 
 
 async def _pairs(request: web.Request) -> list[tuple[str, str]]:
@@ -86,7 +82,10 @@ async def _search(request: web.Request, resource_type: str | None) -> web.Respon
     svc = services(request)
     pairs = await _pairs(request)
     result = await svc.search.search(
-        principal(request).project, resource_type, pairs, lenient=_lenient(request)
+        principal(request).project,
+        resource_type,
+        pairs,
+        lenient=prefer(request, "handling", "strict") == "lenient",
     )
     path = f"/{resource_type}" if resource_type else ""
     base = base_url(request, svc.settings.public_url)
