@@ -1,0 +1,156 @@
+"""A stage as a faust agent on the real broker: output, changelog-backed counters, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
+from engine.eventlog.port import OutgoingMessage, Record
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+SIGTERM_DEADLINE_S = 10.0
+"""A faust worker must be gone this soon after SIGTERM (the issue's requirement)."""
+
+COUNTING_STAGE = """
+import json, os
+from engine.eventlog.faust_app import Stage
+from engine.eventlog.port import OutgoingMessage
+
+async def count(ctx, record):
+    number = ctx.increment()
+    body = {"key": record.key, "number": number, "offset": record.offset,
+            "payload": record.value.decode()}
+    return [OutgoingMessage(record.key, json.dumps(body).encode(), record.headers)]
+
+stage = Stage(name="numbering", source=os.environ["STAGE_SOURCE"],
+              sink=os.environ["STAGE_SINK"], handler=count)
+"""
+
+
+@pytest.fixture
+async def kafka_log(kafka_bootstrap: str) -> AsyncIterator[KafkaEventLog]:
+    log = KafkaEventLog(KafkaSettings(bootstrap=kafka_bootstrap, client_id="faust-test"))
+    await log.start()
+    yield log
+    await log.stop()
+
+
+async def read_all(log: KafkaEventLog, topic: str, expected: int) -> list[Record]:
+    for _ in range(600):
+        records = await log.read(topic, 0, offset=0, limit=1000)
+        if len(records) >= expected:
+            return records
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{topic} has {len(records)} records, expected {expected}")
+
+
+class Worker:
+    """A faust worker subprocess running the counting stage."""
+
+    def __init__(self, bootstrap: str, tmp_path: Path, source: str, sink: str) -> None:
+        (tmp_path / "counting_stage.py").write_text(COUNTING_STAGE)
+        self.command = [
+            sys.executable,
+            "-m",
+            "engine.eventlog.faust_worker",
+            "--bootstrap",
+            bootstrap,
+            "--app-id",
+            f"app-{source}",
+            "--data-dir",
+            str(tmp_path / "faust"),
+            "--stage",
+            "counting_stage:stage",
+            "--partitions",
+            "2",
+            "--session-timeout",
+            "6",
+        ]
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+            "STAGE_SOURCE": source,
+            "STAGE_SINK": sink,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(*self.command, cwd=REPO, env=self.env)
+
+    async def terminate(self) -> float:
+        """Send SIGTERM; returns the seconds until the process was gone."""
+        assert self.process is not None
+        started = time.perf_counter()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout=30)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError("faust worker ignored SIGTERM for 30 s") from None
+        assert code == 0
+        return time.perf_counter() - started
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def test_stage_counts_per_key_survives_restart_and_stops_on_sigterm(
+    kafka_log: KafkaEventLog,
+    kafka_bootstrap: str,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    source, sink = unique("faust-src"), unique("faust-sink")
+    await kafka_log.create_topic(source, partitions=2)
+    await kafka_log.create_topic(sink, partitions=1)
+    worker = Worker(kafka_bootstrap, tmp_path, source, sink)
+    try:
+        await worker.start()
+        await kafka_log.publish_many(
+            source,
+            [OutgoingMessage("Subscription/a", f"a{i}".encode()) for i in range(5)]
+            + [
+                OutgoingMessage("Subscription/b", f"b{i}".encode(), (("traceparent", b"tp"),))
+                for i in range(3)
+            ],
+        )
+        first = [json.loads(r.value) for r in await read_all(kafka_log, sink, 8)]
+        numbers = {
+            key: [b["number"] for b in first if b["key"] == key]
+            for key in ("Subscription/a", "Subscription/b")
+        }
+        assert numbers == {"Subscription/a": [1, 2, 3, 4, 5], "Subscription/b": [1, 2, 3]}
+        assert [b["payload"] for b in first if b["key"] == "Subscription/a"] == [
+            f"a{i}" for i in range(5)
+        ]
+        b_out = [r for r in await kafka_log.read(sink, 0, offset=0) if r.key == "Subscription/b"]
+        assert all(r.header("traceparent") == b"tp" for r in b_out)
+
+        assert await worker.terminate() < SIGTERM_DEADLINE_S
+
+        # A new worker restores the counters from the changelog topic and goes on counting.
+        await worker.start()
+        await kafka_log.publish_many(
+            source, [OutgoingMessage("Subscription/a", f"a{i}".encode()) for i in range(5, 7)]
+        )
+        after = [json.loads(r.value) for r in await read_all(kafka_log, sink, 10)]
+        assert len(after) == 10, "records were processed twice after the restart"
+        assert [b["number"] for b in after[8:]] == [6, 7]
+        assert await worker.terminate() < SIGTERM_DEADLINE_S
+    finally:
+        await worker.kill()
