@@ -4,6 +4,7 @@ Public API (importable from ``bots``)::
 
     compile_bot, CompiledBot              deploy-time checks (bots.compile)
     SandboxPolicy                         limits and allow-lists (bots.policy)
+    CronSchedule                          Bot.cronString schedules (bots.cron)
     BotExecutor, ProcessBotExecutor,      running bots (bots.executor)
     ExecutionRequest, ExecutionResult
     FhirGateway, CallContext              the port for a bot's FHIR calls (bots.gateway)
@@ -20,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bots.compile import CompiledBot, compile_bot
+    from bots.cron import CronSchedule
     from bots.errors import (
         AccessDeniedError,
         BotCompileError,
         BotError,
         CompileProblem,
+        CronError,
         ExecutorError,
         FhirGatewayError,
         PolicyError,
@@ -41,6 +44,8 @@ __all__ = [
     "CallContext",
     "CompileProblem",
     "CompiledBot",
+    "CronError",
+    "CronSchedule",
     "ExecutionRequest",
     "ExecutionResult",
     "ExecutorError",
@@ -69,6 +74,8 @@ _HOMES = {
     "CallContext": "bots.gateway",
     "FhirGateway": "bots.gateway",
     "SandboxPolicy": "bots.policy",
+    "CronSchedule": "bots.cron",
+    "CronError": "bots.errors",
 }
 
 

@@ -12,6 +12,7 @@ Tree::
     ├── FhirGatewayError       a FHIR call made on a bot's behalf failed
     │   └── AccessDeniedError  the call is outside the bot's access scopes
     ├── PolicyError            a sandbox policy with impossible values (also a ValueError)
+    ├── CronError              a cron expression that cannot be parsed (also a ValueError)
     └── ExecutorError          the executor itself cannot run (closed, cannot start workers)
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "BotCompileError",
     "BotError",
     "CompileProblem",
+    "CronError",
     "ExecutorError",
     "FhirGatewayError",
     "PolicyError",
@@ -119,3 +121,7 @@ class ExecutorError(BotError):
 
 class PolicyError(BotError, ValueError):
     """A :class:`bots.policy.SandboxPolicy` was built with impossible values."""
+
+
+class CronError(BotError, ValueError):
+    """A Bot's ``cronString`` cannot be parsed; the message names the field."""
