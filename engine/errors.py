@@ -19,7 +19,7 @@ Foreign errors (database drivers, pydantic) are translated at the boundary with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "BadRequest",
@@ -57,6 +57,14 @@ class FhirError(Exception):
         super().__init__(message)
         self.message = message
         self.issues = issues or (Issue(message, code=self.code),)
+
+    def located(self, where: str) -> FhirError:
+        """This error with ``where`` (e.g. ``Bundle.entry[3]``) before each message."""
+        self.message = f"{where}: {self.message}"
+        self.issues = tuple(
+            replace(i, diagnostics=f"{where}: {i.diagnostics}") for i in self.issues
+        )
+        return self
 
 
 class BadRequest(FhirError):

@@ -29,6 +29,7 @@ from engine.settings import Settings
 from engine.storage.factory import create_storage
 from engine.storage.port import Storage
 from engine.storage.search_index import SqlSearchIndexer
+from engine.validator_pool import BulkValidator
 from schemas.topics import CHANGES
 
 __all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
@@ -59,8 +60,12 @@ class Engine:
         self.event_log: EventLog | None = None
         self.relay: OutboxRelay | None = None
         self.search = SearchService(self.storage, dialect=self.storage.dialect)
+        self.validator = BulkValidator()
         self.fhir = FhirService(
-            self.storage, on_commit=self._on_commit, conditional_search=self.search.find
+            self.storage,
+            on_commit=self._on_commit,
+            conditional_search=self.search.find,
+            validator=self.validator,
         )
         self.authenticator = Authenticator(self.storage)
         self.routes: list[web.RouteDef] = []
@@ -73,6 +78,7 @@ class Engine:
     async def open(self) -> None:
         """Open the storage (creating its schema)."""
         await self.storage.open()
+        self.validator.start()
 
     async def start_relay(self) -> None:
         """Open the event log and run the outbox relay in the background."""
@@ -94,6 +100,7 @@ class Engine:
             await self.event_log.stop()
             self.event_log = None
         await self.storage.close()
+        self.validator.close()
 
     async def bootstrap(self) -> Bootstrap:
         """Create the default project and, the first time, an admin key in the data dir."""

@@ -17,6 +17,7 @@ import jsonpatch
 
 from engine.errors import (
     BadRequest,
+    FhirError,
     Gone,
     Issue,
     NotFound,
@@ -34,7 +35,8 @@ from engine.storage.model import (
     WriteResult,
 )
 from engine.storage.port import Storage
-from schemas.validation import ResourceInvalid, is_known_type, validate_resource
+from engine.validator_pool import BulkValidator
+from schemas.validation import ValidationProblem, is_known_type
 
 __all__ = [
     "ConditionalSearch",
@@ -68,17 +70,11 @@ def check_id(resource_id: str) -> None:
         raise BadRequest(f"invalid resource id {resource_id!r}")
 
 
-def _validated(resource: Any, expected_type: str | None = None) -> dict[str, Any]:
-    try:
-        validate_resource(resource, expected_type=expected_type)
-    except ResourceInvalid as exc:
-        issues = tuple(
-            Issue(f"{p.path}: {p.message}", code="structure", expression=(p.path,))
-            for p in exc.problems
-        )
-        raise Unprocessable(str(exc), issues=issues) from exc
-    result: dict[str, Any] = resource
-    return result
+def _invalid(problems: Sequence[ValidationProblem]) -> Unprocessable:
+    issues = tuple(
+        Issue(f"{p.path}: {p.message}", code="structure", expression=(p.path,)) for p in problems
+    )
+    return Unprocessable("; ".join(i.diagnostics for i in issues), issues=issues)
 
 
 def apply_json_patch(current: StoredResource, patch: Any) -> dict[str, Any]:
@@ -103,11 +99,13 @@ class FhirService:
         *,
         on_commit: Callable[[], None] | None = None,
         conditional_search: ConditionalSearch | None = None,
+        validator: BulkValidator | None = None,
     ) -> None:
         self.storage = storage
         self._on_commit = on_commit
         self._conditional_search = conditional_search
         self._checks: dict[str, list[WriteCheck]] = {}
+        self._validator = validator or BulkValidator(processes=1)
 
     def set_conditional_search(self, search: ConditionalSearch) -> None:
         """Enable ``If-None-Exist`` with the search implementation."""
@@ -132,18 +130,54 @@ class FhirService:
 
     async def prepare(self, project: str, op: WriteOp) -> WriteOp:
         """Validate the resource an operation writes (422 naming the element if invalid)."""
+        return (await self.prepare_many(project, [op]))[0]
+
+    async def prepare_many(
+        self, project: str, ops: Sequence[WriteOp], where: Sequence[str] | None = None
+    ) -> list[WriteOp]:
+        """Validate many operations (large batches in the validator's worker processes).
+
+        Args:
+            project: the project written to.
+            ops: the operations.
+            where: a label per operation (``Bundle.entry[3]``) put before its errors.
+
+        Raises:
+            FhirError: for the first operation that is refused (nothing is written).
+        """
+        items = [
+            (op.resource, op.resource_type if isinstance(op, UpdateOp) else None)
+            for op in ops
+            if not isinstance(op, DeleteOp)
+        ]
+        problems = iter(await self._validator.validate_many(items))
+        prepared: list[WriteOp] = []
+        for i, op in enumerate(ops):
+            try:
+                found = () if isinstance(op, DeleteOp) else next(problems)
+                prepared.append(await self._prepare_one(project, op, found))
+            except FhirError as exc:
+                if where is not None:
+                    exc.located(where[i])
+                raise
+        return prepared
+
+    async def _prepare_one(
+        self, project: str, op: WriteOp, problems: tuple[ValidationProblem, ...]
+    ) -> WriteOp:
         if isinstance(op, DeleteOp):
             check_type(op.resource_type)
             check_id(op.id)
             return op
+        if problems:
+            raise _invalid(problems)
+        resource = op.resource
         if isinstance(op, CreateOp):
-            resource = _validated(op.resource)
             check_type(resource["resourceType"])
             prepared: WriteOp = CreateOp({k: v for k, v in resource.items() if k != "id"}, op.id)
         else:
             check_type(op.resource_type)
             check_id(op.id)
-            resource = _validated(op.resource, op.resource_type)
             body_id = resource.get("id")
             if body_id is not None and body_id != op.id:
                 raise BadRequest(f"the body's id {body_id!r} does not match the URL's {op.id!r}")
