@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas import topics
+from schemas.events import CausationLink, ChangeEvent
+from schemas.generate import JSON_DIR, PAYLOADS, main, render, schema_for
+
+
+def test_checked_in_schemas_are_up_to_date() -> None:
+    expected = render()
+    on_disk = {p.name: p.read_text(encoding="utf-8") for p in JSON_DIR.glob("*.schema.json")}
+    assert set(on_disk) == set(expected), "run `python -m schemas.generate`"
+    for name, content in expected.items():
+        assert on_disk[name] == content, f"{name} is outdated: run `python -m schemas.generate`"
+
+
+def test_every_payload_topic_is_versioned() -> None:
+    assert topics.CHANGES in PAYLOADS
+    assert topics.NOTIFICATIONS in PAYLOADS
+    for topic in PAYLOADS:
+        assert re.fullmatch(r"[a-z.]+\.v\d+", topic), topic
+
+
+def test_change_event_schema_describes_its_json() -> None:
+    schema = schema_for(topics.CHANGES, ChangeEvent)
+    assert schema["$id"] == "fhir.changes.v1.schema.json"
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {
+        "event_id",
+        "project",
+        "interaction",
+        "resource_type",
+        "resource_id",
+        "version_id",
+        "time",
+    }
+    assert schema["properties"]["interaction"]["enum"] == ["create", "update", "delete"]
+    event = ChangeEvent(
+        event_id="e1",
+        project="p",
+        interaction="update",
+        resource_type="Patient",
+        resource_id="1",
+        version_id="2",
+        resource={"resourceType": "Patient", "id": "1"},
+        previous={"resourceType": "Patient", "id": "1"},
+        time=datetime.now(UTC),
+        causation=(CausationLink(bot="Bot/b", execution="x"),),
+    )
+    wire = json.loads(event.model_dump_json())
+    assert set(wire) <= set(schema["properties"])
+    assert set(schema["required"]) <= set(wire)
+    assert schema["properties"]["time"]["format"] == "date-time"
+
+
+def test_check_mode_reports_and_write_mode_repairs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fhir.changes.v1.schema.json").write_text("{}\n")
+    (tmp_path / "old.topic.v0.schema.json").write_text("{}\n")
+    assert main(["--check", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "outdated fhir.changes.v1.schema.json" in err
+    assert "stale old.topic.v0.schema.json" in err
+    assert "missing fhir.notifications.v1.schema.json" in err
+    assert main(["--out", str(tmp_path)]) == 0
+    assert main(["--check", "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "old.topic.v0.schema.json").exists()
