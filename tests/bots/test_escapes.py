@@ -28,7 +28,7 @@ class Attempt:
 
     name: str
     source: str
-    expect: str  # compile | error | timeout | memory | success
+    expect: str  # compile | error | timeout | memory | success, or alternatives "a|b"
     detail: str = ""  # must appear in the compile problems, the error, or the output
 
 
@@ -256,7 +256,8 @@ ATTEMPTS = [
         "timeout",
     ),
     Attempt("bigint-bomb", handler("return 3 ** (10 ** 8) % 7"), "timeout"),
-    Attempt("bigint-memory-bomb", handler("return 2 ** 2 ** 40"), "memory"),
+    # Squaring towards 2**40 bits either exhausts memory or the CPU budget first.
+    Attempt("bigint-memory-bomb", handler("return 2 ** 2 ** 40"), "memory|timeout"),
     Attempt("recursion-bomb", handler("return handler(fhir, event)"), "error", "RecursionError"),
     Attempt(
         "deep-data",
@@ -310,7 +311,7 @@ async def test_escape_attempt_is_refused_or_contained(
         assert "refused" in (direct.error or "")
     else:
         result = await harness.run(attempt.source)
-        assert result.status == attempt.expect, (result.error, result.output)
+        assert result.status in attempt.expect.split("|"), (result.error, result.output)
         seen = f"{result.error} {result.output} {result.logs}"
         assert attempt.detail in seen
     await assert_healthy(harness.executor)
