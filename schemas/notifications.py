@@ -32,6 +32,15 @@ class ChannelSpec(BaseModel):
     payload: str | None = Field(default=None, description="MIME type of the payload, if any.")
     content: ContentLevel = "id-only"
     headers: tuple[str, ...] = Field(default=(), description="`Name: value` header lines.")
+    heartbeat_period: int | None = Field(
+        default=None, description="Seconds between heartbeats when idle (topic subscriptions)."
+    )
+    timeout: int | None = Field(
+        default=None, description="Seconds a delivery may take before it counts as failed."
+    )
+    max_count: int | None = Field(
+        default=None, description="Most events to bundle in one notification."
+    )
 
 
 class Notification(BaseModel):

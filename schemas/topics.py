@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-__all__ = ["CHANGES", "DEADLETTER_SUFFIX", "NOTIFICATIONS", "deadletter_topic"]
+__all__ = [
+    "CHANGES",
+    "DEADLETTER_SUFFIX",
+    "NOTIFICATIONS",
+    "SUPPRESSED",
+    "deadletter_topic",
+]
 
 CHANGES = "fhir.changes.v1"
 """Every committed create, update and delete (payload: :class:`schemas.events.ChangeEvent`)."""
 
 NOTIFICATIONS = "fhir.notifications.v1"
 """One message per (subscription, change event) that matched, keyed by subscription id."""
+
+SUPPRESSED = "fhir.suppressed.v1"
+"""Notifications the loop guard withheld, with the causation chain (payload:
+:class:`schemas.subscriptions.SuppressedNotification`), keyed by subscription."""
 
 DEADLETTER_SUFFIX = ".deadletter"
 """A message that cannot be decoded or handled goes to its topic's dead-letter twin."""

@@ -1,0 +1,421 @@
+"""Subscription and SubscriptionTopic resources -> :mod:`subscriptions.model` objects.
+
+Parsing is validation: anything the engine could not evaluate raises a
+:class:`~subscriptions.errors.CriteriaError` naming the element, so a Subscription is refused
+when it is written (422) rather than ignored at match time.
+
+Recognised forms:
+
+* R4 ``Subscription.criteria`` search strings (``Observation?code=...``), evaluated with the
+  search semantics of :mod:`subscriptions.search`;
+* Medplum's extensions: ``fhir-path-criteria-expression`` (a FHIRPath criterion with
+  ``%previous``/``%current``) and ``subscription-supported-interaction`` (repeatable);
+* the R4 Subscriptions Backport IG: ``criteria`` names a SubscriptionTopic canonical, filters in
+  ``_criteria`` ``backport-filter-criteria`` extensions, ``backport-payload-content`` on
+  ``channel._payload``, ``backport-heartbeat-period``/``-timeout``/``-max-count`` on the channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, cast
+
+from schemas.events import Interaction
+from schemas.notifications import ChannelSpec, ContentLevel
+from subscriptions.errors import CriteriaError, EvaluationError
+from subscriptions.fhirpath import compile_fhirpath, evaluate_fhirpath
+from subscriptions.model import (
+    ALL_INTERACTIONS,
+    DEFAULT_INTERACTIONS,
+    Criterion,
+    SubscriptionSpec,
+    SubscriptionStatus,
+    Topic,
+    TopicTrigger,
+)
+from subscriptions.search import SearchError, check_in_memory, default_registry, parse_search
+
+__all__ = [
+    "BACKPORT",
+    "FHIRPATH_CRITERIA_URL",
+    "INTERACTION_URL",
+    "canonical_url",
+    "is_topic_criteria",
+    "parse_criterion",
+    "parse_subscription",
+    "parse_topic",
+]
+
+FHIRPATH_CRITERIA_URL = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
+"""Medplum's extension holding a FHIRPath criterion (kept so Medplum Subscriptions work)."""
+
+INTERACTION_URL = "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction"
+"""Medplum's extension naming one interaction to fire on (repeatable)."""
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+"""Prefix of the Subscriptions Backport IG's extensions and profiles."""
+
+FILTER_URL = BACKPORT + "backport-filter-criteria"
+CONTENT_URL = BACKPORT + "backport-payload-content"
+HEARTBEAT_URL = BACKPORT + "backport-heartbeat-period"
+TIMEOUT_URL = BACKPORT + "backport-timeout"
+MAX_COUNT_URL = BACKPORT + "backport-max-count"
+BACKPORT_PROFILE = BACKPORT + "backport-subscription"
+
+STATUSES: frozenset[str] = frozenset({"requested", "active", "error", "off"})
+CHANNEL_TYPES: frozenset[str] = frozenset({"rest-hook", "websocket", "message", "email"})
+"""Channel types with a delivery; R4's ``sms`` has none and is refused."""
+CONTENT_LEVELS: frozenset[str] = frozenset({"empty", "id-only", "full-resource"})
+RESULT_PARAMETERS = ("sort", "count", "total", "summary", "elements", "include", "revinclude")
+"""SearchQuery fields that shape a result set: meaningless for a subscription, so refused."""
+
+_STRUCTURE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
+_URL_SCHEMES = ("http://", "https://", "urn:")
+
+
+def canonical_url(text: str) -> str:
+    """A canonical without its ``|version`` suffix."""
+    return text.split("|", 1)[0].strip()
+
+
+def is_topic_criteria(resource: Mapping[str, Any], topics: Mapping[str, Topic]) -> bool:
+    """Whether a Subscription names a topic (Backport IG) rather than a search string."""
+    criteria = str(resource.get("criteria") or "")
+    if canonical_url(criteria) in topics:
+        return True
+    profiles = (resource.get("meta") or {}).get("profile") or []
+    if BACKPORT_PROFILE in profiles:
+        return True
+    return criteria.startswith(_URL_SCHEMES) and "?" not in criteria
+
+
+def parse_criterion(text: str, expression: str, *, resource_type: str | None = None) -> Criterion:
+    """Parse a search string into a :class:`Criterion` that can run on one resource.
+
+    Args:
+        text: ``Type?params`` (or just ``params`` when ``resource_type`` is given).
+        expression: The element it comes from, for error messages.
+        resource_type: The type when ``text`` does not start with one.
+
+    Raises:
+        CriteriaError: Unknown type, parameter, modifier or prefix, a malformed value, chained
+            or ``_has`` parameters, or result parameters such as ``_sort``.
+    """
+    try:
+        query = parse_search(text, resource_type=resource_type).query
+        check_in_memory(query)
+    except SearchError as exc:
+        raise CriteriaError(f"{expression}: {exc}", expression=expression) from exc
+    if query.resource_type is None:
+        raise CriteriaError(f"{expression}: {text!r} names no resource type", expression=expression)
+    if resource_type is not None and query.resource_type != resource_type:
+        raise CriteriaError(
+            f"{expression}: {text!r} searches {query.resource_type}, not {resource_type}",
+            expression=expression,
+        )
+    for name in RESULT_PARAMETERS:
+        if getattr(query, name):
+            raise CriteriaError(
+                f"{expression}: _{name} shapes search results and means nothing in a criterion",
+                expression=expression,
+            )
+    return Criterion(text=text, query=query, expression=expression)
+
+
+def _check_fhirpath(expression_text: str, where: str, resource_type: str | None) -> str:
+    try:
+        compile_fhirpath(expression_text)
+        # A dry run on an empty resource catches unknown functions, which fhirpathpy only
+        # reports when it evaluates them.
+        empty = {"resourceType": resource_type or "Resource"}
+        evaluate_fhirpath(expression_text, empty, empty)
+    except (CriteriaError, EvaluationError) as exc:
+        raise CriteriaError(f"{where}: {exc}", expression=where) from exc
+    return expression_text
+
+
+def _extensions(element: Any, url: str) -> list[dict[str, Any]]:
+    if not isinstance(element, dict):
+        return []
+    return [e for e in element.get("extension") or [] if e.get("url") == url]
+
+
+def _value(extension: dict[str, Any]) -> Any:
+    for key, value in extension.items():
+        if key.startswith("value"):
+            return value
+    return None
+
+
+def _resource_type_of(text: str, where: str) -> str:
+    name = text[len(_STRUCTURE_PREFIX) :] if text.startswith(_STRUCTURE_PREFIX) else text
+    if name not in default_registry().resource_types:
+        raise CriteriaError(f"{where}: unknown resource type {text!r}", expression=where)
+    return name
+
+
+def _result(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if value not in ("test-passes", "test-fails"):
+        raise CriteriaError(f"{where}: expected test-passes or test-fails", expression=where)
+    return bool(value == "test-passes")
+
+
+def _interactions(values: list[Any], where: str) -> frozenset[Interaction]:
+    out: set[Interaction] = set()
+    for value in values:
+        if value not in ALL_INTERACTIONS:
+            raise CriteriaError(f"{where}: unsupported interaction {value!r}", expression=where)
+        out.add(cast(Interaction, value))
+    return frozenset(out)
+
+
+def _trigger(index: int, trigger: dict[str, Any]) -> TopicTrigger:
+    where = f"SubscriptionTopic.resourceTrigger[{index}]"
+    resource_type = _resource_type_of(str(trigger.get("resource") or ""), f"{where}.resource")
+    supported = trigger.get("supportedInteraction") or []
+    interactions = (
+        _interactions(supported, f"{where}.supportedInteraction") if supported else ALL_INTERACTIONS
+    )
+    query = trigger.get("queryCriteria") or {}
+    previous = current = None
+    if query.get("previous"):
+        previous = parse_criterion(
+            query["previous"], f"{where}.queryCriteria.previous", resource_type=resource_type
+        )
+    if query.get("current"):
+        current = parse_criterion(
+            query["current"], f"{where}.queryCriteria.current", resource_type=resource_type
+        )
+    fhirpath = trigger.get("fhirPathCriteria")
+    if fhirpath is not None:
+        _check_fhirpath(fhirpath, f"{where}.fhirPathCriteria", resource_type)
+    return TopicTrigger(
+        index=index,
+        resource_type=resource_type,
+        interactions=interactions,
+        previous=previous,
+        current=current,
+        result_for_create=_result(
+            query.get("resultForCreate"), f"{where}.queryCriteria.resultForCreate"
+        ),
+        result_for_delete=_result(
+            query.get("resultForDelete"), f"{where}.queryCriteria.resultForDelete"
+        ),
+        require_both=bool(query.get("requireBoth", False)),
+        fhirpath=fhirpath,
+    )
+
+
+def _can_filter_by(topic: dict[str, Any]) -> dict[str, dict[str, frozenset[str]]]:
+    registry = default_registry()
+    allowed: dict[str, dict[str, frozenset[str]]] = {}
+    for i, item in enumerate(topic.get("canFilterBy") or []):
+        where = f"SubscriptionTopic.canFilterBy[{i}]"
+        resource = item.get("resource")
+        resource_type = _resource_type_of(resource, f"{where}.resource") if resource else ""
+        code = item.get("filterParameter")
+        if not code:
+            raise CriteriaError(f"{where}.filterParameter is required", expression=where)
+        if resource_type and registry.get(resource_type, code) is None:
+            raise CriteriaError(
+                f"{where}.filterParameter: {resource_type} has no search parameter {code!r}",
+                expression=f"{where}.filterParameter",
+            )
+        allowed.setdefault(resource_type, {})[code] = frozenset(item.get("modifier") or ())
+    return allowed
+
+
+def parse_topic(resource: Mapping[str, Any]) -> Topic:
+    """Parse a SubscriptionTopic.
+
+    Raises:
+        CriteriaError: A trigger or filter the engine cannot evaluate; event triggers (which
+            need events the engine does not define) are refused too.
+    """
+    url = resource.get("url")
+    if not url:
+        raise CriteriaError(
+            "SubscriptionTopic.url is required: subscriptions name a topic by it",
+            expression="SubscriptionTopic.url",
+        )
+    if resource.get("eventTrigger"):
+        raise CriteriaError(
+            "SubscriptionTopic.eventTrigger is not supported: use resourceTrigger",
+            expression="SubscriptionTopic.eventTrigger",
+        )
+    triggers = tuple(_trigger(i, t) for i, t in enumerate(resource.get("resourceTrigger") or []))
+    if not triggers:
+        raise CriteriaError(
+            "SubscriptionTopic.resourceTrigger: a topic needs at least one",
+            expression="SubscriptionTopic.resourceTrigger",
+        )
+    return Topic(
+        id=str(resource.get("id") or ""),
+        url=canonical_url(str(url)),
+        status=str(resource.get("status") or "unknown"),
+        triggers=triggers,
+        can_filter_by=_can_filter_by(dict(resource)),
+    )
+
+
+def _positive_int(channel: dict[str, Any], url: str, name: str) -> int | None:
+    found = _extensions(channel, url)
+    if not found:
+        return None
+    value = _value(found[0])
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        where = f"Subscription.channel.extension({name})"
+        raise CriteriaError(f"{where}: expected a non-negative integer", expression=where)
+    return value
+
+
+def _channel(resource: Mapping[str, Any]) -> ChannelSpec:
+    channel = resource.get("channel") or {}
+    kind = channel.get("type")
+    if kind not in CHANNEL_TYPES:
+        raise CriteriaError(
+            f"Subscription.channel.type {kind!r} is not supported "
+            f"(supported: {', '.join(sorted(CHANNEL_TYPES))})",
+            expression="Subscription.channel.type",
+        )
+    endpoint = channel.get("endpoint")
+    payload = channel.get("payload")
+    content_ext = _extensions(channel.get("_payload"), CONTENT_URL)
+    content: str
+    if content_ext:
+        content = str(_value(content_ext[0]))
+        if content not in CONTENT_LEVELS:
+            raise CriteriaError(
+                f"Subscription.channel.payload content {content!r} is not one of "
+                f"{', '.join(sorted(CONTENT_LEVELS))}",
+                expression="Subscription.channel.payload",
+            )
+    elif payload or (endpoint or "").startswith("Bot/"):
+        content = "full-resource"
+    else:
+        content = "empty"
+    return ChannelSpec(
+        type=kind,
+        endpoint=endpoint,
+        payload=payload,
+        content=cast(ContentLevel, content),
+        headers=tuple(channel.get("header") or ()),
+        heartbeat_period=_positive_int(channel, HEARTBEAT_URL, "heartbeat-period"),
+        timeout=_positive_int(channel, TIMEOUT_URL, "timeout"),
+        max_count=_positive_int(channel, MAX_COUNT_URL, "max-count"),
+    )
+
+
+def _filters(resource: Mapping[str, Any], topic: Topic) -> tuple[Criterion, ...]:
+    filters: list[Criterion] = []
+    default_type = next(iter(topic.resource_types)) if len(topic.resource_types) == 1 else None
+    for i, extension in enumerate(_extensions(resource.get("_criteria"), FILTER_URL)):
+        where = f"Subscription.criteria.extension[{i}]"
+        text = str(_value(extension) or "")
+        has_type = "?" in text
+        criterion = parse_criterion(text, where, resource_type=None if has_type else default_type)
+        resource_type = criterion.resource_type
+        if resource_type not in topic.resource_types:
+            raise CriteriaError(
+                f"{where}: topic {topic.url} has no trigger for {resource_type}",
+                expression=where,
+            )
+        allowed = {**topic.can_filter_by.get("", {}), **topic.can_filter_by.get(resource_type, {})}
+        for clause in criterion.query.clauses:
+            code, _, modifier = clause.name.partition(":")
+            if code not in allowed:
+                raise CriteriaError(
+                    f"{where}: topic {topic.url} cannot filter {resource_type} by {code!r} "
+                    f"(canFilterBy: {', '.join(sorted(allowed)) or 'nothing'})",
+                    expression=where,
+                )
+            modifiers = allowed[code]
+            if modifier and modifiers and modifier not in modifiers:
+                raise CriteriaError(
+                    f"{where}: topic {topic.url} does not allow {code}:{modifier}",
+                    expression=where,
+                )
+        filters.append(criterion)
+    return tuple(filters)
+
+
+def _end(resource: Mapping[str, Any]) -> datetime | None:
+    end = resource.get("end")
+    if not end:
+        return None
+    try:
+        return datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise CriteriaError(
+            f"Subscription.end {end!r} is not an instant", expression="Subscription.end"
+        ) from exc
+
+
+def parse_subscription(
+    resource: Mapping[str, Any], topics: Mapping[str, Topic]
+) -> SubscriptionSpec:
+    """Parse a Subscription.
+
+    Args:
+        resource: The Subscription resource (with ``id`` and ``meta.versionId`` once stored).
+        topics: The project's topics by canonical URL (for topic subscriptions).
+
+    Raises:
+        CriteriaError: A criterion, filter, interaction, channel or status the engine cannot
+            honour; a topic that is not known.
+    """
+    status = resource.get("status")
+    if status not in STATUSES:
+        raise CriteriaError(
+            f"Subscription.status {status!r} is not one of {', '.join(sorted(STATUSES))}",
+            expression="Subscription.status",
+        )
+    channel = _channel(resource)
+    criteria_text = str(resource.get("criteria") or "").strip()
+    if not criteria_text:
+        raise CriteriaError("Subscription.criteria is required", expression="Subscription.criteria")
+    common: dict[str, Any] = {
+        "id": str(resource.get("id") or ""),
+        "version_id": str((resource.get("meta") or {}).get("versionId") or ""),
+        "status": cast(SubscriptionStatus, status),
+        "channel": channel,
+        "end": _end(resource),
+        "error": resource.get("error"),
+    }
+    if is_topic_criteria(resource, topics):
+        url = canonical_url(criteria_text)
+        topic = topics.get(url)
+        if topic is None:
+            raise CriteriaError(
+                f"Subscription.criteria: unknown SubscriptionTopic {url!r}",
+                expression="Subscription.criteria",
+            )
+        return SubscriptionSpec(
+            **common, topic_url=url, filters=_filters(resource, topic), interactions=frozenset()
+        )
+    criterion = parse_criterion(criteria_text, "Subscription.criteria")
+    fhirpath = None
+    fhirpath_ext = _extensions(resource, FHIRPATH_CRITERIA_URL)
+    if len(fhirpath_ext) > 1:
+        raise CriteriaError(
+            "Subscription.extension: at most one FHIRPath criteria extension",
+            expression="Subscription.extension",
+        )
+    if fhirpath_ext:
+        fhirpath = _check_fhirpath(
+            str(_value(fhirpath_ext[0]) or ""),
+            "Subscription.extension(fhir-path-criteria-expression)",
+            criterion.resource_type,
+        )
+    asked = [_value(e) for e in _extensions(resource, INTERACTION_URL)]
+    interactions = (
+        _interactions(asked, "Subscription.extension(subscription-supported-interaction)")
+        if asked
+        else DEFAULT_INTERACTIONS
+    )
+    return SubscriptionSpec(
+        **common, criteria=criterion, fhirpath=fhirpath, interactions=interactions
+    )
