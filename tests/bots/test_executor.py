@@ -199,9 +199,12 @@ async def test_worker_death_during_execution_is_a_killed_result(
 ) -> None:
     # SIGKILL sent to the worker while the bot computes (before the CPU limit).
     source = "def handler(fhir, event):\n    while True:\n        pass\n"
+    idle = {pid: _cpu_ticks(pid) for pid in executor.worker_pids}
     task = asyncio.create_task(run(executor, source, timeout=2))
-    await asyncio.sleep(0.3)
-    busy = [pid for pid in executor.worker_pids if _cpu_ticks(pid) > 10]
+    busy: list[int] = []
+    while not busy and not task.done():  # the worker spinning is the one whose CPU grows
+        await asyncio.sleep(0.02)
+        busy = [pid for pid, ticks in idle.items() if _cpu_ticks(pid) > ticks + 2]
     for pid in busy:
         os.kill(pid, signal.SIGKILL)
     result = await task
