@@ -83,6 +83,7 @@ class WorkerProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             env={},
+            cwd="/",  # nothing relative to the engine's directory
             close_fds=True,
             start_new_session=True,
         )

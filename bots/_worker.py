@@ -122,6 +122,8 @@ class Worker:
         """Limits that hold for the worker's whole life."""
         files = self.policy.max_open_files
         resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+        # SIGXCPU (the CPU limit) would otherwise dump a core file of the sandbox.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if self.policy.forbid_processes:
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))

@@ -363,3 +363,5 @@ async def test_worker_holds_no_environment_or_extra_files(harness: BotHarness) -
         assert str(256 * 1024 * 1024) in address_space
         open_files = next(line for line in table.splitlines() if "open files" in line)
         assert open_files.split()[3] == "16"
+        core = next(line for line in table.splitlines() if "core file size" in line)
+        assert core.split()[4] == "0"
