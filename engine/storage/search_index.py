@@ -31,7 +31,6 @@ from subscriptions.search.query import (
     NumberValue,
     QuantityValue,
     ReferenceValue,
-    SortKey,
     StringValue,
     TokenValue,
     UriValue,
@@ -363,31 +362,54 @@ _VALUE_SQL: dict[str, Callable[[str | None, Any], tuple[str, list[Any]]]] = {
 
 
 class _Compiler:
-    """Builds the WHERE conditions of one search; aliases stay unique across nesting."""
+    """Builds the WHERE conditions of one search; aliases stay unique across nesting.
 
-    def __init__(self, project: str) -> None:
+    Membership tests are uncorrelated subqueries. SQLite runs ``x IN (SELECT ...)`` once into
+    a temporary index. PostgreSQL gets ``x = ANY(ARRAY(SELECT ...))``: an init plan run once,
+    whatever the planner estimates. (Written as ``IN``, PostgreSQL may turn it into a nested
+    semi-join that re-runs the subquery per row when its statistics are missing, e.g. right
+    after a bulk load.)
+    """
+
+    def __init__(self, project: str, dialect: Dialect) -> None:
         self.project = project
+        self.dialect = dialect
         self._aliases: Iterator[int] = itertools.count()
 
     def alias(self, stem: str) -> str:
         return f"{stem}{next(self._aliases)}"
 
-    def owner_subquery(
-        self, kind: str, code: str, resource_type: str | None, outer: str
-    ) -> tuple[str, str, str, list[Any]]:
-        """``(alias, target, FROM/WHERE text, params)`` selecting owners of rows of ``code``."""
+    def member(self, left: str, select: str, rest: str) -> str:
+        """``left`` is among the values of ``SELECT select rest``."""
+        if self.dialect == "postgres":
+            return f"{left} = ANY(ARRAY(SELECT {select} {rest}))"
+        return f"{left} IN (SELECT {select} {rest})"
+
+    def owner_member(self, outer: str, s: str, resource_type: str | None, rest: str) -> str:
+        """The row ``outer`` owns an index row of ``SELECT ... rest`` (alias ``s``)."""
+        if resource_type is not None:
+            return self.member(f"{outer}.id", f"{s}.resource_id", rest)
+        if self.dialect == "postgres":
+            return self.member(
+                f"({outer}.resource_type || '/' || {outer}.id)",
+                f"{s}.resource_type || '/' || {s}.resource_id",
+                rest,
+            )
+        return self.member(
+            f"({outer}.resource_type, {outer}.id)", f"{s}.resource_type, {s}.resource_id", rest
+        )
+
+    def index_rows(
+        self, kind: str, code: str, resource_type: str | None
+    ) -> tuple[str, str, list[Any]]:
+        """``(alias, FROM/WHERE text, params)`` of the index rows of parameter ``code``."""
         s = self.alias("s")
         where = f"{s}.project = ? AND {s}.param = ?"
         params: list[Any] = [self.project, code]
         if resource_type is not None:
             where += f" AND {s}.resource_type = ?"
             params.append(resource_type)
-            target = f"{outer}.id IN (SELECT {s}.resource_id"
-        else:
-            target = (
-                f"({outer}.resource_type, {outer}.id) IN (SELECT {s}.resource_type, {s}.resource_id"
-            )
-        return s, target, f"FROM search_{kind} {s} WHERE {where}", params
+        return s, f"FROM search_{kind} {s} WHERE {where}", params
 
     def clause(
         self, clause: Clause, resource_type: str | None, outer: str
@@ -397,68 +419,56 @@ class _Compiler:
         if isinstance(clause, HasClause):
             return self._has(clause, resource_type, outer)
         kind = clause.param.type
-        alias, target, body, params = self.owner_subquery(
-            kind, clause.param.code, resource_type, outer
-        )
+        s, body, params = self.index_rows(kind, clause.param.code, resource_type)
         if isinstance(clause, MissingClause):
             negate = "NOT " if clause.missing else ""
-            return f"{negate}{target} {body})", params
+            return f"{negate}{self.owner_member(outer, s, resource_type, body)}", params
         conditions: list[str] = []
         for value in clause.values:
             cond, value_params = _VALUE_SQL[kind](clause.modifier, value)
-            conditions.append(f"({_ROW_ALIAS.sub(alias + '.', cond)})")
+            conditions.append(f"({_ROW_ALIAS.sub(s + '.', cond)})")
             params.extend(value_params)
         negate = "NOT " if clause.modifier == "not" else ""
-        return f"{negate}{target} {body} AND ({' OR '.join(conditions)}))", params
+        rest = f"{body} AND ({' OR '.join(conditions)})"
+        return f"{negate}{self.owner_member(outer, s, resource_type, rest)}", params
 
-    def _resources_where(self, alias: str, resource_type: str) -> tuple[str, list[Any]]:
-        return (
-            f"{alias}.project = ? AND {alias}.resource_type = ? AND NOT {alias}.deleted",
-            [self.project, resource_type],
+    def _live(self, column: str, clause: Clause, resource_type: str) -> tuple[str, list[Any]]:
+        """``column`` is the id of a live ``resource_type`` resource matching ``clause``."""
+        t = self.alias("t")
+        inner, inner_params = self.clause(clause, resource_type, t)
+        sql = (
+            f"FROM resources {t} WHERE {t}.project = ? AND {t}.resource_type = ? "
+            f"AND NOT {t}.deleted AND {inner}"
         )
+        return self.member(column, f"{t}.id", sql), [
+            self.project,
+            resource_type,
+            *inner_params,
+        ]
 
     def _chain(
         self, clause: ChainClause, resource_type: str | None, outer: str
     ) -> tuple[str, list[Any]]:
-        s, target, body, params = self.owner_subquery(
-            "reference", clause.param.code, resource_type, outer
-        )
-        t = self.alias("t")
-        where, where_params = self._resources_where(t, clause.target_type)
-        inner, inner_params = self.clause(clause.inner, clause.target_type, t)
-        sql = (
-            f"{target} {body} AND {s}.ref_type = ? AND {s}.ref_id IN "
-            f"(SELECT {t}.id FROM resources {t} WHERE {where} AND {inner}))"
-        )
-        return sql, [*params, clause.target_type, *where_params, *inner_params]
+        s, body, params = self.index_rows("reference", clause.param.code, resource_type)
+        targets, target_params = self._live(f"{s}.ref_id", clause.inner, clause.target_type)
+        rest = f"{body} AND {s}.ref_type = ? AND {targets}"
+        sql = self.owner_member(outer, s, resource_type, rest)
+        return sql, [*params, clause.target_type, *target_params]
 
     def _has(
         self, clause: HasClause, resource_type: str | None, outer: str
     ) -> tuple[str, list[Any]]:
         if resource_type is None:
             raise UnsupportedSearchError("_has needs a resource type", param=clause.name)
-        s = self.alias("s")
-        t = self.alias("t")
-        where, where_params = self._resources_where(t, clause.source_type)
-        inner, inner_params = self.clause(clause.inner, clause.source_type, t)
-        sql = (
-            f"{outer}.id IN (SELECT {s}.ref_id FROM search_reference {s} WHERE "
-            f"{s}.project = ? AND {s}.resource_type = ? AND {s}.param = ? AND {s}.ref_type = ? "
-            f"AND {s}.resource_id IN (SELECT {t}.id FROM resources {t} WHERE {where} AND {inner}))"
-        )
-        params = [
-            self.project,
-            clause.source_type,
-            clause.reference.code,
-            resource_type,
-            *where_params,
-            *inner_params,
-        ]
-        return sql, params
+        s, body, params = self.index_rows("reference", clause.reference.code, clause.source_type)
+        sources, source_params = self._live(f"{s}.resource_id", clause.inner, clause.source_type)
+        rest = f"{body} AND {s}.ref_type = ? AND {sources}"
+        sql = self.member(f"{outer}.id", f"{s}.ref_id", rest)
+        return sql, [*params, resource_type, *source_params]
 
 
-def _where(query: SearchQuery, project: str) -> tuple[str, list[Any]]:
-    compiler = _Compiler(project)
+def _where(query: SearchQuery, project: str, dialect: Dialect) -> tuple[str, list[Any]]:
+    compiler = _Compiler(project, dialect)
     conditions = ["r.project = ?", "NOT r.deleted"]
     params: list[Any] = [project]
     if query.resource_type is not None:
@@ -471,28 +481,42 @@ def _where(query: SearchQuery, project: str) -> tuple[str, list[Any]]:
     return " AND ".join(conditions), params
 
 
-def _order_by(sort: tuple[SortKey, ...], dialect: Dialect) -> tuple[str, list[Any]]:
+def _order_by(
+    query: SearchQuery, project: str, dialect: Dialect
+) -> tuple[str, list[Any], str, list[Any]]:
+    """``(joins, join params, ORDER BY text, order params)`` of the ``_sort`` keys.
+
+    Each key is a LEFT JOIN on the per-resource aggregate of its index rows (computed once,
+    not per row); resources without a value sort last in both directions.
+    """
     # PostgreSQL's default collation orders text by locale rules; "C" orders by code point
     # like SQLite, so both engines page identically.
     collate = ' COLLATE "C"' if dialect == "postgres" else ""
+    joins: list[str] = []
+    join_params: list[Any] = []
     keys: list[str] = []
-    params: list[Any] = []
-    for key in sort:
+    for number, key in enumerate(query.sort):
         kind = key.param.type
         if kind not in _SORT_COLUMNS:
             raise UnsupportedSearchError(f"cannot sort by {key.param.code!r}", param="_sort")
         agg = _SORT_COLUMNS[kind][1 if key.descending else 0]
-        sub = (
-            f"(SELECT {agg} FROM search_{kind} s WHERE s.project = r.project "
-            "AND s.resource_type = r.resource_type AND s.resource_id = r.id AND s.param = ?)"
+        k = f"k{number}"
+        where = "s.project = ? AND s.param = ?"
+        join_params.extend([project, key.param.code])
+        if query.resource_type is not None:
+            where += " AND s.resource_type = ?"
+            join_params.append(query.resource_type)
+        joins.append(
+            f"LEFT JOIN (SELECT s.resource_type, s.resource_id, {agg} AS v "
+            f"FROM search_{kind} s WHERE {where} GROUP BY s.resource_type, s.resource_id) {k} "
+            f"ON {k}.resource_type = r.resource_type AND {k}.resource_id = r.id"
         )
         text_sort = kind in {"string", "token", "uri"}
-        keys.append(f"{sub} IS NULL")
-        keys.append(f"{sub}{collate if text_sort else ''} {'DESC' if key.descending else 'ASC'}")
-        params.extend([key.param.code, key.param.code])
+        keys.append(f"{k}.v IS NULL")
+        keys.append(f"{k}.v{collate if text_sort else ''} {'DESC' if key.descending else 'ASC'}")
     keys.append(f"r.resource_type{collate} ASC")
     keys.append(f"r.id{collate} ASC")
-    return ", ".join(keys), params
+    return " ".join(joins), join_params, ", ".join(keys), []
 
 
 def compile_search(
@@ -514,10 +538,11 @@ def compile_search(
     Raises:
         UnsupportedSearchError: A clause or sort key cannot be compiled.
     """
-    where, params = _where(query, project)
-    order, order_params = _order_by(query.sort, dialect)
+    joins, join_params, order, order_params = _order_by(query, project, dialect)
+    where, where_params = _where(query, project, dialect)
+    params = [*join_params, *where_params]
     columns = ", ".join(f"r.{c.strip()}" for c in RESOURCE_COLUMNS.split(","))
-    sql = f"SELECT {columns} FROM resources r WHERE {where} ORDER BY {order}"
+    sql = f"SELECT {columns} FROM resources r {joins} WHERE {where} ORDER BY {order}"
     params.extend(order_params)
     if query.count is not None:
         sql += " LIMIT ? OFFSET ?"
@@ -541,6 +566,5 @@ def compile_count(
     Returns:
         ``(sql, params)`` with ``?`` placeholders.
     """
-    del dialect  # the count is written the same way in both dialects
-    where, params = _where(query, project)
+    where, params = _where(query, project, dialect)
     return f"SELECT COUNT(*) FROM resources r WHERE {where}", params
