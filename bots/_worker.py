@@ -139,10 +139,15 @@ class Worker:
                 "message": f"more than SandboxPolicy.max_fhir_calls ({self._fhir_limit}) "
                 "FHIR calls in one execution",
             }
-        write_frame(
-            self._out,
-            encode({"op": "fhir", "method": method, "args": args}, default=json_default),
-        )
+        frame = encode({"op": "fhir", "method": method, "args": args}, default=json_default)
+        if len(frame) > self.policy.max_message_bytes:
+            return {
+                "ok": False,
+                "status": 413,
+                "message": f"FHIR request of {len(frame)} bytes exceeds "
+                f"SandboxPolicy.max_message_bytes ({self.policy.max_message_bytes})",
+            }
+        write_frame(self._out, frame)
         reply = self.receive()
         if reply.get("op") != "fhir_result":
             raise ChannelClosedError(f"unexpected message {reply.get('op')!r} during a FHIR call")

@@ -130,6 +130,12 @@ class SandboxPolicy:
         for name, value in positive.items():
             if value <= 0:
                 raise PolicyError(f"SandboxPolicy.{name} must be positive, got {value!r}")
+        # A result (output plus logs, up to 4 UTF-8 bytes a character) must fit in one frame.
+        if self.max_message_bytes < self.max_output_bytes + 4 * self.max_log_bytes + 4096:
+            raise PolicyError(
+                "SandboxPolicy.max_message_bytes must exceed max_output_bytes + "
+                "4 * max_log_bytes + 4096 so that a result fits in one message"
+            )
         if self.max_fhir_calls < 0:
             raise PolicyError("SandboxPolicy.max_fhir_calls must be >= 0")
         if self.memory_bytes < 64 * MIB:

@@ -342,21 +342,23 @@ async def test_module_state_does_not_leak_between_executions(harness: BotHarness
         assert again.output == ["0.6666666666666666666666666667", 3.141592653589793]
 
 
-def _process_facts(pid: int) -> tuple[bytes, int, str]:
-    """Environment, number of open descriptors and resource-limit table of a process."""
+def _process_facts(pid: int) -> tuple[bytes, int, str, str]:
+    """Environment, open descriptors, resource-limit table and directory of a process."""
     proc = Path(f"/proc/{pid}")
     return (
         (proc / "environ").read_bytes(),
         len(os.listdir(proc / "fd")),
         (proc / "limits").read_text(),
+        os.readlink(proc / "cwd"),
     )
 
 
 @MODULE_LOOP
 async def test_worker_holds_no_environment_or_extra_files(harness: BotHarness) -> None:
     for pid in harness.executor.worker_pids:
-        environ, fds, table = _process_facts(pid)
+        environ, fds, table, cwd = _process_facts(pid)
         assert environ == b""
+        assert cwd == "/"
         # stdin/stdout/stderr (now /dev/null) plus the two channel descriptors.
         assert fds <= 5
         address_space = next(line for line in table.splitlines() if "address space" in line)

@@ -338,7 +338,9 @@ def test_needs_audit(trigger: Any, status: Any, output: Any, expected: bool) -> 
 async def test_oversized_messages_are_refused_not_fatal() -> None:
     big = {"resourceType": "Patient", "id": "big", "text": {"div": "x" * 200_000}}
     gateway = InMemoryFhirGateway([big])
-    policy = SandboxPolicy(pool_size=1, max_message_bytes=100_000)
+    policy = SandboxPolicy(
+        pool_size=1, max_message_bytes=100_000, max_output_bytes=50_000, max_log_bytes=8_000
+    )
     source = """
 def handler(fhir, event):
     try:
@@ -355,4 +357,13 @@ def handler(fhir, event):
         too_big = await run(executor, source, input="y" * 200_000)
         assert too_big.status == "error"
         assert "input is too large" in (too_big.error or "")
+        big_request = await run(
+            executor,
+            "def handler(fhir, event):\n"
+            "    try:\n"
+            "        fhir.create({'resourceType': 'Basic', 'text': 'z' * 200000})\n"
+            "    except FhirError as error:\n"
+            "        return error.status\n",
+        )
+        assert big_request.output == 413
         await assert_healthy(executor)

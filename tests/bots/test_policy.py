@@ -46,6 +46,7 @@ def test_copy_builders_change_one_field() -> None:
         ({"allowed_modules": frozenset({"os.path"})}, "allowed_modules"),
         ({"allowed_modules": frozenset({"_thread"})}, "allowed_modules"),
         ({"max_fhir_calls": -1}, "max_fhir_calls"),
+        ({"max_message_bytes": 1024 * 1024}, "max_message_bytes"),
     ],
 )
 def test_impossible_values_are_refused_naming_the_field(changes: dict, named: str) -> None:
