@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.cli_subscriptions import add_commands as add_subscription_commands
 from engine.client import FhirClient, client_settings
 from engine.loader import find_files, load_files
 from engine.logs import configure_logging
@@ -56,6 +57,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if boot.token_path is not None:
             print(f"admin API key written to {boot.token_path} (mode 0600)", flush=True)
         await engine.start_relay()
+        await engine.start_matcher()
         runner = web.AppRunner(engine.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -81,6 +83,8 @@ async def _worker(args: argparse.Namespace) -> int:
     try:
         if args.role == "relay":
             await engine.start_relay()
+        elif args.role == "matcher":
+            await engine.start_matcher()
         log.info("worker started", role=args.role)
         await _until_signalled()
     finally:
@@ -118,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one stage of the distributed mode")
     server_flags(worker)
-    worker.add_argument("role", choices=["relay"], help="which stage to run")
+    worker.add_argument("role", choices=["relay", "matcher"], help="which stage to run")
     worker.set_defaults(run=_worker)
 
     load = sub.add_parser("load", help="load FHIR Bundles from a file or folder")
@@ -126,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--url", help="server base URL (FHIRBOTS_URL)")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
+    add_subscription_commands(sub)
     return parser
 
 

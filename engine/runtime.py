@@ -18,6 +18,7 @@ from aiohttp import web
 from engine.api.app import create_app
 from engine.api.context import Services
 from engine.api.search import searchset
+from engine.api.subscriptions import install as install_subscriptions
 from engine.auth import Authenticator, generate_key, hash_key
 from engine.errors import BadRequest
 from engine.eventlog.factory import create_event_log
@@ -26,6 +27,7 @@ from engine.relay import OutboxRelay
 from engine.search import SearchService
 from engine.service import FhirService
 from engine.settings import Settings
+from engine.stages.matcher import MatcherStage, service_error_marker
 from engine.storage.factory import create_storage
 from engine.storage.port import Storage
 from engine.storage.search_index import SqlSearchIndexer
@@ -70,6 +72,8 @@ class Engine:
         self.authenticator = Authenticator(self.storage)
         self.routes: list[web.RouteDef] = []
         """Operation routes other parts add (they are served before the generic routes)."""
+        install_subscriptions(self.fhir, self.routes)
+        self.matcher: MatcherStage | None = None
 
     def _on_commit(self) -> None:
         if self.relay is not None:
@@ -91,8 +95,25 @@ class Engine:
         self.relay = OutboxRelay(self.storage, self.event_log)
         self.relay.start()
 
+    async def start_matcher(self) -> None:
+        """Run the subscription matcher stage on the event log (opened here if needed)."""
+        if self.event_log is None:
+            self.event_log = create_event_log(
+                kafka_bootstrap=self.settings.kafka,
+                data_dir=self.settings.data_dir,
+                topics=(TopicSpec(CHANGES),),
+            )
+            await self.event_log.start()
+        self.matcher = MatcherStage(
+            self.storage, self.event_log, mark_error=service_error_marker(self.fhir)
+        )
+        await self.matcher.start(self.event_log)
+
     async def close(self) -> None:
         """Stop the relay, the event log and the storage, in that order."""
+        if self.matcher is not None:
+            await self.matcher.stop()
+            self.matcher = None
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
