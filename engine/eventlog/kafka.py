@@ -22,6 +22,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic, TopicNotFound
 from engine.eventlog.metrics import PUBLISHED, REBALANCES
+from engine.eventlog.partitioner import partition_for
 from engine.eventlog.port import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PARTITIONS,
@@ -232,32 +233,60 @@ class KafkaEventLog:
         return (await self.publish_many(topic, [OutgoingMessage(key, value, headers or ())]))[0]
 
     async def publish_many(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[Record]:
-        """Publish messages; returns when all are acknowledged (per-key order kept)."""
+        """Publish messages; returns when all are acknowledged (per-key order kept).
+
+        Messages are placed with :func:`engine.eventlog.partitioner.partition_for` (Kafka's
+        own partitioner) and sent as one record batch per partition, which is several times
+        faster than one ``send`` per message.
+        """
         if not messages:
             return []
-        await self.partitions(topic)
+        count = await self.partitions(topic)
         producer = self._ready_producer
+        by_partition: dict[int, list[int]] = {}
+        for index, message in enumerate(messages):
+            by_partition.setdefault(partition_for(message.key, count), []).append(index)
+        now = datetime.now(UTC)
+        stamp_ms = int(now.timestamp() * 1000)
+        pending: list[tuple[asyncio.Future[Any], int, list[int]]] = []
         try:
-            futures = [
-                await producer.send(topic, m.value, key=m.key.encode(), headers=list(m.headers))
-                for m in messages
-            ]
-            metadata = await asyncio.gather(*futures)
+            for partition, indexes in by_partition.items():
+                batch = producer.create_batch()
+                members: list[int] = []
+                for index in indexes:
+                    m = messages[index]
+                    args = {"key": m.key.encode(), "value": m.value, "timestamp": stamp_ms}
+                    if batch.append(headers=list(m.headers), **args) is None:
+                        pending.append(
+                            (
+                                await producer.send_batch(batch, topic, partition=partition),
+                                partition,
+                                members,
+                            )
+                        )
+                        batch, members = producer.create_batch(), []
+                        if batch.append(headers=list(m.headers), **args) is None:
+                            raise BrokerError(f"message of {len(m.value)} B exceeds a batch")
+                    members.append(index)
+                pending.append(
+                    (
+                        await producer.send_batch(batch, topic, partition=partition),
+                        partition,
+                        members,
+                    )
+                )
+            acks = await asyncio.gather(*(future for future, _, _ in pending))
         except KafkaError as exc:
             raise BrokerError(f"publish to {topic!r} failed: {exc}") from exc
         PUBLISHED.labels(topic).inc(len(messages))
-        return [
-            Record(
-                topic=topic,
-                partition=meta.partition,
-                offset=meta.offset,
-                key=m.key,
-                value=m.value,
-                headers=m.headers,
-                timestamp=datetime.fromtimestamp(meta.timestamp / 1000, UTC),
-            )
-            for m, meta in zip(messages, metadata, strict=True)
-        ]
+        placed: list[Record | None] = [None] * len(messages)
+        for (_, partition, members), ack in zip(pending, acks, strict=True):
+            for relative, index in enumerate(members):
+                m = messages[index]
+                placed[index] = Record(
+                    topic, partition, ack.offset + relative, m.key, m.value, m.headers, now
+                )
+        return [r for r in placed if r is not None]
 
     # -- consuming ----------------------------------------------------------------------
 

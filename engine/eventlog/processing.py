@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -99,8 +100,8 @@ class BatchProcessor:
             await self._send_dead_letters(poison)
         if good and not await self._run_handler(good):
             return False
-        for record in records:
-            CONSUMED.labels(record.topic, self._group).inc()
+        for topic, count in Counter(r.topic for r in records).items():
+            CONSUMED.labels(topic, self._group).inc(count)
         return True
 
     async def _send_dead_letters(self, poison: Sequence[tuple[Record, BaseException]]) -> None:
