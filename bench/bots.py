@@ -41,14 +41,12 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def report(name: str, latencies_ms: list[float], per_second: float | None = None) -> None:
+def report(name: str, latencies_ms: list[float]) -> None:
     line = (
         f"{name:<44} n={len(latencies_ms):<6} p50={percentile(latencies_ms, 0.5):7.3f} ms  "
         f"p99={percentile(latencies_ms, 0.99):7.3f} ms  "
         f"mean={statistics.fmean(latencies_ms):7.3f} ms"
     )
-    if per_second is not None:
-        line += f"  {per_second:8.0f} exec/s"
     print(line, flush=True)
 
 
