@@ -10,7 +10,7 @@ to the union members rooted at the requested type.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -157,10 +157,12 @@ class Registry:
         self._cache: dict[tuple[str, str], SearchParamDef | None] = {}
 
     @classmethod
-    def from_file(cls, path: Path = DATA_PATH) -> Registry:
-        """Load a registry from a generated data file."""
+    def from_file(
+        cls, path: Path = DATA_PATH, extra: Iterable[Mapping[str, object]] = ()
+    ) -> Registry:
+        """Load a registry from a generated data file, plus ``extra`` compact entries."""
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(data["parameters"])
+        return cls([*data["parameters"], *extra])
 
     def get(self, resource_type: str, code: str) -> SearchParamDef | None:
         """Return the definition of ``code`` for ``resource_type``, or None if unknown."""
@@ -213,5 +215,7 @@ class Registry:
 
 @cache
 def default_registry() -> Registry:
-    """The registry built from the shipped R4 definitions (loaded once)."""
-    return Registry.from_file()
+    """The shipped R4 definitions plus the custom resources' parameters (loaded once)."""
+    from subscriptions.search.custom import CUSTOM_PARAMETERS
+
+    return Registry.from_file(extra=CUSTOM_PARAMETERS)

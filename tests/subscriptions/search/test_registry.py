@@ -85,3 +85,15 @@ def test_registry_from_custom_entries() -> None:
     assert param is not None
     assert param.expression == "Basic.code"
     assert reg.resource_types == frozenset({"Basic"})
+
+
+def test_default_registry_knows_the_custom_bot_resource() -> None:
+    reg = default_registry()
+    assert "Bot" in reg.resource_types
+    name = reg.get("Bot", "name")
+    assert name is not None
+    assert name.type == "string"
+    assert "exact" in name.modifiers
+    last = reg.get("Bot", "_lastUpdated")
+    assert last is not None
+    assert last.expression == "Bot.meta.lastUpdated"
