@@ -20,6 +20,7 @@ from engine.api.context import Services
 from engine.api.search import searchset
 from engine.api.subscriptions import install as install_subscriptions
 from engine.auth import Authenticator, generate_key, hash_key
+from engine.delivery.dispatcher import Dispatcher
 from engine.errors import BadRequest
 from engine.eventlog.factory import create_event_log
 from engine.eventlog.port import EventLog, TopicSpec
@@ -72,6 +73,7 @@ class Engine:
         self.authenticator = Authenticator(self.storage)
         self.routes: list[web.RouteDef] = []
         """Operation routes other parts add (they are served before the generic routes)."""
+        self.dispatcher: Dispatcher | None = None
         install_subscriptions(self.fhir, self.routes)
         self.matcher: MatcherStage | None = None
 
@@ -109,8 +111,37 @@ class Engine:
         )
         await self.matcher.start(self.event_log)
 
+    async def start_dispatcher(self, *, run: bool = True) -> Dispatcher:
+        """Build the notification dispatcher and add its API routes (before :meth:`app`).
+
+        With ``run`` it also delivers in this process (``serve``, ``worker dispatcher``);
+        without, the API still lists and requeues dead letters, which a running dispatcher
+        picks up.
+        """
+        from engine.api.delivery import delivery_routes
+        from engine.delivery.factory import open_dispatcher
+
+        if self.event_log is None:
+            self.event_log = create_event_log(
+                kafka_bootstrap=self.settings.kafka,
+                data_dir=self.settings.data_dir,
+                topics=(TopicSpec(CHANGES),),
+            )
+            await self.event_log.start()
+        self.dispatcher = await open_dispatcher(
+            self.settings, storage=self.storage, fhir=self.fhir, event_log=self.event_log
+        )
+        self.routes.extend(delivery_routes(self.dispatcher))
+        if run:
+            await self.dispatcher.start()
+        return self.dispatcher
+
     async def close(self) -> None:
         """Stop the relay, the event log and the storage, in that order."""
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            await self.dispatcher.store.close()
+            self.dispatcher = None
         if self.matcher is not None:
             await self.matcher.stop()
             self.matcher = None

@@ -39,6 +39,21 @@ class Settings:
     public_url: str | None = None
     """Base URL clients reach the API at, for links; taken from each request when None."""
 
+    allowed_endpoint_networks: tuple[str, ...] = ()
+    """CIDR blocks of loopback/private/link-local addresses that delivery endpoints may
+    resolve to (``FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS``, comma-separated); refused otherwise."""
+
+    delivery_timeout: float = 10.0
+    """Seconds a rest-hook request may take (``FHIRBOTS_DELIVERY_TIMEOUT``)."""
+
+    delivery_max_attempts: int = 5
+    """Attempts per notification when the Subscription sets none
+    (``FHIRBOTS_DELIVERY_MAX_ATTEMPTS``); about 30 s of back-off with the default delays."""
+
+    delivery_auto_disable_after: int = 10
+    """Consecutive dead-lettered notifications after which a subscription is switched ``off``
+    (``FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER``; 0 never)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Defaults overridden by ``FHIRBOTS_*`` environment variables."""
@@ -53,6 +68,22 @@ class Settings:
             kafka=env.get("FHIRBOTS_KAFKA") or None,
             log_level=env.get("FHIRBOTS_LOG_LEVEL", base.log_level),
             public_url=env.get("FHIRBOTS_PUBLIC_URL") or None,
+            allowed_endpoint_networks=tuple(
+                part.strip()
+                for part in env.get("FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS", "").split(",")
+                if part.strip()
+            ),
+            delivery_timeout=float(
+                env.get("FHIRBOTS_DELIVERY_TIMEOUT", str(base.delivery_timeout))
+            ),
+            delivery_max_attempts=int(
+                env.get("FHIRBOTS_DELIVERY_MAX_ATTEMPTS", str(base.delivery_max_attempts))
+            ),
+            delivery_auto_disable_after=int(
+                env.get(
+                    "FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER", str(base.delivery_auto_disable_after)
+                )
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

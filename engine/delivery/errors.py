@@ -1,0 +1,30 @@
+"""Errors of notification delivery. One root, translated at the API boundary.
+
+    DeliveryError                 base of everything raised by :mod:`engine.delivery`
+    ├── EndpointRefused           the endpoint is not allowed (scheme, address, network)
+    ├── DeliveryStoreError        the delivery store failed (database error)
+    └── DeadLetterNotFound        no dead letter with that id (in that project)
+
+Failed deliveries themselves are values (:class:`engine.delivery.channels.base.AttemptResult`),
+never exceptions: an endpoint that answers 500 or times out is recorded, not raised.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DeadLetterNotFound", "DeliveryError", "DeliveryStoreError", "EndpointRefused"]
+
+
+class DeliveryError(Exception):
+    """Base of the delivery errors."""
+
+
+class EndpointRefused(DeliveryError):
+    """The endpoint may not be called; the message says why and how to allow it."""
+
+
+class DeliveryStoreError(DeliveryError):
+    """The delivery store failed; the cause is chained."""
+
+
+class DeadLetterNotFound(DeliveryError):
+    """No dead letter with that id."""

@@ -1,0 +1,340 @@
+"""The delivery store on PostgreSQL: tables of its own in the datastore's database.
+
+Tables are created idempotently on open. Event numbers come from an upsert on the counter row
+(``... DO UPDATE SET last_number = last_number + 1 RETURNING``), which row-locks the
+subscription's counter until the accepting transaction commits, so two dispatchers can never
+hand out the same number.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from engine.delivery.errors import DeliveryStoreError
+from engine.delivery.store import Accepted, Delivery, SubscriptionCounters
+from engine.delivery.store_sql import (
+    COLUMNS,
+    SCHEMA,
+    dead_filter,
+    dollar_params,
+    row_to_delivery,
+)
+from schemas.notifications import Notification
+
+__all__ = ["PostgresDeliveryStore"]
+
+POOL_SIZE = 8
+"""Connections: a few lanes write at once; the datastore keeps its own pool."""
+
+SCHEMA_LOCK = 0x6668_6264
+"""Advisory lock id serialising table creation between processes starting together."""
+
+
+def _q(sql: str) -> str:
+    return dollar_params(sql)
+
+
+class PostgresDeliveryStore:
+    """:class:`engine.delivery.store.DeliveryStore` on PostgreSQL.
+
+    Args:
+        dsn: PostgreSQL connection string.
+        schema: Schema holding the tables (the connection's default when None).
+    """
+
+    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        """Connect and create the tables."""
+        settings = {"search_path": self._schema} if self._schema else None
+        try:
+            if self._schema:
+                conn = await asyncpg.connect(self._dsn)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=POOL_SIZE, server_settings=settings
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                for statement in SCHEMA:
+                    await conn.execute(statement)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _ready(self) -> Any:
+        if self._pool is None:
+            raise DeliveryStoreError("delivery store is not open")
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        try:
+            rows: list[Any] = await self._ready().fetch(_q(sql), *args)
+        except asyncpg.PostgresError as exc:
+            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+        return rows
+
+    async def _execute(self, sql: str, *args: object) -> str:
+        try:
+            return str(await self._ready().execute(_q(sql), *args))
+        except asyncpg.PostgresError as exc:
+            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
+        """See :meth:`engine.delivery.store.DeliveryStore.accept`."""
+        if not notifications:
+            return []
+        now = time.time()
+        out: list[Accepted] = []
+        try:
+            async with self._ready().acquire() as conn, conn.transaction():
+                for n in notifications:
+                    found = await conn.fetchval(
+                        "SELECT event_number FROM delivery_notification WHERE notification_id = $1",
+                        n.notification_id,
+                    )
+                    if found is not None:
+                        out.append(
+                            Accepted(n.notification_id, n.project, n.subscription_id, found, False)
+                        )
+                        continue
+                    number = await conn.fetchval(
+                        "INSERT INTO delivery_counter (project, subscription_id, last_number) "
+                        "VALUES ($1, $2, 1) ON CONFLICT (project, subscription_id) DO UPDATE "
+                        "SET last_number = delivery_counter.last_number + 1 "
+                        "RETURNING last_number",
+                        n.project,
+                        n.subscription_id,
+                    )
+                    await conn.execute(
+                        "INSERT INTO delivery_notification (notification_id, project, "
+                        "subscription_id, event_number, state, payload, created_at, updated_at) "
+                        "VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6)",
+                        n.notification_id,
+                        n.project,
+                        n.subscription_id,
+                        number,
+                        n.model_dump_json(),
+                        now,
+                    )
+                    out.append(
+                        Accepted(n.notification_id, n.project, n.subscription_id, number, True)
+                    )
+        except asyncpg.PostgresError as exc:
+            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+        return out
+
+    async def record_failure(
+        self, notification_id: str, attempts: int, next_attempt_at: float, error: str
+    ) -> None:
+        """See :meth:`engine.delivery.store.DeliveryStore.record_failure`."""
+        await self._execute(
+            "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
+            "last_error = ?, updated_at = ? WHERE notification_id = ?",
+            attempts,
+            next_attempt_at,
+            error,
+            time.time(),
+            notification_id,
+        )
+
+    async def mark_delivered(self, notification_id: str, attempts: int) -> None:
+        """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
+        await self._execute(
+            "WITH done AS (UPDATE delivery_notification SET state = 'delivered', attempts = ?, "
+            "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id) "
+            "UPDATE delivery_counter c SET dead_streak = 0 FROM done "
+            "WHERE c.project = done.project AND c.subscription_id = done.subscription_id "
+            "AND c.dead_streak <> 0",
+            attempts,
+            time.time(),
+            notification_id,
+        )
+
+    async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:
+        """See :meth:`engine.delivery.store.DeliveryStore.mark_dead`."""
+        rows = await self._fetch(
+            "WITH dead AS (UPDATE delivery_notification SET state = 'dead', attempts = ?, "
+            "last_error = ?, updated_at = ? WHERE notification_id = ? "
+            "RETURNING project, subscription_id) "
+            "UPDATE delivery_counter c SET dead_streak = c.dead_streak + 1 FROM dead "
+            "WHERE c.project = dead.project AND c.subscription_id = dead.subscription_id "
+            "RETURNING c.dead_streak",
+            attempts,
+            error,
+            time.time(),
+            notification_id,
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def requeue(
+        self,
+        project: str,
+        notification_ids: Sequence[str] | None = None,
+        subscription_id: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """See :meth:`engine.delivery.store.DeliveryStore.requeue`."""
+        where, args = dead_filter(project, notification_ids, subscription_id)
+        rows = await self._fetch(
+            "UPDATE delivery_notification SET state = 'pending', attempts = 0, "
+            f"next_attempt_at = 0, updated_at = ? WHERE {where} "
+            "RETURNING project, subscription_id",
+            time.time(),
+            *args,
+        )
+        return sorted({(r[0], r[1]) for r in rows})
+
+    async def discard(
+        self,
+        project: str,
+        notification_ids: Sequence[str] | None = None,
+        subscription_id: str | None = None,
+    ) -> int:
+        """See :meth:`engine.delivery.store.DeliveryStore.discard`."""
+        where, args = dead_filter(project, notification_ids, subscription_id)
+        rows = await self._fetch(
+            f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? "
+            f"WHERE {where} RETURNING notification_id",
+            time.time(),
+            *args,
+        )
+        return len(rows)
+
+    async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
+        """See :meth:`engine.delivery.store.DeliveryStore.set_heartbeat`."""
+        if period is None:
+            await self._execute(
+                "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?",
+                project,
+                subscription_id,
+            )
+            return
+        await self._execute(
+            "INSERT INTO delivery_heartbeat (project, subscription_id, period) VALUES (?, ?, ?) "
+            "ON CONFLICT (project, subscription_id) DO UPDATE SET period = excluded.period",
+            project,
+            subscription_id,
+            period,
+        )
+
+    async def heartbeats(self) -> list[tuple[str, str, float]]:
+        """See :meth:`engine.delivery.store.DeliveryStore.heartbeats`."""
+        rows = await self._fetch("SELECT project, subscription_id, period FROM delivery_heartbeat")
+        return [(r[0], r[1], float(r[2])) for r in rows]
+
+    async def purge(self, before: datetime) -> int:
+        """See :meth:`engine.delivery.store.DeliveryStore.purge`."""
+        rows = await self._fetch(
+            "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') "
+            "AND updated_at < ? RETURNING notification_id",
+            before.timestamp(),
+        )
+        return len(rows)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _select(self, sql: str, *args: object) -> list[Delivery]:
+        return [row_to_delivery(r) for r in await self._fetch(sql, *args)]
+
+    async def get(self, project: str, notification_id: str) -> Delivery | None:
+        """See :meth:`engine.delivery.store.DeliveryStore.get`."""
+        found = await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification "
+            "WHERE notification_id = ? AND project = ?",
+            notification_id,
+            project,
+        )
+        return found[0] if found else None
+
+    async def pending(
+        self, project: str, subscription_id: str, *, limit: int = 100
+    ) -> list[Delivery]:
+        """See :meth:`engine.delivery.store.DeliveryStore.pending`."""
+        return await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending' "
+            "AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?",
+            project,
+            subscription_id,
+            limit,
+        )
+
+    async def pending_subscriptions(self) -> list[tuple[str, str]]:
+        """See :meth:`engine.delivery.store.DeliveryStore.pending_subscriptions`."""
+        rows = await self._fetch(
+            "SELECT DISTINCT project, subscription_id FROM delivery_notification "
+            "WHERE state = 'pending'"
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
+        """See :meth:`engine.delivery.store.DeliveryStore.counters`."""
+        rows = await self._fetch(
+            "SELECT last_number, dead_streak FROM delivery_counter "
+            "WHERE project = ? AND subscription_id = ?",
+            project,
+            subscription_id,
+        )
+        if not rows:
+            return SubscriptionCounters()
+        return SubscriptionCounters(int(rows[0][0]), int(rows[0][1]))
+
+    async def events(
+        self,
+        project: str,
+        subscription_id: str,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """See :meth:`engine.delivery.store.DeliveryStore.events`."""
+        return await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
+            "AND subscription_id = ? AND event_number >= ? AND event_number <= ? "
+            "ORDER BY event_number LIMIT ?",
+            project,
+            subscription_id,
+            first or 0,
+            last or 2**62,
+            limit,
+        )
+
+    async def last_event(self, project: str, subscription_id: str) -> Delivery | None:
+        """See :meth:`engine.delivery.store.DeliveryStore.last_event`."""
+        found = await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
+            "AND subscription_id = ? ORDER BY event_number DESC LIMIT 1",
+            project,
+            subscription_id,
+        )
+        return found[0] if found else None
+
+    async def dead_letters(
+        self, project: str, subscription_id: str | None = None, *, limit: int = 100
+    ) -> list[Delivery]:
+        """See :meth:`engine.delivery.store.DeliveryStore.dead_letters`."""
+        where, args = dead_filter(project, None, subscription_id)
+        return await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE {where} "
+            "ORDER BY updated_at, event_number LIMIT ?",
+            *args,
+            limit,
+        )

@@ -1,0 +1,351 @@
+"""The delivery store on SQLite: ``delivery.db`` in the data dir (WAL), one writer thread.
+
+A file of its own, so delivery bookkeeping never competes with the datastore's writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from engine.delivery.errors import DeliveryStoreError
+from engine.delivery.store import Accepted, Delivery, SubscriptionCounters
+from engine.delivery.store_sql import COLUMNS, SCHEMA, dead_filter, row_to_delivery
+from schemas.notifications import Notification
+
+__all__ = ["DELIVERY_DB", "SqliteDeliveryStore"]
+
+DELIVERY_DB = "delivery.db"
+"""File name of the store in the data dir."""
+
+BUSY_TIMEOUT_SECONDS = 30.0
+"""How long a statement waits for another process's write lock (a CLI command, say)."""
+
+_T = TypeVar("_T")
+
+
+class SqliteDeliveryStore:
+    """:class:`engine.delivery.store.DeliveryStore` in one SQLite file.
+
+    Args:
+        path: The database file (created with its folder).
+        synchronous: SQLite ``synchronous`` pragma; ``FULL`` keeps accepted notifications
+            through a power loss, ``NORMAL`` only through a process crash.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        """Open the file and create the tables."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="delivery-store")
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        for statement in SCHEMA:
+            conn.execute(statement)
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Close the file."""
+        if self._executor is None:
+            return
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self._executor is None:
+            raise DeliveryStoreError("delivery store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DeliveryStoreError("delivery store is not open")
+        return self._conn
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
+        """See :meth:`engine.delivery.store.DeliveryStore.accept`."""
+        if not notifications:
+            return []
+        return await self._call(self._transaction, lambda db: self._accept(db, notifications))
+
+    @staticmethod
+    def _accept(db: sqlite3.Connection, notifications: Sequence[Notification]) -> list[Accepted]:
+        now = time.time()
+        out: list[Accepted] = []
+        for n in notifications:
+            found = db.execute(
+                "SELECT event_number FROM delivery_notification WHERE notification_id = ?",
+                (n.notification_id,),
+            ).fetchone()
+            if found is not None:
+                out.append(
+                    Accepted(n.notification_id, n.project, n.subscription_id, found[0], False)
+                )
+                continue
+            (number,) = db.execute(
+                "INSERT INTO delivery_counter (project, subscription_id, last_number) "
+                "VALUES (?, ?, 1) ON CONFLICT (project, subscription_id) "
+                "DO UPDATE SET last_number = last_number + 1 RETURNING last_number",
+                (n.project, n.subscription_id),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO delivery_notification (notification_id, project, subscription_id, "
+                "event_number, state, payload, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (
+                    n.notification_id,
+                    n.project,
+                    n.subscription_id,
+                    number,
+                    n.model_dump_json(),
+                    now,
+                    now,
+                ),
+            )
+            out.append(Accepted(n.notification_id, n.project, n.subscription_id, number, True))
+        return out
+
+    async def record_failure(
+        self, notification_id: str, attempts: int, next_attempt_at: float, error: str
+    ) -> None:
+        """See :meth:`engine.delivery.store.DeliveryStore.record_failure`."""
+        await self._call(
+            self._db.execute,
+            "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
+            "last_error = ?, updated_at = ? WHERE notification_id = ?",
+            (attempts, next_attempt_at, error, time.time(), notification_id),
+        )
+
+    async def mark_delivered(self, notification_id: str, attempts: int) -> None:
+        """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
+
+        def run(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "UPDATE delivery_notification SET state = 'delivered', attempts = ?, "
+                "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id",
+                (attempts, time.time(), notification_id),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE delivery_counter SET dead_streak = 0 "
+                    "WHERE project = ? AND subscription_id = ? AND dead_streak <> 0",
+                    tuple(row),
+                )
+
+        await self._call(self._transaction, run)
+
+    async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:
+        """See :meth:`engine.delivery.store.DeliveryStore.mark_dead`."""
+
+        def run(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "UPDATE delivery_notification SET state = 'dead', attempts = ?, last_error = ?, "
+                "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id",
+                (attempts, error, time.time(), notification_id),
+            ).fetchone()
+            if row is None:
+                return 0
+            (streak,) = db.execute(
+                "UPDATE delivery_counter SET dead_streak = dead_streak + 1 "
+                "WHERE project = ? AND subscription_id = ? RETURNING dead_streak",
+                tuple(row),
+            ).fetchone()
+            return int(streak)
+
+        return await self._call(self._transaction, run)
+
+    async def requeue(
+        self,
+        project: str,
+        notification_ids: Sequence[str] | None = None,
+        subscription_id: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """See :meth:`engine.delivery.store.DeliveryStore.requeue`."""
+        where, args = dead_filter(project, notification_ids, subscription_id)
+
+        def run(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = db.execute(
+                f"UPDATE delivery_notification SET state = 'pending', attempts = 0, "
+                f"next_attempt_at = 0, updated_at = ? WHERE {where} "
+                f"RETURNING project, subscription_id",
+                (time.time(), *args),
+            ).fetchall()
+            return sorted({(r[0], r[1]) for r in rows})
+
+        return await self._call(self._transaction, run)
+
+    async def discard(
+        self,
+        project: str,
+        notification_ids: Sequence[str] | None = None,
+        subscription_id: str | None = None,
+    ) -> int:
+        """See :meth:`engine.delivery.store.DeliveryStore.discard`."""
+        where, args = dead_filter(project, notification_ids, subscription_id)
+
+        def run(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? "
+                f"WHERE {where}",
+                (time.time(), *args),
+            )
+            return cursor.rowcount
+
+        return await self._call(self._transaction, run)
+
+    async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
+        """See :meth:`engine.delivery.store.DeliveryStore.set_heartbeat`."""
+        if period is None:
+            sql = "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?"
+            args: tuple[object, ...] = (project, subscription_id)
+        else:
+            sql = (
+                "INSERT INTO delivery_heartbeat (project, subscription_id, period) "
+                "VALUES (?, ?, ?) ON CONFLICT (project, subscription_id) "
+                "DO UPDATE SET period = excluded.period"
+            )
+            args = (project, subscription_id, period)
+        await self._call(self._db.execute, sql, args)
+
+    async def heartbeats(self) -> list[tuple[str, str, float]]:
+        """See :meth:`engine.delivery.store.DeliveryStore.heartbeats`."""
+        rows = await self._call(
+            lambda: self._db.execute(
+                "SELECT project, subscription_id, period FROM delivery_heartbeat"
+            ).fetchall()
+        )
+        return [(r[0], r[1], float(r[2])) for r in rows]
+
+    async def purge(self, before: datetime) -> int:
+        """See :meth:`engine.delivery.store.DeliveryStore.purge`."""
+
+        def run(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') "
+                "AND updated_at < ?",
+                (before.timestamp(),),
+            )
+            return cursor.rowcount
+
+        return await self._call(self._transaction, run)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _select(self, sql: str, args: Sequence[object]) -> list[Delivery]:
+        rows = await self._call(lambda: self._db.execute(sql, tuple(args)).fetchall())
+        return [row_to_delivery(r) for r in rows]
+
+    async def get(self, project: str, notification_id: str) -> Delivery | None:
+        """See :meth:`engine.delivery.store.DeliveryStore.get`."""
+        found = await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification "
+            "WHERE notification_id = ? AND project = ?",
+            (notification_id, project),
+        )
+        return found[0] if found else None
+
+    async def pending(
+        self, project: str, subscription_id: str, *, limit: int = 100
+    ) -> list[Delivery]:
+        """See :meth:`engine.delivery.store.DeliveryStore.pending`."""
+        return await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending' "
+            "AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?",
+            (project, subscription_id, limit),
+        )
+
+    async def pending_subscriptions(self) -> list[tuple[str, str]]:
+        """See :meth:`engine.delivery.store.DeliveryStore.pending_subscriptions`."""
+        rows = await self._call(
+            lambda: self._db.execute(
+                "SELECT DISTINCT project, subscription_id FROM delivery_notification "
+                "WHERE state = 'pending'"
+            ).fetchall()
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
+        """See :meth:`engine.delivery.store.DeliveryStore.counters`."""
+        row = await self._call(
+            lambda: self._db.execute(
+                "SELECT last_number, dead_streak FROM delivery_counter "
+                "WHERE project = ? AND subscription_id = ?",
+                (project, subscription_id),
+            ).fetchone()
+        )
+        if row is None:
+            return SubscriptionCounters()
+        return SubscriptionCounters(int(row[0]), int(row[1]))
+
+    async def events(
+        self,
+        project: str,
+        subscription_id: str,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """See :meth:`engine.delivery.store.DeliveryStore.events`."""
+        return await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
+            "AND subscription_id = ? AND event_number >= ? AND event_number <= ? "
+            "ORDER BY event_number LIMIT ?",
+            (project, subscription_id, first or 0, last or 2**62, limit),
+        )
+
+    async def last_event(self, project: str, subscription_id: str) -> Delivery | None:
+        """See :meth:`engine.delivery.store.DeliveryStore.last_event`."""
+        found = await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
+            "AND subscription_id = ? ORDER BY event_number DESC LIMIT 1",
+            (project, subscription_id),
+        )
+        return found[0] if found else None
+
+    async def dead_letters(
+        self, project: str, subscription_id: str | None = None, *, limit: int = 100
+    ) -> list[Delivery]:
+        """See :meth:`engine.delivery.store.DeliveryStore.dead_letters`."""
+        where, args = dead_filter(project, None, subscription_id)
+        return await self._select(
+            f"SELECT {COLUMNS} FROM delivery_notification WHERE {where} "
+            "ORDER BY updated_at, event_number LIMIT ?",
+            (*args, limit),
+        )

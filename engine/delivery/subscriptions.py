@@ -1,0 +1,123 @@
+"""The Subscription resources the dispatcher delivers for, read from the datastore and cached.
+
+Delivery settings (secret, attempts, success codes...) are read here at delivery time rather
+than carried on topics, so secrets never travel through the event log. An entry is reloaded
+when a notification names a newer Subscription version, or after :data:`CACHE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.delivery.policy import DeliveryDefaults, DeliveryPolicy, policy_for
+from engine.storage.port import Storage
+from schemas.notifications import ChannelSpec
+
+__all__ = [
+    "BACKPORT_CONTENT_URL",
+    "CACHE_SECONDS",
+    "SubscriptionInfo",
+    "SubscriptionRegistry",
+    "channel_spec",
+    "topic_of",
+]
+
+CACHE_SECONDS = 5.0
+"""How long a Subscription is trusted without re-reading it: bounds how long a change made
+in another process (say, a status set to ``off``) takes to reach this dispatcher."""
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    """A Subscription as the dispatcher uses it."""
+
+    resource: dict[str, Any]
+    version: int
+    policy: DeliveryPolicy
+
+    @property
+    def status(self) -> str:
+        """``requested``, ``active``, ``error`` or ``off``."""
+        return str(self.resource.get("status", "active"))
+
+
+class SubscriptionRegistry:
+    """Cached reads of Subscription resources.
+
+    Args:
+        storage: The datastore.
+        defaults: Engine-wide delivery defaults.
+    """
+
+    def __init__(self, storage: Storage, defaults: DeliveryDefaults) -> None:
+        self._storage = storage
+        self._defaults = defaults
+        self._cache: dict[tuple[str, str], tuple[float, SubscriptionInfo | None]] = {}
+
+    async def get(
+        self, project: str, subscription_id: str, *, min_version: int = 0
+    ) -> SubscriptionInfo | None:
+        """The Subscription (None if absent or deleted), at least ``min_version``."""
+        key = (project, subscription_id)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            info = cached[1]
+            if info is None or info.version >= min_version:
+                return info
+        stored = await self._storage.read(project, "Subscription", subscription_id)
+        found: SubscriptionInfo | None = None
+        if stored is not None and not stored.deleted and stored.content is not None:
+            found = SubscriptionInfo(
+                stored.content, stored.version_id, policy_for(stored.content, self._defaults)
+            )
+        self._cache[key] = (now, found)
+        return found
+
+    def remember(self, project: str, info: SubscriptionInfo) -> None:
+        """Cache a version this process just wrote."""
+        subscription_id = str(info.resource.get("id"))
+        self._cache[(project, subscription_id)] = (time.monotonic(), info)
+
+    def forget(self, project: str, subscription_id: str) -> None:
+        """Drop a cached entry (the next get reads the datastore)."""
+        self._cache.pop((project, subscription_id), None)
+
+
+BACKPORT_CONTENT_URL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content"
+)
+"""Backport IG: content level of a topic-based subscription, on ``channel._payload``."""
+
+
+def topic_of(subscription: dict[str, Any]) -> str | None:
+    """The SubscriptionTopic canonical of a topic-based (Backport IG) Subscription, or None."""
+    criteria = str(subscription.get("criteria") or "")
+    if criteria.startswith(("http://", "https://", "urn:")):
+        return criteria
+    return None
+
+
+def channel_spec(subscription: dict[str, Any]) -> ChannelSpec:
+    """The channel of a Subscription resource, as notifications carry it."""
+    channel = subscription.get("channel") or {}
+    kind = channel.get("type", "rest-hook")
+    if kind not in ("rest-hook", "websocket", "message", "email"):
+        kind = "rest-hook"
+    content = "id-only"
+    for ext in (channel.get("_payload") or {}).get("extension") or ():
+        if ext.get("url") == BACKPORT_CONTENT_URL and ext.get("valueCode") in (
+            "empty",
+            "id-only",
+            "full-resource",
+        ):
+            content = ext["valueCode"]
+    return ChannelSpec(
+        type=kind,
+        endpoint=channel.get("endpoint"),
+        payload=channel.get("payload"),
+        content=content,
+        headers=tuple(h for h in channel.get("header") or () if isinstance(h, str)),
+    )
