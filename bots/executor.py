@@ -31,6 +31,7 @@ from bots.gateway import CallContext, FhirGateway
 from bots.policy import EffectiveLimits, SandboxPolicy
 from bots.scopes import check_call
 from schemas.bot import AuditEventTrigger, Bot
+from schemas.events import CausationLink, ChangeEvent
 
 __all__ = [
     "BotExecutor",
@@ -71,6 +72,40 @@ class ExecutionRequest:
     """Key of the triggering delivery, passed through to the bot and the gateway."""
     execution_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Id of this execution (for logs, audit and the causation chain)."""
+    causation: tuple[CausationLink, ...] = ()
+    """Bot executions that led to the triggering change, oldest first."""
+
+    @classmethod
+    def from_change(
+        cls,
+        bot: Bot,
+        change: ChangeEvent,
+        *,
+        secrets: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ExecutionRequest:
+        """The request for a bot triggered by a committed change.
+
+        The input is the new version (the previous one on delete), the requester the change's
+        author, the trace its traceparent, and the causation chain the change's own.
+
+        Args:
+            bot: the triggered bot.
+            change: the change event.
+            secrets: the project's secrets.
+            idempotency_key: key of the delivery (e.g. ``<subscription>/<eventNumber>``);
+                defaults to the change's event id.
+        """
+        return cls(
+            bot=bot,
+            input=change.resource if change.resource is not None else change.previous,
+            project=change.project,
+            secrets=dict(secrets or {}),
+            trace_id=change.traceparent,
+            requester=change.author,
+            idempotency_key=idempotency_key or change.event_id,
+            causation=change.causation,
+        )
 
     def visible_secrets(self) -> dict[str, str]:
         """The secrets this bot may read."""
@@ -90,7 +125,16 @@ class ExecutionRequest:
             requester=self.requester,
             trace_id=self.trace_id,
             idempotency_key=self.idempotency_key,
+            causation=(
+                *self.causation,
+                CausationLink(bot=self.bot.reference, execution=self.execution_id),
+            ),
         )
+
+    @property
+    def loops(self) -> bool:
+        """Whether this bot already appears in the chain that triggered it (a bot loop)."""
+        return any(link.bot == self.bot.reference for link in self.causation)
 
 
 @dataclass(frozen=True, slots=True)

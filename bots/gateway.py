@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from schemas.events import CausationLink
+
 __all__ = ["CallContext", "FhirGateway"]
 
 
@@ -35,6 +37,9 @@ class CallContext:
     """W3C traceparent of the triggering request or change."""
     idempotency_key: str | None = None
     """Key of the triggering delivery; lets the gateway deduplicate writes of a retry."""
+    causation: tuple[CausationLink, ...] = ()
+    """Causation chain to record on changes this call makes: the triggering change's chain
+    followed by this execution (oldest first). Lets the engine stop bot loops."""
 
 
 class FhirGateway(Protocol):

@@ -7,17 +7,20 @@ import hashlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from bots.errors import ExecutorError
 from bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
 from bots.gateway import CallContext
 from bots.policy import SandboxPolicy
 from bots.testing import InMemoryFhirGateway, make_bot
+from schemas.events import CausationLink, ChangeEvent
 from tests.bots.conftest import TEST_POLICY, assert_healthy
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
@@ -161,6 +164,7 @@ def handler(fhir, event):
         assert ctx.project == "proj-a"
         assert ctx.execution_id == result.execution_id
         assert ctx.author == (author or ctx.bot)
+        assert ctx.causation[-1].execution == result.execution_id
 
 
 @MODULE_LOOP
@@ -367,3 +371,49 @@ def handler(fhir, event):
         )
         assert big_request.output == 413
         await assert_healthy(executor)
+
+
+def test_request_from_change_carries_trace_author_and_causation() -> None:
+    link = CausationLink(bot="Bot/other", execution="x1")
+    change = ChangeEvent(
+        event_id="ev-1",
+        project="proj",
+        interaction="update",
+        resource_type="Observation",
+        resource_id="o1",
+        version_id="2",
+        resource={"resourceType": "Observation", "id": "o1"},
+        previous={"resourceType": "Observation", "id": "o1", "status": "preliminary"},
+        time=datetime(2024, 1, 1, tzinfo=UTC),
+        author="Practitioner/7",
+        traceparent="00-abc-def-01",
+        causation=(link,),
+    )
+    bot = make_bot("def handler(fhir, event):\n    pass\n", id="flagger")
+    request = ExecutionRequest.from_change(bot, change, secrets={"A": "1"})
+    assert request.input == change.resource
+    assert (request.project, request.requester, request.trace_id) == (
+        "proj",
+        "Practitioner/7",
+        "00-abc-def-01",
+    )
+    assert request.idempotency_key == "ev-1"
+    assert not request.loops
+    ctx = request.call_context()
+    assert ctx.causation == (link, CausationLink(bot="Bot/flagger", execution=request.execution_id))
+    deleted = change.model_copy(update={"interaction": "delete", "resource": None})
+    assert ExecutionRequest.from_change(bot, deleted).input == change.previous
+    looping = change.model_copy(update={"causation": (link, ctx.causation[-1])})
+    assert ExecutionRequest.from_change(bot, looping, idempotency_key="s/9").loops
+
+
+@MODULE_LOOP
+async def test_executions_are_counted_in_metrics(executor: ProcessBotExecutor) -> None:
+    def count(status: str) -> float:
+        value = REGISTRY.get_sample_value("fhirbots_bot_executions_total", {"status": status})
+        return value or 0.0
+
+    before = count("success"), count("error")
+    await run(executor, "def handler(fhir, event):\n    return 1\n")
+    await run(executor, "def handler(fhir, event):\n    return 1 / 0\n")
+    assert (count("success"), count("error")) == (before[0] + 1, before[1] + 1)
