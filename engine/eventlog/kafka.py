@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic, TopicNotFound
@@ -315,32 +316,54 @@ class KafkaEventLog:
     def _plain_consumer(self, **extra: Any) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(**self._client_args(), enable_auto_commit=False, **extra)
 
-    async def end_offsets(self, topic: str) -> dict[int, int]:
-        """Next offset to be written, per partition."""
+    async def _bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(first retained offset, next offset) per partition of ``topic``."""
         count = await self.partitions(topic)
+        parts = [TopicPartition(topic, p) for p in range(count)]
         consumer = self._plain_consumer()
         await consumer.start()
         try:
-            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(count)])
+            starts = await consumer.beginning_offsets(parts)
+            ends = await consumer.end_offsets(parts)
         except KafkaError as exc:
-            raise BrokerError(f"cannot read end offsets of {topic!r}: {exc}") from exc
+            raise BrokerError(f"cannot read offsets of {topic!r}: {exc}") from exc
         finally:
             await consumer.stop()
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
+        return {tp.partition: (int(starts[tp]), int(ends[tp])) for tp in parts}
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to be written, per partition."""
+        return {p: end for p, (_, end) in (await self._bounds(topic)).items()}
+
+    async def _assigned_topics(self, group: str) -> set[str]:
+        """Topics the live members of ``group`` are assigned partitions of."""
+        responses = await self._ready_admin.describe_consumer_groups([group])
+        topics: set[str] = set()
+        for response in responses:
+            for described in response.to_object()["groups"]:
+                for member in described["members"]:
+                    raw = member["member_assignment"]
+                    if raw:
+                        decoded = ConsumerProtocolMemberAssignment.decode(raw)
+                        topics.update(topic for topic, _ in decoded.assignment)
+        return topics
 
     async def lag(self, group: str) -> dict[tuple[str, int], int]:
-        """Uncommitted records of ``group`` per partition it has committed offsets for."""
+        """Uncommitted records of ``group`` per partition it committed to or is assigned.
+
+        A partition without a committed offset counts from its first retained record.
+        """
         try:
             committed = await self._ready_admin.list_consumer_group_offsets(group)
+            topics = {tp.topic for tp in committed} | await self._assigned_topics(group)
         except KafkaError as exc:
             raise BrokerError(f"cannot read offsets of group {group!r}: {exc}") from exc
         result = {}
-        for topic in sorted({tp.topic for tp in committed}):
-            ends = await self.end_offsets(topic)
-            for partition, end in ends.items():
+        for topic in sorted(topics):
+            for partition, (start, end) in (await self._bounds(topic)).items():
                 meta = committed.get(TopicPartition(topic, partition))
-                done = meta.offset if meta is not None and meta.offset >= 0 else 0
-                result[(topic, partition)] = max(end - done, 0)
+                done = meta.offset if meta is not None and meta.offset >= 0 else start
+                result[(topic, partition)] = max(end - max(done, start), 0)
         return result
 
     async def reset_offsets(

@@ -286,3 +286,37 @@ async def test_poison_message_goes_to_dead_letter_topic(
     assert b"Expecting property name" in (dead.header(HEADER_ERROR) or b"")
     assert dead.header(HEADER_SOURCE_OFFSET) == b"1"
     assert await event_log.lag(group) == {(topic, 0): 0}
+
+
+async def test_lag_per_partition_before_and_after_commit(
+    event_log: EventLog, unique: Callable[[str], str]
+) -> None:
+    topic, group = unique("lag"), unique("g")
+    await event_log.create_topic(topic, partitions=2)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(batch: list[Record]) -> None:
+        entered.set()
+        await release.wait()
+
+    consumer = await event_log.consume([topic], group, slow)
+    await consumer.wait_assigned()
+    records = await event_log.publish_many(
+        topic, [OutgoingMessage(f"k{i}", b"x") for i in range(7)]
+    )
+    await asyncio.wait_for(entered.wait(), timeout=60)
+    per_partition = {(topic, p): 0 for p in range(2)}
+    for r in records:
+        per_partition[(topic, r.partition)] += 1
+    assert await event_log.lag(group) == per_partition  # assigned, nothing committed yet
+    release.set()
+
+    async def lag_total() -> int:
+        return sum((await event_log.lag(group)).values())
+
+    for _ in range(600):
+        if await lag_total() == 0:
+            break
+        await asyncio.sleep(0.1)
+    await consumer.stop()
+    assert await event_log.lag(group) == {(topic, 0): 0, (topic, 1): 0}
