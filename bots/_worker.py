@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import importlib
+import math
 import os
 import resource
 import sys
@@ -184,9 +185,9 @@ class Worker:
         decimal.setcontext(decimal.Context())
         env = self._namespace.build_globals(FhirError, buffer)
         status, error, output, recycle = "success", None, None, False
-        _set_soft_limit(
-            resource.RLIMIT_CPU, int(_cpu_used()) + 1 + int(limits.get("cpu_seconds", 10))
-        )
+        # RLIMIT_CPU counts the worker's whole life: re-arm it relative to what is used.
+        cpu_budget = float(limits.get("cpu_seconds", self.policy.cpu_seconds))
+        _set_soft_limit(resource.RLIMIT_CPU, math.ceil(_cpu_used() + cpu_budget))
         _set_soft_limit(resource.RLIMIT_AS, int(limits.get("memory_bytes", 1 << 62)))
         try:
             _run_module(code, env)

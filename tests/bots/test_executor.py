@@ -417,3 +417,14 @@ async def test_executions_are_counted_in_metrics(executor: ProcessBotExecutor) -
     await run(executor, "def handler(fhir, event):\n    return 1\n")
     await run(executor, "def handler(fhir, event):\n    return 1 / 0\n")
     assert (count("success"), count("error")) == (before[0] + 1, before[1] + 1)
+
+
+@MODULE_LOOP
+async def test_cpu_limit_stops_a_busy_bot_before_the_wall_clock(gateway: SlowGateway) -> None:
+    policy = SandboxPolicy(pool_size=1, timeout_seconds=20, cpu_seconds=1)
+    async with ProcessBotExecutor(gateway, policy) as executor:
+        result = await run(executor, "def handler(fhir, event):\n    while True:\n        pass\n")
+        assert result.status == "timeout"
+        assert "s of CPU time" in (result.error or "")
+        assert result.duration_ms < 15_000
+        await assert_healthy(executor)
