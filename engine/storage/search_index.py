@@ -176,12 +176,20 @@ def index_rows(
     return IndexRows(rows)
 
 
-def delete_statements() -> list[str]:
-    """DELETE statements (``project, resource_type, resource_id``) of every index table."""
-    return [
-        f"DELETE FROM search_{kind} WHERE project = ? AND resource_type = ? AND resource_id = ?"
-        for kind in TABLES
-    ]
+def delete_statements(dialect: Dialect = "sqlite") -> list[tuple[str, int]]:
+    """DELETE statements of the index tables, each with how many times its parameters
+    ``project, resource_type, resource_id`` repeat.
+
+    PostgreSQL gets one statement deleting from every table (data-modifying CTEs run even
+    when unreferenced): one round trip instead of seven. SQLite, in process, gets one per table.
+    """
+    where = "project = ? AND resource_type = ? AND resource_id = ?"
+    if dialect == "postgres":
+        ctes = ", ".join(
+            f"d_{kind} AS (DELETE FROM search_{kind} WHERE {where})" for kind in TABLES
+        )
+        return [(f"WITH {ctes} SELECT 1", len(TABLES))]
+    return [(f"DELETE FROM search_{kind} WHERE {where}", 1) for kind in TABLES]
 
 
 def insert_statement(kind: str) -> str:
@@ -215,13 +223,15 @@ class SqlSearchIndexer:
         resource: dict[str, Any] | None,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """Delete the resource's old rows, then insert its new ones (none when deleted)."""
-        del dialect  # the statements are the same in both dialects
         owner = (project, resource_type, resource_id)
-        out: list[tuple[str, list[tuple[Any, ...]]]] = [(s, [owner]) for s in delete_statements()]
+        kind: Dialect = "postgres" if dialect == "postgres" else "sqlite"
+        out: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (statement, [owner * repeat]) for statement, repeat in delete_statements(kind)
+        ]
         if resource is None:
             return out
-        for kind, rows in index_rows(resource_type, resource, self._registry).rows.items():
-            out.append((insert_statement(kind), [(*owner, *row) for row in rows]))
+        for table, rows in index_rows(resource_type, resource, self._registry).rows.items():
+            out.append((insert_statement(table), [(*owner, *row) for row in rows]))
         return out
 
 
