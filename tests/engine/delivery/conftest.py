@@ -4,6 +4,7 @@ dispatcher on the embedded log, Subscriptions and notifications."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,16 +77,14 @@ class Receiver:
             return await responder(request, count)
         return web.Response(status=200)
 
-    async def wait_for(self, path: str, count: int, timeout: float = 10.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, path: str, count: int, within: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + within
         while len(self.at(path)) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{path}: got {len(self.at(path))} of {count} requests")
             self.arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), 0.05)
-            except TimeoutError:
-                pass
         return self.at(path)
 
 
@@ -106,10 +105,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
 ) -> None:
     """Poll ``check`` until it holds."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")

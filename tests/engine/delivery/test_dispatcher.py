@@ -111,7 +111,7 @@ async def test_slow_endpoint_does_not_delay_another_subscription(
         await harness.publish(harness.notification("slow", receiver.url + "/slow"))
         await harness.publish(harness.notification("fast", receiver.url + "/fast"))
     started = time.monotonic()
-    await receiver.wait_for("/fast", 3, timeout=5)
+    await receiver.wait_for("/fast", 3, within=5)
     elapsed = time.monotonic() - started
     assert len(receiver.at("/slow")) == 1  # still stuck on its first event, in order
     assert elapsed < 1.0, f"fast subscription waited {elapsed:.3f}s behind the slow one"
