@@ -92,6 +92,15 @@ _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
 @dataclass(frozen=True, slots=True)
+class _Context:
+    """What every clause of one parse needs: definitions, "now", the server's own base."""
+
+    registry: Registry
+    now_us: int
+    base_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ParseResult:
     """A parsed query and the warnings of lenient parsing (empty in strict mode)."""
 
@@ -132,6 +141,7 @@ def parse_search(
     registry: Registry | None = None,
     lenient: bool = False,
     now_us: int | None = None,
+    base_url: str | None = None,
 ) -> ParseResult:
     """Parse ``Type?a=b&c=d`` (or just ``a=b&c=d`` with ``resource_type``).
 
@@ -142,6 +152,8 @@ def parse_search(
         registry: Parameter definitions; defaults to the shipped R4 registry.
         lenient: Drop bad parameters with a warning instead of raising.
         now_us: "Now" in microseconds since the epoch, for ``ap`` on dates (tests pin it).
+        base_url: This server's FHIR base; absolute references under it search as local
+            ``Type/id`` references.
 
     Returns:
         The typed query and any lenient-mode warnings.
@@ -162,7 +174,9 @@ def parse_search(
             continue
         name, _, value = item.partition("=")
         pairs.append((unquote(name), unquote(value)))
-    return parse_params(resource_type, pairs, registry=registry, lenient=lenient, now_us=now_us)
+    return parse_params(
+        resource_type, pairs, registry=registry, lenient=lenient, now_us=now_us, base_url=base_url
+    )
 
 
 def parse_params(
@@ -172,6 +186,7 @@ def parse_params(
     registry: Registry | None = None,
     lenient: bool = False,
     now_us: int | None = None,
+    base_url: str | None = None,
 ) -> ParseResult:
     """Parse decoded ``(name, value)`` pairs (e.g. a POST ``_search`` form) into a query.
 
@@ -181,6 +196,7 @@ def parse_params(
         registry: Parameter definitions; defaults to the shipped R4 registry.
         lenient: Drop bad parameters with a warning instead of raising.
         now_us: "Now" in microseconds since the epoch, for ``ap`` on dates.
+        base_url: This server's FHIR base (see :func:`parse_search`).
 
     Returns:
         The typed query and any lenient-mode warnings.
@@ -191,7 +207,9 @@ def parse_params(
     reg = registry or default_registry()
     if resource_type is not None and resource_type not in reg.resource_types:
         raise UnknownParameterError(f"unknown resource type {resource_type!r}", param=None)
-    state = _State(reg, resource_type or "Resource", now_us or int(time.time() * _US_PER_SECOND))
+    now = now_us or int(time.time() * _US_PER_SECOND)
+    base = base_url.rstrip("/") + "/" if base_url else None
+    state = _State(_Context(reg, now, base), resource_type or "Resource")
     warnings: list[str] = []
     for name, value in pairs:
         try:
@@ -206,10 +224,10 @@ def parse_params(
 class _State:
     """Accumulates clauses and result parameters while parsing one query."""
 
-    def __init__(self, registry: Registry, resource_type: str, now_us: int) -> None:
-        self.registry = registry
+    def __init__(self, context: _Context, resource_type: str) -> None:
+        self.context = context
+        self.registry = context.registry
         self.resource_type = resource_type
-        self.now_us = now_us
         self.clauses: list[Clause] = []
         self.sort: list[SortKey] = []
         self.count: int | None = None
@@ -239,9 +257,7 @@ class _State:
         if base in RESULT_PARAMETERS:
             self._result_parameter(name, value)
             return
-        self.clauses.append(
-            parse_clause(self.registry, self.resource_type, name, value, self.now_us)
-        )
+        self.clauses.append(parse_clause(self.context, self.resource_type, name, value))
 
     def _result_parameter(self, name: str, value: str) -> None:
         base, _, modifier = name.partition(":")
@@ -302,17 +318,14 @@ def _lookup(registry: Registry, resource_type: str, name: str, code: str) -> Sea
     return param
 
 
-def parse_clause(
-    registry: Registry, resource_type: str, name: str, value: str, now_us: int
-) -> Clause:
+def parse_clause(context: _Context, resource_type: str, name: str, value: str) -> Clause:
     """Parse one ``name=value`` pair into a clause (chains and ``_has`` included).
 
     Args:
-        registry: Parameter definitions.
+        context: Definitions, "now" and base of this parse.
         resource_type: The type the parameter applies to.
         name: The parameter name with modifier/chain, as written.
         value: The decoded value.
-        now_us: "Now" for ``ap`` dates.
 
     Returns:
         The clause.
@@ -321,20 +334,21 @@ def parse_clause(
         SearchParseError: Unknown parameter or modifier, or malformed value.
         UnsupportedSearchError: A known but unsupported parameter or modifier.
     """
+    registry = context.registry
     if name.startswith("_has:"):
-        return _parse_has(registry, resource_type, name, value, now_us)
+        return _parse_has(context, resource_type, name, value)
     head, dot, chain = name.partition(".")
     code, _, modifier = head.partition(":")
     param = _lookup(registry, resource_type, name, code)
     if dot:
-        return _parse_chain(registry, param, name, modifier, chain, value, now_us)
+        return _parse_chain(context, param, name, modifier, chain, value)
     if modifier == "missing":
         if value not in {"true", "false"}:
             raise InvalidValueError(f"{name}: expected true or false, got {value!r}", param=name)
         return MissingClause(name, param, value == "true", _extractor(param))
     mod = _check_modifier(registry, param, name, modifier)
     values = tuple(
-        _parse_value(param, mod, unescape_part, name, now_us)
+        _parse_value(context, param, mod, unescape_part, name)
         for unescape_part in split_escaped(value, ",")
     )
     if any(v is None for v in values) or not values:
@@ -369,14 +383,9 @@ def _check_modifier(
 
 
 def _parse_chain(
-    registry: Registry,
-    param: SearchParamDef,
-    name: str,
-    modifier: str,
-    chain: str,
-    value: str,
-    now_us: int,
+    context: _Context, param: SearchParamDef, name: str, modifier: str, chain: str, value: str
 ) -> Clause:
+    registry = context.registry
     if param.type != "reference":
         raise InvalidValueError(f"{name}: only reference parameters can be chained", param=name)
     if modifier:
@@ -392,13 +401,12 @@ def _parse_chain(
                 f"{name}: ambiguous chain, use {param.code}:<Type>.{chain}", param=name
             )
         target = candidates[0]
-    inner = parse_clause(registry, target, chain, value, now_us)
+    inner = parse_clause(context, target, chain, value)
     return ChainClause(name, param, target, inner)
 
 
-def _parse_has(
-    registry: Registry, resource_type: str, name: str, value: str, now_us: int
-) -> Clause:
+def _parse_has(context: _Context, resource_type: str, name: str, value: str) -> Clause:
+    registry = context.registry
     parts = name.split(":", 3)
     if len(parts) != 4 or not all(parts):
         raise InvalidValueError(f"{name}: expected _has:Type:reference:parameter", param=name)
@@ -412,12 +420,12 @@ def _parse_has(
         raise InvalidValueError(
             f"{name}: {source_type}.{ref_code} cannot point to {resource_type}", param=name
         )
-    inner = parse_clause(registry, source_type, inner_name, value, now_us)
+    inner = parse_clause(context, source_type, inner_name, value)
     return HasClause(name, source_type, reference, inner)
 
 
 def _parse_value(
-    param: SearchParamDef, modifier: str | None, text: str, name: str, now_us: int
+    context: _Context, param: SearchParamDef, modifier: str | None, text: str, name: str
 ) -> SearchValue | None:
     if text == "":
         return None
@@ -428,9 +436,9 @@ def _parse_value(
     if ptype == "token":
         return _parse_token(modifier, text, name)
     if ptype == "reference":
-        return _parse_reference(param, modifier, text, name)
+        return _parse_reference(param, modifier, text, name, context.base_url)
     if ptype == "date":
-        return _parse_date(text, name, now_us)
+        return _parse_date(text, name, context.now_us)
     if ptype == "number":
         return _parse_number(text, name)
     if ptype == "quantity":
@@ -458,7 +466,7 @@ def _parse_token(modifier: str | None, text: str, name: str) -> TokenValue:
 
 
 def _parse_reference(
-    param: SearchParamDef, modifier: str | None, text: str, name: str
+    param: SearchParamDef, modifier: str | None, text: str, name: str, base: str | None
 ) -> ReferenceValue:
     raw = unescape(text)
     if modifier == "identifier":
@@ -470,6 +478,8 @@ def _parse_reference(
         raise InvalidValueError(f"{name}: expected [system|]value, got {text!r}", param=name)
     if "/_history/" in raw:
         raw = raw.split("/_history/", 1)[0]
+    if base is not None and raw.startswith(base):
+        raw = raw[len(base) :]
     if ":" in raw:
         return ReferenceValue(url=raw.split("|", 1)[0])
     pieces = raw.split("/")

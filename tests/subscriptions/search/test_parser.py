@@ -229,3 +229,16 @@ def test_system_level_and_pairs() -> None:
     assert query.resource_type is None
     assert len(query.clauses) == 2
     assert parse_search("Patient").query.resource_type == "Patient"
+
+
+def test_absolute_reference_to_this_server_is_local() -> None:
+    base = "https://fhir.example.org/fhir/R4/"
+    query = parse_search(
+        "Observation?subject=https://fhir.example.org/fhir/R4/Patient/1"
+        "&performer=https://elsewhere.org/Practitioner/2",
+        base_url=base,
+    ).query
+    subject, performer = query.clauses
+    assert isinstance(subject, ParamClause) and isinstance(performer, ParamClause)
+    assert subject.values == (ReferenceValue(ref_type="Patient", ref_id="1"),)
+    assert performer.values == (ReferenceValue(url="https://elsewhere.org/Practitioner/2"),)
