@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import structlog
 
-from engine.eventlog.errors import EventLogClosed, InvalidTopic
+from engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic
 from engine.eventlog.metrics import PUBLISHED, REBALANCES
 from engine.eventlog.port import (
     DEFAULT_BATCH_SIZE,
@@ -37,7 +37,12 @@ from engine.eventlog.port import (
     TopicSpec,
     Validator,
 )
-from engine.eventlog.processing import BatchProcessor
+from engine.eventlog.processing import (
+    TRANSIENT_RETRY_SECONDS,
+    BatchProcessor,
+    dead_letter_sink,
+    pause,
+)
 from engine.eventlog.sqlite_store import SqliteLogStore
 from schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
 
@@ -342,7 +347,7 @@ class EmbeddedConsumer:
             handler=handler,
             validate=validate,
             retry=options.retry,
-            dead_letter=log.publish_many,
+            dead_letter=dead_letter_sink(log),
             stopping=self._stopping,
         )
 
@@ -389,7 +394,15 @@ class EmbeddedConsumer:
 
     async def _run(self) -> None:
         try:
-            await self._loop()
+            while True:
+                try:
+                    await self._loop()
+                    return
+                except BrokerError as exc:  # e.g. the file stayed locked: try again
+                    _log.warning("eventlog.consumer_error", member=self._member, error=str(exc))
+                    self._state.generation = -2  # re-read assignment and committed offsets
+                    if await pause(self._stopping, TRANSIENT_RETRY_SECONDS):
+                        return
         except Exception:
             _log.exception("eventlog.consumer_crashed", member=self._member)
             raise

@@ -36,7 +36,12 @@ from engine.eventlog.port import (
     TopicSpec,
     Validator,
 )
-from engine.eventlog.processing import BatchProcessor
+from engine.eventlog.processing import (
+    TRANSIENT_RETRY_SECONDS,
+    BatchProcessor,
+    dead_letter_sink,
+    pause,
+)
 from schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
 
 __all__ = ["KafkaConsumerHandle", "KafkaEventLog", "KafkaSettings"]
@@ -45,6 +50,12 @@ _log = structlog.get_logger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
 """Kafka error code of CreateTopics for a topic that exists (not an error for us)."""
+
+IDLE_FETCH_WAIT_MS = 500
+"""How long the broker holds an empty fetch (Kafka's default); data ends the wait at once."""
+
+FILL_BATCH_BYTES = 256 * 1024
+"""With ``ConsumerOptions.max_wait`` set, the broker waits for this much data (or max_wait)."""
 
 POLL_TIMEOUT_MS = 200
 """Longest a consumer blocks in one fetch, so ``stop()`` is noticed quickly."""
@@ -462,7 +473,10 @@ class KafkaConsumerHandle:
             enable_auto_commit=False,
             auto_offset_reset=options.start_from,
             max_poll_records=options.batch_size,
-            fetch_max_wait_ms=max(_ms(options.max_wait), 10),
+            # Long poll: the broker answers as soon as one record is there (fetch_min_bytes
+            # 1) or after max_wait when batches should fill first.
+            fetch_min_bytes=FILL_BATCH_BYTES if options.max_wait else 1,
+            fetch_max_wait_ms=_ms(options.max_wait) or IDLE_FETCH_WAIT_MS,
             session_timeout_ms=_ms(settings.session_timeout),
             heartbeat_interval_ms=_ms(settings.heartbeat_interval),
         )
@@ -471,7 +485,7 @@ class KafkaConsumerHandle:
             handler=handler,
             validate=validate,
             retry=options.retry,
-            dead_letter=log.publish_many,
+            dead_letter=dead_letter_sink(log),
             stopping=self._stopping,
         )
 
@@ -505,7 +519,14 @@ class KafkaConsumerHandle:
 
     async def _run(self) -> None:
         try:
-            await self._loop()
+            while True:
+                try:
+                    await self._loop()
+                    return
+                except (BrokerError, KafkaError) as exc:  # broker away: try again, keep the group
+                    _log.warning("eventlog.consumer_error", group=self._group, error=str(exc))
+                    if await pause(self._stopping, TRANSIENT_RETRY_SECONDS):
+                        return
         except Exception:
             _log.exception("eventlog.consumer_crashed", group=self._group)
             raise

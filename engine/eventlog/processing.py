@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
+from engine.eventlog.errors import TopicNotFound
 from engine.eventlog.metrics import BATCH_SECONDS, CONSUMED, DEADLETTERED, HANDLER_FAILURES
 from engine.eventlog.port import (
     HEADER_ERROR,
@@ -17,6 +18,7 @@ from engine.eventlog.port import (
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
+    EventLog,
     Handler,
     OutgoingMessage,
     Record,
@@ -25,15 +27,52 @@ from engine.eventlog.port import (
 )
 from schemas.topics import deadletter_topic
 
-__all__ = ["BatchProcessor", "DeadLetterSink", "dead_letter_message"]
+__all__ = [
+    "TRANSIENT_RETRY_SECONDS",
+    "BatchProcessor",
+    "DeadLetterSink",
+    "dead_letter_message",
+    "dead_letter_sink",
+    "pause",
+]
 
 _log = structlog.get_logger(__name__)
 
 MAX_ERROR_HEADER_BYTES = 4096
 """Error text kept in a dead-letter header; a validation error can quote a whole payload."""
 
+TRANSIENT_RETRY_SECONDS = 1.0
+"""Pause of a consumer after a broker or storage error before it tries again (the consumer
+never gives up: a stage that stopped consuming would stall silently)."""
+
+DEAD_LETTER_PARTITIONS = 1
+"""Partitions of a dead-letter twin created on demand (one that was not created with its
+topic, e.g. when the topic was made by another tool)."""
+
 DeadLetterSink = Callable[[str, Sequence[OutgoingMessage]], Awaitable[object]]
 """Publishes messages to a topic (the adapter's own ``publish_many``)."""
+
+
+def dead_letter_sink(log: EventLog) -> DeadLetterSink:
+    """Publishes dead letters with ``log``, creating a missing dead-letter topic first."""
+
+    async def publish(topic: str, messages: Sequence[OutgoingMessage]) -> object:
+        try:
+            return await log.publish_many(topic, messages)
+        except TopicNotFound:
+            await log.create_topic(topic, partitions=DEAD_LETTER_PARTITIONS)
+            return await log.publish_many(topic, messages)
+
+    return publish
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` unless ``stopping`` is set first; True if it was."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def dead_letter_message(record: Record, error: BaseException) -> OutgoingMessage:
@@ -142,12 +181,8 @@ class BatchProcessor:
                 if limit is not None and attempt >= limit:
                     await self._send_dead_letters([(r, exc) for r in records])
                     return True
-                try:
-                    await asyncio.wait_for(
-                        self._stopping.wait(), timeout=self._retry.backoff(attempt)
-                    )
-                except TimeoutError:
-                    continue
-                return False
+                if await pause(self._stopping, self._retry.backoff(attempt)):
+                    return False
+                continue
             BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - started)
             return True

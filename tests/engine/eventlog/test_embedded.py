@@ -249,3 +249,47 @@ async def test_two_processes_share_the_file_by_polling(settings: EmbeddedSetting
     await writer.stop()
     await reader.stop()
     assert len(seen.records) == 50
+
+
+async def test_consumer_survives_storage_errors(
+    log: EmbeddedEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.eventlog.embedded as embedded_module
+    from engine.eventlog.errors import BrokerError
+
+    monkeypatch.setattr(embedded_module, "TRANSIENT_RETRY_SECONDS", 0.01)
+    await log.create_topic("t", 1)
+    real_commit = log.store.commit
+    failures = 0
+
+    def flaky_commit(
+        group: str, generation: int | None, offsets: dict[tuple[str, int], int]
+    ) -> bool:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise BrokerError("database is locked")
+        return real_commit(group, generation, offsets)
+
+    monkeypatch.setattr(log.store, "commit", flaky_commit)
+    seen = Collector(3)
+    consumer = await log.consume(["t"], "g", seen)
+    await log.publish_many("t", [OutgoingMessage("k", b"%d" % i) for i in range(3)])
+    for _ in range(200):
+        if await log.lag("g") == {("t", 0): 0}:
+            break
+        await asyncio.sleep(0.01)
+    await consumer.stop()
+    assert failures == 2
+    assert await log.lag("g") == {("t", 0): 0}
+    # The uncommitted batch was handled again after each failed commit (at-least-once).
+    assert [r.value for r in seen.records] == [b"0", b"1", b"2"] * 3
+
+
+async def test_dead_letter_topic_is_created_when_missing(log: EmbeddedEventLog) -> None:
+    from engine.eventlog.processing import dead_letter_sink
+
+    sink = dead_letter_sink(log)
+    await sink("made.elsewhere.deadletter", [OutgoingMessage("k", b"v")])
+    assert await log.partitions("made.elsewhere.deadletter") == 1
+    assert [r.value for r in await log.read("made.elsewhere.deadletter", 0)] == [b"v"]
