@@ -1,0 +1,96 @@
+"""The SQL search cases of ``tests/engine/storage/test_search_index.py``, on PostgreSQL.
+
+Same resources, same searches, same expected ids and order: the SQL the index compiles for
+PostgreSQL (``ANY(ARRAY(...))`` membership, ``COLLATE "C"`` sorts, multi-table DELETE) must
+behave like the SQLite SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from engine.storage import sql
+from engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search, index_ddl
+from subscriptions.search import parse_search
+from tests.conftest import postgres_dsn
+from tests.engine.storage.test_search_index import PROJECT, RESOURCES, SEARCH_CASES
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+
+async def _store(
+    conn: asyncpg.Connection, resource: dict[str, Any] | None, rtype: str, rid: str
+) -> None:
+    await conn.execute(
+        sql.numbered(sql.UPSERT_CURRENT),
+        PROJECT,
+        rtype,
+        rid,
+        1,
+        datetime.now(UTC),
+        resource is None,
+        json.dumps(resource),
+    )
+    for statement, rows in SqlSearchIndexer().statements("postgres", PROJECT, rtype, rid, resource):
+        await conn.executemany(sql.numbered(statement), rows)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def conn() -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a database of its own, with the core schema, index and RESOURCES."""
+    base = postgres_dsn()
+    database = f"fhirbots_search_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    parts = urlsplit(base)
+    dsn = urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+    connection = await asyncpg.connect(dsn)
+    try:
+        for statement in [*sql.schema("postgres"), *index_ddl("postgres")]:
+            await connection.execute(statement)
+        for resource in RESOURCES:
+            await _store(connection, resource, resource["resourceType"], resource["id"])
+        yield connection
+    finally:
+        await connection.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        await admin.close()
+
+
+async def ids(conn: asyncpg.Connection, search: str) -> list[str]:
+    text, params = compile_search(parse_search(search).query, project=PROJECT, dialect="postgres")
+    return [row["id"] for row in await conn.fetch(sql.numbered(text), *params)]
+
+
+@pytest.mark.parametrize(("search", "expected"), SEARCH_CASES)
+async def test_search(conn: asyncpg.Connection, search: str, expected: list[str]) -> None:
+    assert await ids(conn, search) == expected
+
+
+async def test_sort_paging_and_count(conn: asyncpg.Connection) -> None:
+    assert await ids(conn, "Patient?_sort=family") == ["pat-c", "pat-a", "pat-b"]
+    assert await ids(conn, "Patient?_sort=birthdate") == ["pat-b", "pat-a", "pat-c"]
+    assert await ids(conn, "Patient?_count=2&_offset=2") == ["pat-c"]
+    assert await ids(conn, "Patient?_offset=1") == ["pat-b", "pat-c"]
+    assert await ids(conn, "_id=obs-1,pat-a") == ["obs-1", "pat-a"]
+    text, params = compile_count(parse_search("Patient?gender=female").query, project=PROJECT)
+    assert await conn.fetchval(sql.numbered(text), *params) == 2
+
+
+async def test_delete_removes_index_rows(conn: asyncpg.Connection) -> None:
+    vs = RESOURCES[-1]
+    await _store(conn, None, "ValueSet", vs["id"])
+    assert (
+        await conn.fetchval("SELECT COUNT(*) FROM search_uri WHERE resource_id = $1", "vs-1") == 0
+    )
+    await _store(conn, vs, "ValueSet", vs["id"])
+    assert await ids(conn, "ValueSet?url=http://acme.org/fhir/ValueSet/123") == ["vs-1"]
