@@ -198,7 +198,7 @@ class MatcherStage:
                     project=item.project,
                     subscription=item.subscription_id,
                     bot=item.bot,
-                    event=item.event_id,
+                    event_id=item.event_id,
                     chain=[link.bot for link in item.causation],
                 )
                 suppressed.append(OutgoingMessage(item.key, item.model_dump_json().encode()))

@@ -1,0 +1,200 @@
+"""The matcher stage on the embedded log: immediate effect, errors, loop guard, poison."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.eventlog.port import EventLog
+from engine.runtime import Engine
+from engine.settings import Settings
+from engine.storage.model import WriteContext
+from engine.storage.port import Storage
+from schemas.events import CausationLink
+from schemas.notifications import Notification
+from schemas.subscriptions import SuppressedNotification
+from schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED, deadletter_topic
+
+FHIRPATH_URL = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
+WAIT_SECONDS = 15.0
+"""Longest a test waits for the stage (it normally answers within a poll interval)."""
+
+CTX = WriteContext(author="ApiKey/test")
+
+
+async def read_all(log: EventLog, topic: str) -> list[bytes]:
+    values: list[bytes] = []
+    for partition in range(await log.partitions(topic)):
+        offset = 0
+        while True:
+            batch = await log.read(topic, partition, offset=offset, limit=500)
+            if not batch:
+                break
+            values.extend(r.value for r in batch)
+            offset = batch[-1].offset + 1
+    return values
+
+
+async def notifications(log: EventLog) -> list[Notification]:
+    return [Notification.model_validate_json(v) for v in await read_all(log, NOTIFICATIONS)]
+
+
+async def wait_for(log: EventLog, predicate: Any, topic: str = NOTIFICATIONS) -> list[Any]:
+    """Wait until ``predicate(items)`` holds for the topic's decoded items; return them.
+
+    The items returned come from a read started after the predicate held: a batch's messages
+    land on several partitions, which one read visits one after the other, so the read that
+    saw part of a batch may have missed the rest.
+    """
+    model: Any = Notification if topic == NOTIFICATIONS else SuppressedNotification
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        items = [model.model_validate_json(v) for v in await read_all(log, topic)]
+        if predicate(items):
+            return [model.model_validate_json(v) for v in await read_all(log, topic)]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; {topic} holds {items}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def engine(storage: Storage, tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine with relay and matcher running on the embedded log."""
+    running = Engine(Settings(data_dir=tmp_path), storage=storage)
+    await storage.ensure_project("p1", "Project one")
+    await running.start_relay()
+    await running.start_matcher()
+    yield running
+    await running.close()
+
+
+def subscription(criteria: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": "active",
+        "reason": "test",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"},
+        **fields,
+    }
+
+
+def observation(code: str = "8867-4", status: str = "final") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": status,
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": "Patient/p1"},
+    }
+
+
+async def test_created_subscription_fires_for_the_very_next_write(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None
+    sub = await engine.fhir.create("p1", subscription("Observation?code=8867-4"), CTX)
+    written = await engine.fhir.create("p1", observation(), CTX)  # at once, no waiting
+    items = await wait_for(log, lambda n: len(n) >= 1)
+    (note,) = items
+    assert note.subscription_id == sub.stored.id
+    assert note.resource_id == written.stored.id
+    assert note.resource is not None and note.resource["status"] == "final"
+
+
+async def test_changed_and_deleted_subscriptions_take_effect_at_once(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None
+    watcher = await engine.fhir.create("p1", subscription("Observation"), CTX)
+    sub = await engine.fhir.create("p1", subscription("Observation?code=1111-1"), CTX)
+    changed = {**sub.stored.content, "criteria": "Observation?code=2222-2"}  # type: ignore[dict-item]
+    await engine.fhir.update("p1", "Subscription", sub.stored.id, changed, CTX)
+    second = await engine.fhir.create("p1", observation("2222-2"), CTX)
+    first = await engine.fhir.create("p1", observation("1111-1"), CTX)
+    items = await wait_for(
+        log,
+        lambda n: (
+            {x.resource_id for x in n if x.subscription_id == watcher.stored.id}
+            >= {first.stored.id, second.stored.id}
+        ),
+    )
+    mine = {n.resource_id for n in items if n.subscription_id == sub.stored.id}
+    assert mine == {second.stored.id}
+    await engine.fhir.delete("p1", "Subscription", sub.stored.id, CTX)
+    third = await engine.fhir.create("p1", observation("2222-2"), CTX)
+    items = await wait_for(log, lambda n: any(x.resource_id == third.stored.id for x in n))
+    assert not any(
+        n.subscription_id == sub.stored.id and n.resource_id == third.stored.id for n in items
+    )
+
+
+async def test_runtime_failure_marks_the_subscription_and_spares_others(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None
+    broken = subscription(
+        "Observation",
+        extension=[
+            {"url": FHIRPATH_URL, "valueString": "iif(status = 'final', status.foo(), false)"}
+        ],
+    )
+    bad = await engine.fhir.create("p1", broken, CTX)
+    good = await engine.fhir.create("p1", subscription("Observation"), CTX)
+    await engine.fhir.create("p1", observation(), CTX)
+    items = await wait_for(log, lambda n: len(n) >= 1)
+    assert {n.subscription_id for n in items} == {good.stored.id}
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        stored = await engine.fhir.read("p1", "Subscription", bad.stored.id)
+        assert stored.content is not None
+        if stored.content["status"] == "error":
+            break
+        assert time.monotonic() < deadline, "subscription never marked as errored"
+        await asyncio.sleep(0.05)
+    assert "foo" in stored.content["error"]
+    # errored subscriptions stay quiet: the next event notifies only the good one
+    after = await engine.fhir.create("p1", observation(), CTX)
+    items = await wait_for(log, lambda n: any(x.resource_id == after.stored.id for x in n))
+    assert {n.subscription_id for n in items} == {good.stored.id}
+
+
+async def test_loop_guard_publishes_suppressed_records(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None
+    channel = {"type": "rest-hook", "endpoint": "Bot/b1"}
+    bot_sub = await engine.fhir.create("p1", subscription("Observation", channel=channel), CTX)
+    chain = tuple(CausationLink(bot="Bot/b1", execution=f"e{i}") for i in range(6))
+    written = await engine.fhir.create(
+        "p1", observation(), WriteContext(author="Bot/b1", causation=chain)
+    )
+    (record,) = await wait_for(log, lambda s: len(s) >= 1, topic=SUPPRESSED)
+    assert record.subscription_id == bot_sub.stored.id
+    assert record.resource_id == written.stored.id
+    assert record.occurrences == 6 and len(record.causation) == 6
+    assert await notifications(log) == []
+
+
+async def test_poison_change_is_dead_lettered_and_the_stage_goes_on(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None
+    await engine.fhir.create("p1", subscription("Observation"), CTX)
+    await log.publish(CHANGES, "p1/Observation/x", b"not json")
+    await engine.fhir.create("p1", observation(), CTX)
+    await wait_for(log, lambda n: len(n) >= 1)
+    assert b"not json" in await read_all(log, deadletter_topic(CHANGES))
+
+
+async def test_configuration_is_read_once_per_generation(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None and engine.matcher is not None
+    await engine.fhir.create("p1", subscription("Observation"), CTX)
+    for _ in range(3):
+        await engine.fhir.create("p1", observation(), CTX)
+    await wait_for(log, lambda n: len(n) >= 3)
+    config = await engine.matcher.config_for("p1", 0)
+    again = await engine.matcher.config_for("p1", config.generation)
+    assert again is config
+    newer = await engine.matcher.config_for("p1", config.generation + 1)
+    assert newer is not config and newer.generation == config.generation + 1
