@@ -95,8 +95,8 @@ BACKPORT_CONTENT_URL = (
 def topic_of(subscription: dict[str, Any]) -> str | None:
     """The SubscriptionTopic canonical of a topic-based (Backport IG) Subscription, or None."""
     criteria = str(subscription.get("criteria") or "")
-    if criteria.startswith(("http://", "https://", "urn:")):
-        return criteria
+    if criteria.startswith(("http://", "https://", "urn:")) and "?" not in criteria:
+        return criteria.split("|", 1)[0]
     return None
 
 
@@ -106,7 +106,11 @@ def channel_spec(subscription: dict[str, Any]) -> ChannelSpec:
     kind = channel.get("type", "rest-hook")
     if kind not in ("rest-hook", "websocket", "message", "email"):
         kind = "rest-hook"
-    content = "id-only"
+    # The matcher's defaults: the resource when a payload type is named (or for a bot).
+    endpoint = channel.get("endpoint")
+    content = (
+        "full-resource" if channel.get("payload") or str(endpoint).startswith("Bot/") else "empty"
+    )
     for ext in (channel.get("_payload") or {}).get("extension") or ():
         if ext.get("url") == BACKPORT_CONTENT_URL and ext.get("valueCode") in (
             "empty",
@@ -116,7 +120,7 @@ def channel_spec(subscription: dict[str, Any]) -> ChannelSpec:
             content = ext["valueCode"]
     return ChannelSpec(
         type=kind,
-        endpoint=channel.get("endpoint"),
+        endpoint=endpoint,
         payload=channel.get("payload"),
         content=content,
         headers=tuple(h for h in channel.get("header") or () if isinstance(h, str)),
