@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.cli_delivery import add_commands as add_delivery_commands
 from engine.cli_subscriptions import add_commands as add_subscription_commands
 from engine.client import FhirClient, client_settings
 from engine.loader import find_files, load_files
@@ -58,6 +59,7 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"admin API key written to {boot.token_path} (mode 0600)", flush=True)
         await engine.start_relay()
         await engine.start_matcher()
+        await engine.start_dispatcher()
         runner = web.AppRunner(engine.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -85,6 +87,8 @@ async def _worker(args: argparse.Namespace) -> int:
             await engine.start_relay()
         elif args.role == "matcher":
             await engine.start_matcher()
+        elif args.role == "dispatcher":
+            await engine.start_dispatcher()
         log.info("worker started", role=args.role)
         await _until_signalled()
     finally:
@@ -122,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one stage of the distributed mode")
     server_flags(worker)
-    worker.add_argument("role", choices=["relay", "matcher"], help="which stage to run")
+    worker.add_argument(
+        "role", choices=["relay", "matcher", "dispatcher"], help="which stage to run"
+    )
     worker.set_defaults(run=_worker)
 
     load = sub.add_parser("load", help="load FHIR Bundles from a file or folder")
@@ -131,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
     add_subscription_commands(sub)
+    add_delivery_commands(sub)
     return parser
 
 
