@@ -1,0 +1,169 @@
+"""The matcher stage on both event-log adapters (embedded and a real Kafka broker), with two
+matcher members in one consumer group, each with its own configuration cache (as two worker
+processes): a Subscription change takes effect for the very next event whichever member reads
+it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.eventlog.port import EventLog
+from engine.relay import OutboxRelay
+from engine.service import FhirService
+from engine.stages.matcher import MatcherStage, MatcherTopics
+from engine.storage.model import WriteContext
+from engine.storage.search_index import SqlSearchIndexer
+from engine.storage.sqlite import SqliteStorage
+from schemas.events import CausationLink
+from schemas.notifications import Notification
+from schemas.subscriptions import SuppressedNotification
+from tests.integration.conftest import make_event_log
+
+pytestmark = pytest.mark.integration
+
+CTX = WriteContext(author="ApiKey/test")
+WAIT_SECONDS = 60.0
+"""Kafka's first group join and rebalance can take a few seconds on a busy machine."""
+
+
+class World:
+    """A datastore, a relay and two matcher members on one adapter."""
+
+    def __init__(self, fhir: FhirService, logs: list[EventLog], topics: MatcherTopics) -> None:
+        self.fhir = fhir
+        self.logs = logs
+        self.topics = topics
+
+    async def read(self, topic: str, model: Any) -> list[Any]:
+        log = self.logs[0]
+        out: list[Any] = []
+        for partition in range(await log.partitions(topic)):
+            offset = 0
+            while True:
+                batch = await log.read(topic, partition, offset=offset, limit=500)
+                if not batch:
+                    break
+                out.extend(model.model_validate_json(r.value) for r in batch)
+                offset = batch[-1].offset + 1
+        return out
+
+    async def wait(
+        self, predicate: Callable[[list[Any]], bool], topic: str, model: Any
+    ) -> list[Any]:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            items = await self.read(topic, model)
+            if predicate(items):
+                return await self.read(topic, model)  # a read started after it held
+            assert time.monotonic() < deadline, f"timed out; {topic}: {len(items)} items"
+            await asyncio.sleep(0.1)
+
+    async def notes(self, predicate: Callable[[list[Notification]], bool]) -> list[Notification]:
+        return await self.wait(predicate, self.topics.notifications, Notification)
+
+
+@pytest.fixture
+async def world(
+    adapter: tuple[str, str], tmp_path: Path, unique: Callable[[str], str]
+) -> AsyncIterator[World]:
+    storage = SqliteStorage(tmp_path / "store.db", indexer=SqlSearchIndexer())
+    await storage.open()
+    await storage.ensure_project("p1", "Project one")
+    topics = MatcherTopics(
+        changes=unique("changes"),
+        notifications=unique("notifications"),
+        suppressed=unique("suppressed"),
+    )
+    logs = [make_event_log(*adapter) for _ in range(3)]
+    for log in logs:
+        await log.start()
+    relay = OutboxRelay(storage, logs[0], topic=topics.changes)
+    fhir = FhirService(storage, on_commit=relay.notify)
+    from engine.api.subscriptions import install
+
+    install(fhir, [])
+    for spec in topics.specs():
+        await logs[0].create_topic(spec.name, spec.partitions, spec.retention)
+    group = unique("matcher")
+    stages = [MatcherStage(storage, log, topics=topics) for log in logs[1:]]
+    handles = [
+        await stage.start(log, group=group) for stage, log in zip(stages, logs[1:], strict=True)
+    ]
+    relay.start()
+    for handle in handles:
+        await handle.wait_assigned()
+    yield World(fhir, logs, topics)
+    await relay.stop()
+    for stage in stages:
+        await stage.stop()
+    for log in logs:
+        await log.stop()
+    await storage.close()
+
+
+def subscription(criteria: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": "active",
+        "reason": "test",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"},
+        **fields,
+    }
+
+
+def observation(code: str, patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+async def test_two_matchers_immediate_effect(world: World) -> None:
+    watcher = await world.fhir.create("p1", subscription("Observation"), CTX)
+    sub = await world.fhir.create("p1", subscription("Observation?code=1111-1"), CTX)
+    # At once, events on many resources (so on many partitions, read by both members).
+    first = [await world.fhir.create("p1", observation("1111-1", f"a{i}"), CTX) for i in range(12)]
+    first_ids = {w.stored.id for w in first}
+    notes = await world.notes(
+        lambda n: first_ids <= {x.resource_id for x in n if x.subscription_id == sub.stored.id}
+    )
+    assert {n.resource_id for n in notes if n.subscription_id == watcher.stored.id} >= first_ids
+
+    changed = {**sub.stored.content, "criteria": "Observation?code=2222-2"}  # type: ignore[dict-item]
+    await world.fhir.update("p1", "Subscription", sub.stored.id, changed, CTX)
+    second = [await world.fhir.create("p1", observation("1111-1", f"b{i}"), CTX) for i in range(12)]
+    second_ids = {w.stored.id for w in second}
+    notes = await world.notes(
+        lambda n: second_ids <= {x.resource_id for x in n if x.subscription_id == watcher.stored.id}
+    )
+    assert not second_ids & {n.resource_id for n in notes if n.subscription_id == sub.stored.id}
+    # Every notification is unique per (subscription, event).
+    assert len({n.notification_id for n in notes}) == len(notes)
+
+
+async def test_loop_guard_on_the_log(world: World) -> None:
+    channel = {"type": "rest-hook", "endpoint": "Bot/b1"}
+    sub = await world.fhir.create("p1", subscription("Observation", channel=channel), CTX)
+    links = tuple(CausationLink(bot="Bot/b1", execution=f"e{i}") for i in range(5))
+    allowed = await world.fhir.create(
+        "p1", observation("1", "x"), WriteContext(author="Bot/b1", causation=links)
+    )
+    deep = (*links, CausationLink(bot="Bot/b1", execution="e5"))
+    refused = await world.fhir.create(
+        "p1", observation("1", "y"), WriteContext(author="Bot/b1", causation=deep)
+    )
+    (record,) = await world.wait(
+        lambda s: len(s) >= 1, world.topics.suppressed, SuppressedNotification
+    )
+    assert record.resource_id == refused.stored.id and record.subscription_id == sub.stored.id
+    notes = await world.notes(lambda n: len(n) >= 1)
+    assert [n.resource_id for n in notes] == [allowed.stored.id]
