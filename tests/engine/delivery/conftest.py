@@ -88,9 +88,9 @@ class Receiver:
         return self.at(path)
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    """A real local HTTP receiver."""
+@contextlib.asynccontextmanager
+async def running_receiver() -> AsyncIterator[Receiver]:
+    """A real local HTTP receiver on 127.0.0.1 (a free port) while the context lasts."""
     rec = Receiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", rec.handle)
@@ -100,8 +100,17 @@ async def receiver() -> AsyncIterator[Receiver]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     rec.url = f"http://127.0.0.1:{port}"
-    yield rec
-    await runner.cleanup()
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real local HTTP receiver."""
+    async with running_receiver() as rec:
+        yield rec
 
 
 async def wait_until(
