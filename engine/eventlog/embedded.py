@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import structlog
 
@@ -46,10 +46,13 @@ from engine.eventlog.processing import (
 from engine.eventlog.sqlite_store import SqliteLogStore
 from schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
 
-__all__ = ["EmbeddedConsumer", "EmbeddedEventLog", "EmbeddedSettings"]
+__all__ = ["EmbeddedConsumer", "EmbeddedEventLog", "EmbeddedSettings", "Synchronous"]
 
 _log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
+
+Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
+"""SQLite ``synchronous`` levels that keep a WAL database consistent."""
 
 LOG_FILE_NAME = "eventlog.sqlite"
 """File name of the log inside the data dir."""
@@ -74,7 +77,7 @@ class EmbeddedSettings:
 
     path: Path
     topics: tuple[TopicSpec, ...] = ()
-    synchronous: str = "FULL"
+    synchronous: Synchronous = "FULL"
     poll_interval: timedelta = timedelta(milliseconds=100)
     heartbeat_interval: timedelta = timedelta(seconds=1)
     session_timeout: timedelta = timedelta(seconds=10)

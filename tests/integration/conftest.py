@@ -20,7 +20,7 @@ import pytest
 
 from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
 from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from engine.eventlog.port import EventLog
+from engine.eventlog.port import EventLog, TopicSpec
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = REPO / "deploy" / "kafka" / "broker.sh"
@@ -86,20 +86,22 @@ def unique() -> Callable[[str], str]:
     return lambda prefix: f"{prefix}-{suffix}"
 
 
-def kafka_settings(bootstrap: str) -> KafkaSettings:
+def kafka_settings(bootstrap: str, topics: tuple[TopicSpec, ...] = ()) -> KafkaSettings:
     """Kafka adapter settings for tests (fast failover of killed consumers)."""
     return KafkaSettings(
         bootstrap=bootstrap,
+        topics=topics,
         client_id="fhirbots-test",
         session_timeout=KAFKA_SESSION_TIMEOUT,
         heartbeat_interval=timedelta(seconds=1),
     )
 
 
-def embedded_settings(path: Path) -> EmbeddedSettings:
+def embedded_settings(path: Path, topics: tuple[TopicSpec, ...] = ()) -> EmbeddedSettings:
     """Embedded adapter settings for tests (fast failover, short cross-process polling)."""
     return EmbeddedSettings(
         path=path,
+        topics=topics,
         synchronous="NORMAL",
         poll_interval=timedelta(milliseconds=50),
         heartbeat_interval=timedelta(milliseconds=200),
@@ -115,11 +117,11 @@ def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     return "embedded", str(tmp_path / "eventlog.sqlite")
 
 
-def make_event_log(kind: str, location: str) -> EventLog:
+def make_event_log(kind: str, location: str, topics: tuple[TopicSpec, ...] = ()) -> EventLog:
     """An unstarted event log of ``kind`` at ``location`` (see the ``adapter`` fixture)."""
     if kind == "kafka":
-        return KafkaEventLog(kafka_settings(location))
-    return EmbeddedEventLog(embedded_settings(Path(location)))
+        return KafkaEventLog(kafka_settings(location, topics))
+    return EmbeddedEventLog(embedded_settings(Path(location), topics))
 
 
 @pytest.fixture

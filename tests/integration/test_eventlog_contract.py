@@ -23,8 +23,11 @@ from engine.eventlog.port import (
     EventLog,
     OutgoingMessage,
     Record,
+    Retention,
+    TopicSpec,
 )
 from schemas.topics import deadletter_topic
+from tests.integration.conftest import make_event_log
 
 pytestmark = pytest.mark.integration
 
@@ -320,3 +323,20 @@ async def test_lag_per_partition_before_and_after_commit(
         await asyncio.sleep(0.1)
     await consumer.stop()
     assert await event_log.lag(group) == {(topic, 0): 0, (topic, 1): 0}
+
+
+async def test_start_creates_configured_topics(
+    adapter: tuple[str, str], unique: Callable[[str], str]
+) -> None:
+    topic = unique("configured")
+    spec = TopicSpec(topic, partitions=3, retention=Retention(bytes_per_partition=1 << 20))
+    log = make_event_log(*adapter, topics=(spec,))
+    await log.start()
+    try:
+        assert await log.partitions(topic) == 3
+        assert await log.partitions(deadletter_topic(topic)) == 3
+        record = await log.publish(topic, "default/Patient/1", b"{}")
+        assert record.partition == partition_for("default/Patient/1", 3)
+        assert await log.end_offsets(topic) == {0: 0, 1: 0, 2: 0} | {record.partition: 1}
+    finally:
+        await log.stop()
