@@ -21,10 +21,12 @@ from typing import Any, Literal
 
 from engine.storage.sql import RESOURCE_COLUMNS
 from subscriptions.search import SearchQuery, default_registry, resource_entries
+from subscriptions.search.entries import composite_groups
 from subscriptions.search.errors import UnsupportedSearchError
 from subscriptions.search.query import (
     ChainClause,
     Clause,
+    CompositeClause,
     DateValue,
     HasClause,
     MissingClause,
@@ -38,6 +40,7 @@ from subscriptions.search.query import (
 from subscriptions.search.registry import Registry
 
 __all__ = [
+    "GROUP_COLUMN",
     "TABLES",
     "CompiledSearch",
     "IndexRows",
@@ -62,6 +65,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "uri": ("uri",),
 }
 """Value columns of each index table (``search_<kind>``), in entry field order."""
+
+GROUP_COLUMN = "grp"
+"""Last column of every index table: for the component rows of a composite parameter (param
+``<code>$<component index>``), the number of the element they come from; NULL otherwise."""
 
 _COLUMN_TYPES: dict[Dialect, dict[str, str]] = {
     # Dates are microseconds since the epoch: integer comparison, identical in both engines.
@@ -115,7 +122,7 @@ def index_ddl(dialect: Dialect) -> list[str]:
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {table} (project TEXT NOT NULL, "
             f"resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL, "
-            f"{cols})"
+            f"{cols}, {GROUP_COLUMN} INTEGER)"
         )
         statements.append(
             f"CREATE INDEX IF NOT EXISTS {table}_owner ON {table} "
@@ -131,7 +138,8 @@ def index_ddl(dialect: Dialect) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class IndexRows:
-    """The index rows of one resource: per table kind, tuples of ``(param, *value columns)``."""
+    """The index rows of one resource: per table kind, tuples of
+    ``(param, *value columns, group)``."""
 
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
@@ -150,7 +158,7 @@ def index_rows(
         registry: Parameter definitions; defaults to the shipped R4 registry.
 
     Returns:
-        Rows per table kind; each row is ``(param, *TABLES[kind])``.
+        Rows per table kind; each row is ``(param, *TABLES[kind], group)``.
     """
     reg = registry or default_registry()
     content = (
@@ -169,10 +177,20 @@ def index_rows(
         bucket = rows.setdefault(param.type, [])
         seen: set[tuple[Any, ...]] = set()
         for entry in entries:
-            row = (code, *entry)
+            row = (code, *entry, None)
             if row not in seen:
                 seen.add(row)
                 bucket.append(row)
+    for code in reg.codes(resource_type):
+        param = reg.get(resource_type, code)
+        if param is None or param.type != "composite":
+            continue
+        for group, components in enumerate(composite_groups(param, content)):
+            for index, (kind, entries) in enumerate(
+                zip(param.component_types, components, strict=True)
+            ):
+                bucket = rows.setdefault(kind, [])
+                bucket.extend((f"{code}${index}", *entry, group) for entry in set(entries))
     return IndexRows(rows)
 
 
@@ -194,8 +212,8 @@ def delete_statements(dialect: Dialect = "sqlite") -> list[tuple[str, int]]:
 
 def insert_statement(kind: str) -> str:
     """INSERT statement of one table, parameters ``project, resource_type, resource_id,
-    param, *TABLES[kind]``."""
-    columns = ("project", "resource_type", "resource_id", "param", *TABLES[kind])
+    param, *TABLES[kind], group``."""
+    columns = ("project", "resource_type", "resource_id", "param", *TABLES[kind], GROUP_COLUMN)
     marks = ", ".join("?" for _ in columns)
     return f"INSERT INTO search_{kind} ({', '.join(columns)}) VALUES ({marks})"
 
@@ -428,6 +446,8 @@ class _Compiler:
             return self._chain(clause, resource_type, outer)
         if isinstance(clause, HasClause):
             return self._has(clause, resource_type, outer)
+        if isinstance(clause, CompositeClause):
+            return self._composite(clause, resource_type, outer)
         kind = clause.param.type
         s, body, params = self.index_rows(kind, clause.param.code, resource_type)
         if isinstance(clause, MissingClause):
@@ -441,6 +461,43 @@ class _Compiler:
         negate = "NOT " if clause.modifier == "not" else ""
         rest = f"{body} AND ({' OR '.join(conditions)})"
         return f"{negate}{self.owner_member(outer, s, resource_type, rest)}", params
+
+    def _composite(
+        self, clause: CompositeClause, resource_type: str | None, outer: str
+    ) -> tuple[str, list[Any]]:
+        """One membership per value: rows of every component from the same element."""
+        alternatives: list[str] = []
+        params: list[Any] = []
+        code = clause.param.code
+        for value in clause.values:
+            first, body, body_params = self.index_rows(
+                clause.param.component_types[0], f"{code}$0", resource_type
+            )
+            joins: list[str] = []
+            join_params: list[Any] = []
+            conditions: list[str] = []
+            condition_params: list[Any] = []
+            for index, part in enumerate(value.parts):
+                kind = clause.param.component_types[index]
+                alias = first
+                if index:
+                    alias = self.alias("c")
+                    joins.append(
+                        f"JOIN search_{kind} {alias} ON {alias}.project = {first}.project "
+                        f"AND {alias}.resource_type = {first}.resource_type "
+                        f"AND {alias}.resource_id = {first}.resource_id "
+                        f"AND {alias}.{GROUP_COLUMN} = {first}.{GROUP_COLUMN} "
+                        f"AND {alias}.param = ?"
+                    )
+                    join_params.append(f"{code}${index}")
+                cond, cond_params = _VALUE_SQL[kind](None, part)
+                conditions.append(f"({_ROW_ALIAS.sub(alias + '.', cond)})")
+                condition_params.extend(cond_params)
+            table, where = body.split(" WHERE ", 1)
+            rest = f"{table} {' '.join(joins)} WHERE {where} AND {' AND '.join(conditions)}"
+            alternatives.append(self.owner_member(outer, first, resource_type, rest))
+            params.extend([*join_params, *body_params, *condition_params])
+        return f"({' OR '.join(alternatives)})", params
 
     def _live(self, column: str, clause: Clause, resource_type: str) -> tuple[str, list[Any]]:
         """``column`` is the id of a live ``resource_type`` resource matching ``clause``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from subscriptions.search.extraction import compile_expression
+from subscriptions.search.extraction import compile_expression, compile_relative
 from subscriptions.search.registry import Registry, SearchParamDef, default_registry
 from subscriptions.search.values import (
     DateEntry,
@@ -28,7 +28,7 @@ from subscriptions.search.values import (
     uri_entries,
 )
 
-__all__ = ["ENTRY_BUILDERS", "Entry", "entries_for", "resource_entries"]
+__all__ = ["ENTRY_BUILDERS", "Entry", "composite_groups", "entries_for", "resource_entries"]
 
 Entry = (
     StringEntry | TokenEntry | ReferenceEntry | DateEntry | NumberEntry | QuantityEntry | UriEntry
@@ -86,3 +86,31 @@ def resource_entries(
         if entries:
             found[code] = entries
     return found
+
+
+def composite_groups(param: SearchParamDef, resource: dict[str, Any]) -> list[list[list[Any]]]:
+    """Entries of a composite parameter: per selected element, per component, its entries.
+
+    Components only match together when they come from the same element (the same
+    Observation.component, say), so the element is kept as a group.
+
+    Args:
+        param: A supported composite parameter resolved for the resource's type.
+        resource: The resource as a JSON dict.
+
+    Returns:
+        ``groups[element][component]`` -> entries.
+    """
+    if param.type != "composite" or not param.supported or param.expression is None:
+        return []
+    elements = compile_expression(param.expression, param.resource_type)(resource)
+    components = [
+        (ENTRY_BUILDERS[ctype], compile_relative(expr))
+        for ctype, (_, expr) in zip(param.component_types, param.components, strict=True)
+    ]
+    groups: list[list[list[Any]]] = []
+    for element in elements:
+        if not isinstance(element, dict):
+            continue
+        groups.append([build(extract(element)) for build, extract in components])
+    return groups

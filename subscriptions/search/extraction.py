@@ -17,15 +17,18 @@ from functools import lru_cache
 from typing import Any
 
 import fhirpathpy
+import structlog
 from fhirpathpy.models import models
 
 from subscriptions.search.registry import split_union
 from subscriptions.search.values import reference_type
 
-__all__ = ["Extractor", "compile_expression", "is_fast_path"]
+__all__ = ["ELEMENT_ROOT", "Extractor", "compile_expression", "compile_relative", "is_fast_path"]
 
 Extractor = Callable[[dict[str, Any]], list[Any]]
 """Takes a resource (JSON dict), returns the values the expression selects."""
+
+_log = structlog.get_logger(__name__)
 
 _R4_MODEL: dict[str, Any] = models["r4"]
 _CHOICE_PATHS: dict[str, list[str]] = _R4_MODEL["choiceTypePaths"]
@@ -204,9 +207,37 @@ def compile_expression(expression: str, resource_type: str) -> Extractor:
     slow = fhirpathpy.compile(expression, _R4_MODEL)
 
     def fallback(resource: dict[str, Any]) -> list[Any]:
-        return [_plain(v) for v in slow(resource, {})]
+        try:
+            return [_plain(v) for v in slow(resource, {})]
+        except Exception as exc:  # an odd resource must not fail the write indexing it
+            _log.warning("fhirpath_failed", expression=expression, error=str(exc))
+            return []
 
     return fallback
+
+
+ELEMENT_ROOT = "_Element"
+"""Stand-in root for expressions relative to an element (composite components)."""
+
+
+def compile_relative(expression: str) -> Extractor:
+    """Compile an expression evaluated on an element rather than a resource.
+
+    Composite components are written relative to the composite's element (``code``,
+    ``value.as(Quantity)``); they take the same fast path as resource expressions.
+
+    Args:
+        expression: The component's FHIRPath expression.
+
+    Returns:
+        A function from element (a JSON dict) to the values selected.
+    """
+    parts = split_union(expression)
+    if all(not part.startswith(("%", "(")) for part in parts):
+        rooted = " | ".join(f"{ELEMENT_ROOT}.{part}" for part in parts)
+        if is_fast_path(rooted, ELEMENT_ROOT):
+            return compile_expression(rooted, ELEMENT_ROOT)
+    return compile_expression(expression, "")
 
 
 def _plain(value: Any) -> Any:

@@ -15,11 +15,11 @@ from subscriptions.search.errors import NotSupportedInMemoryError
 from subscriptions.search.query import (
     ChainClause,
     Clause,
+    CompositeClause,
     DateValue,
     HasClause,
     MissingClause,
     NumberValue,
-    ParamClause,
     QuantityValue,
     ReferenceValue,
     SearchQuery,
@@ -96,31 +96,54 @@ def clause_matches(
     entries = cache.get(key) if cache is not None else None
     if entries is None:
         selected = clause.extract(resource)
-        entries = ENTRY_BUILDERS[clause.param.type](selected) if selected else []
+        if clause.param.type == "composite":
+            entries = selected  # the elements; components are read per element
+        else:
+            entries = ENTRY_BUILDERS[clause.param.type](selected) if selected else []
         if cache is not None:
             cache[key] = entries
     if isinstance(clause, MissingClause):
         return (not entries) == clause.missing
+    if isinstance(clause, CompositeClause):
+        return _composite(clause, entries)
     test = _TESTS[clause.param.type]
-    if clause.modifier == "not":
-        return not any(test(clause, e, v) for v in clause.values for e in entries)
-    return any(test(clause, e, v) for v in clause.values for e in entries)
+    modifier = clause.modifier
+    if modifier == "not":
+        return not any(test(None, e, v) for v in clause.values for e in entries)
+    return any(test(modifier, e, v) for v in clause.values for e in entries)
 
 
-def _string(clause: ParamClause, entry: StringEntry, value: StringValue) -> bool:
-    if clause.modifier == "exact":
+def _composite(clause: CompositeClause, elements: list[Any]) -> bool:
+    for element in elements:
+        parts: list[list[Any]] = []
+        for param_type, extract in clause.components:
+            selected = extract(element) if isinstance(element, dict) else []
+            parts.append(ENTRY_BUILDERS[param_type](selected) if selected else [])
+        for value in clause.values:
+            if all(
+                any(_TESTS[param_type](None, e, part) for e in parts[i])
+                for i, ((param_type, _), part) in enumerate(
+                    zip(clause.components, value.parts, strict=True)
+                )
+            ):
+                return True
+    return False
+
+
+def _string(modifier: str | None, entry: StringEntry, value: StringValue) -> bool:
+    if modifier == "exact":
         return entry.exact == value.raw
-    if clause.modifier == "contains":
+    if modifier == "contains":
         return value.norm in entry.norm
     return entry.norm.startswith(value.norm)
 
 
-def _token(clause: ParamClause, entry: TokenEntry, value: TokenValue) -> bool:
-    if clause.modifier == "text":
+def _token(modifier: str | None, entry: TokenEntry, value: TokenValue) -> bool:
+    if modifier == "text":
         return (
             entry.text is not None and value.code is not None and entry.text.startswith(value.code)
         )
-    if clause.modifier == "of-type":
+    if modifier == "of-type":
         return (
             entry.code == value.code
             and entry.type_code == value.type_code
@@ -135,7 +158,7 @@ def _token(clause: ParamClause, entry: TokenEntry, value: TokenValue) -> bool:
     return entry.system == value.system and entry.code == value.code
 
 
-def _reference(_clause: ParamClause, entry: ReferenceEntry, value: ReferenceValue) -> bool:
+def _reference(_modifier: str | None, entry: ReferenceEntry, value: ReferenceValue) -> bool:
     if value.id_value is not None:
         return entry.id_value == value.id_value and (
             value.id_system is None or entry.id_system == value.id_system
@@ -149,7 +172,7 @@ def _reference(_clause: ParamClause, entry: ReferenceEntry, value: ReferenceValu
     return not value.types or entry.ref_type in value.types
 
 
-def _date(_clause: ParamClause, entry: DateEntry, value: DateValue) -> bool:
+def _date(_modifier: str | None, entry: DateEntry, value: DateValue) -> bool:
     rl, rh, sl, sh = entry.low, entry.high, value.low, value.high
     prefix = value.prefix
     within = rl >= sl and rh <= sh
@@ -195,11 +218,11 @@ def number_test(rl: float, rh: float, value: NumberValue) -> bool:
     return rl <= value.high and rh >= value.low  # ap: within +/- 10 %
 
 
-def _number(_clause: ParamClause, entry: NumberEntry, value: NumberValue) -> bool:
+def _number(_modifier: str | None, entry: NumberEntry, value: NumberValue) -> bool:
     return number_test(entry.low, entry.high, value)
 
 
-def _quantity(_clause: ParamClause, entry: QuantityEntry, value: QuantityValue) -> bool:
+def _quantity(_modifier: str | None, entry: QuantityEntry, value: QuantityValue) -> bool:
     if value.system is not None and entry.system != value.system:
         return False
     if value.code is not None:
@@ -211,15 +234,15 @@ def _quantity(_clause: ParamClause, entry: QuantityEntry, value: QuantityValue) 
     return number_test(entry.low, entry.high, value.number)
 
 
-def _uri(clause: ParamClause, entry: UriEntry, value: UriValue) -> bool:
-    if clause.modifier == "below":
+def _uri(modifier: str | None, entry: UriEntry, value: UriValue) -> bool:
+    if modifier == "below":
         return entry.uri.startswith(value.uri)
-    if clause.modifier == "above":
+    if modifier == "above":
         return value.uri.startswith(entry.uri)
     return entry.uri == value.uri
 
 
-_TESTS: dict[str, Callable[[ParamClause, Any, Any], bool]] = {
+_TESTS: dict[str, Callable[[str | None, Any, Any], bool]] = {
     "string": _string,
     "token": _token,
     "reference": _reference,

@@ -24,10 +24,12 @@ from subscriptions.search.errors import (
     UnknownParameterError,
     UnsupportedSearchError,
 )
-from subscriptions.search.extraction import Extractor, compile_expression
+from subscriptions.search.extraction import Extractor, compile_expression, compile_relative
 from subscriptions.search.query import (
     ChainClause,
     Clause,
+    CompositeClause,
+    CompositeValue,
     DatePrefix,
     DateValue,
     HasClause,
@@ -38,12 +40,13 @@ from subscriptions.search.query import (
     ReferenceValue,
     SearchQuery,
     SearchValue,
+    SimpleValue,
     SortKey,
     StringValue,
     TokenValue,
     UriValue,
 )
-from subscriptions.search.registry import Registry, SearchParamDef, default_registry
+from subscriptions.search.registry import ParamType, Registry, SearchParamDef, default_registry
 from subscriptions.search.values import normalize, parse_date_range
 
 __all__ = ["ParseResult", "parse_params", "parse_search", "split_escaped", "unescape"]
@@ -343,10 +346,14 @@ def parse_clause(context: _Context, resource_type: str, name: str, value: str) -
     if dot:
         return _parse_chain(context, param, name, modifier, chain, value)
     if modifier == "missing":
+        if param.type == "composite":
+            raise UnsupportedSearchError(f"{name}: :missing on a composite", param=name)
         if value not in {"true", "false"}:
             raise InvalidValueError(f"{name}: expected true or false, got {value!r}", param=name)
         return MissingClause(name, param, value == "true", _extractor(param))
     mod = _check_modifier(registry, param, name, modifier)
+    if param.type == "composite":
+        return _parse_composite(context, param, name, value)
     values = tuple(
         _parse_value(context, param, mod, unescape_part, name)
         for unescape_part in split_escaped(value, ",")
@@ -380,6 +387,40 @@ def _check_modifier(
     if modifier not in SUPPORTED_MODIFIERS.get(param.type, frozenset()):
         raise UnsupportedSearchError(f"{name}: modifier {modifier!r} is not supported", param=name)
     return modifier
+
+
+def _component(param: SearchParamDef, index: int) -> SearchParamDef:
+    """A component of a composite as a parameter of its own (for parsing its value part)."""
+    return SearchParamDef(
+        code=f"{param.code}${index}",
+        type=cast(ParamType, param.component_types[index]),
+        resource_type=param.resource_type,
+        expression=param.components[index][1],
+    )
+
+
+def _parse_composite(context: _Context, param: SearchParamDef, name: str, value: str) -> Clause:
+    count = len(param.components)
+    values: list[CompositeValue] = []
+    for alternative in split_escaped(value, ","):
+        parts = split_escaped(alternative, "$")
+        if len(parts) != count:
+            raise InvalidValueError(
+                f"{name}: expected {count} parts separated by '$', got {alternative!r}",
+                param=name,
+            )
+        parsed = [
+            _parse_value(context, _component(param, i), None, part, name)
+            for i, part in enumerate(parts)
+        ]
+        if any(p is None or isinstance(p, CompositeValue) for p in parsed):
+            raise InvalidValueError(f"{name}: empty part in {alternative!r}", param=name)
+        values.append(CompositeValue(tuple(cast(list[SimpleValue], parsed))))
+    components = tuple(
+        (param.component_types[i], compile_relative(expr))
+        for i, (_, expr) in enumerate(param.components)
+    )
+    return CompositeClause(name, param, tuple(values), _extractor(param), components)
 
 
 def _parse_chain(

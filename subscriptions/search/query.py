@@ -16,6 +16,8 @@ from subscriptions.search.registry import SearchParamDef
 __all__ = [
     "ChainClause",
     "Clause",
+    "CompositeClause",
+    "CompositeValue",
     "DatePrefix",
     "DateValue",
     "HasClause",
@@ -26,6 +28,7 @@ __all__ = [
     "ReferenceValue",
     "SearchQuery",
     "SearchValue",
+    "SimpleValue",
     "SortKey",
     "StringValue",
     "TokenValue",
@@ -116,9 +119,19 @@ class UriValue:
     uri: str
 
 
-SearchValue = (
+SimpleValue = (
     StringValue | TokenValue | ReferenceValue | DateValue | NumberValue | QuantityValue | UriValue
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeValue:
+    """A composite search value ``a$b``: one value per component, all on the same element."""
+
+    parts: tuple[SimpleValue, ...]
+
+
+SearchValue = SimpleValue | CompositeValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +164,28 @@ class MissingClause:
 
 
 @dataclass(frozen=True, slots=True)
+class CompositeClause:
+    """``composite=a$b,c$d``: some element selected by the parameter's expression has, for
+    one of the values, every component matching its part.
+
+    Attributes:
+        name: The parameter as written.
+        param: The composite's definition.
+        values: The OR-ed composite values.
+        extract: Selects the elements (e.g. the Observation itself, or its components).
+        components: Per component: its type and an extractor relative to the element.
+    """
+
+    name: str
+    param: SearchParamDef
+    values: tuple[CompositeValue, ...]
+    extract: Extractor = field(compare=False, hash=False, repr=False)
+    components: tuple[tuple[str, Extractor], ...] = field(
+        default=(), compare=False, hash=False, repr=False
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ChainClause:
     """``ref:Type.param=v``: the referenced resource of ``target_type`` matches ``inner``."""
 
@@ -171,7 +206,7 @@ class HasClause:
     inner: Clause
 
 
-Clause = ParamClause | MissingClause | ChainClause | HasClause
+Clause = ParamClause | MissingClause | CompositeClause | ChainClause | HasClause
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Literal, cast
 
 __all__ = [
     "ABSTRACT_BASES",
+    "COMPONENT_TYPES",
     "UNSUPPORTED_PARAMETERS",
     "UNSUPPORTED_TYPES",
     "ParamType",
@@ -37,8 +38,13 @@ DATA_PATH = Path(__file__).resolve().parent / "data" / "search_parameters.json"
 ABSTRACT_BASES = ("Resource", "DomainResource")
 """Bases whose parameters apply to every (domain) resource type."""
 
-UNSUPPORTED_TYPES: frozenset[str] = frozenset({"composite", "special"})
-"""Parameter types parsed and reported as unsupported (no composite or geo search yet)."""
+UNSUPPORTED_TYPES: frozenset[str] = frozenset({"special"})
+"""Parameter types parsed and reported as unsupported (``near``: no geo search)."""
+
+COMPONENT_TYPES: frozenset[str] = frozenset(
+    {"string", "token", "reference", "date", "number", "quantity", "uri"}
+)
+"""Types a composite's components may have for the composite to be supported."""
 
 UNSUPPORTED_PARAMETERS: frozenset[str] = frozenset({"_text", "_content", "_query", "_list"})
 """Standard parameters without a usable definition here: no full-text index, no named queries,
@@ -58,6 +64,7 @@ class SearchParamDef:
         modifiers: Modifiers the R4 spec allows for this parameter.
         comparators: Prefixes the definition lists (informational).
         components: ``(definition url, expression)`` pairs of a composite parameter.
+        component_types: The type of each component's definition (``""`` if unknown).
         url: Canonical URL of the SearchParameter.
     """
 
@@ -69,11 +76,19 @@ class SearchParamDef:
     modifiers: tuple[str, ...] = ()
     comparators: tuple[str, ...] = ()
     components: tuple[tuple[str, str], ...] = ()
+    component_types: tuple[str, ...] = ()
     url: str = ""
 
     @property
     def supported(self) -> bool:
         """Whether searching on this parameter is implemented."""
+        if self.type == "composite" and not (
+            self.components
+            and all(t in COMPONENT_TYPES for t in self.component_types)
+            # `%resource` inside a component needs the root resource: not supported.
+            and not any(expr.startswith("%") for _, expr in self.components)
+        ):
+            return False
         return (
             self.type not in UNSUPPORTED_TYPES
             and self.code not in UNSUPPORTED_PARAMETERS
@@ -148,6 +163,9 @@ class Registry:
 
     def __init__(self, entries: list[Mapping[str, object]]) -> None:
         self._by_base: dict[str, dict[str, Mapping[str, object]]] = {}
+        self._type_by_url: dict[str, str] = {
+            cast(str, e["url"]): cast(str, e["type"]) for e in entries if e.get("url")
+        }
         for entry in entries:
             for base in cast(list[str], entry["base"]):
                 self._by_base.setdefault(base, {})[cast(str, entry["code"])] = entry
@@ -190,6 +208,7 @@ class Registry:
             modifiers=tuple(cast(list[str], entry.get("modifier", []))),
             comparators=tuple(cast(list[str], entry.get("comparator", []))),
             components=tuple((c["definition"], c["expression"]) for c in components),
+            component_types=tuple(self._type_by_url.get(c["definition"], "") for c in components),
             url=cast(str, entry.get("url", "")),
         )
 

@@ -31,6 +31,7 @@ from engine.storage.postgres import PostgresStorage
 from engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search
 from engine.storage.sqlite import SqliteStorage
 from subscriptions.search import SearchQuery, matches, parse_params, resource_entries
+from subscriptions.search.entries import composite_groups
 from subscriptions.search.query import ChainClause, HasClause
 from subscriptions.search.values import MAX_US, MIN_US
 from tests.conftest import postgres_dsn
@@ -249,6 +250,40 @@ def _clause_for(resource: dict[str, Any], rng: random.Random) -> tuple[str, str]
     return f"{code}{modifier}", value.replace("\\", "\\\\").replace(",", "\\,").replace("$", "\\$")
 
 
+def _composite_clause(resource: dict[str, Any], rng: random.Random) -> tuple[str, str] | None:
+    """``code$value`` of one element of a composite parameter the resource has."""
+    from subscriptions.search import default_registry
+
+    registry = default_registry()
+    codes = [
+        c
+        for c in registry.codes(resource["resourceType"])
+        if (p := registry.get(resource["resourceType"], c)) is not None
+        and p.type == "composite"
+        and p.supported
+    ]
+    rng.shuffle(codes)
+    for code in codes:
+        param = registry.get(resource["resourceType"], code)
+        assert param is not None
+        groups = [g for g in composite_groups(param, resource) if all(g)]
+        if not groups:
+            continue
+        parts: list[str] = []
+        for kind, entries in zip(param.component_types, rng.choice(groups), strict=True):
+            made = GENERATORS[kind](rng.choice(entries), rng)
+            # Composite parts take no modifiers: retry until a plain value comes out.
+            for _ in range(10):
+                if made is not None and made[0] == "" and made[1]:
+                    break
+                made = GENERATORS[kind](rng.choice(entries), rng)
+            if made is None or made[0] != "" or not made[1]:
+                return None
+            parts.append(made[1].replace("\\", "\\\\").replace("$", "\\$").replace(",", "\\,"))
+        return code, "$".join(parts)
+    return None
+
+
 def generate_queries(resources: list[dict[str, Any]], count: int) -> list[SearchQuery]:
     """``count`` distinct queries built from stored values (so most of them have hits)."""
     rng = random.Random(SEED)
@@ -262,7 +297,8 @@ def generate_queries(resources: list[dict[str, Any]], count: int) -> list[Search
         # Half by type (every type gets queries), half by resource (common types get more).
         resource = rng.choice(by_type[rng.choice(types)] if rng.random() < 0.5 else resources)
         resource_type = resource["resourceType"]
-        first = _clause_for(resource, rng)
+        first = _composite_clause(resource, rng) if rng.random() < 0.25 else None
+        first = first or _clause_for(resource, rng)
         if first is None:
             continue
         pairs = [first]

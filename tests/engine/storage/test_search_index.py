@@ -65,6 +65,24 @@ RESOURCES: list[dict[str, Any]] = [
         "effectiveDateTime": "2021-03-01",
     },
     {
+        "resourceType": "Observation",
+        "id": "obs-3",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": "Patient/pat-c"},
+        "effectiveDateTime": "2022-05-01",
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 150, "system": "http://unitsofmeasure.org"},
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                "valueQuantity": {"value": 95, "system": "http://unitsofmeasure.org"},
+            },
+        ],
+    },
+    {
         "resourceType": "ValueSet",
         "id": "vs-1",
         "url": "http://acme.org/fhir/ValueSet/123",
@@ -114,11 +132,17 @@ def test_ddl_covers_every_table() -> None:
 
 def test_index_rows_are_entries_per_table() -> None:
     rows = index_rows("Observation", RESOURCES[3]).rows
-    assert ("code", "http://loinc.org", "8867-4", None, None, None) in rows["token"]
-    assert ("subject", "Patient", "pat-a", "Patient/pat-a", None, None) in rows["reference"]
-    assert ("patient", "Patient", "pat-a", "Patient/pat-a", None, None) in rows["reference"]
+    assert ("code", "http://loinc.org", "8867-4", None, None, None, None) in rows["token"]
+    assert ("subject", "Patient", "pat-a", "Patient/pat-a", None, None, None) in rows["reference"]
+    assert ("patient", "Patient", "pat-a", "Patient/pat-a", None, None, None) in rows["reference"]
     quantity = [r for r in rows["quantity"] if r[0] == "value-quantity"]
-    assert quantity == [("value-quantity", 72.0, 72.0, "http://unitsofmeasure.org", "/min", None)]
+    unit = ("http://unitsofmeasure.org", "/min", None)
+    assert quantity == [("value-quantity", 72.0, 72.0, *unit, None)]
+    # Composite components carry the number of the element they come from.
+    assert ("code-value-quantity$1", 72.0, 72.0, *unit, 0) in rows["quantity"]
+    assert ("code-value-quantity$0", "http://loinc.org", "8867-4", None, None, None, 0) in rows[
+        "token"
+    ]
     assert {r[0] for r in rows["date"]} == {"date"}
 
 
@@ -151,6 +175,13 @@ SEARCH_CASES: list[tuple[str, list[str]]] = [
     ("ValueSet?url:below=http://acme.org/", ["vs-1"]),
     ("ValueSet?url:below=HTTP://acme.org/", []),
     ("ValueSet?url:above=http://acme.org/fhir/ValueSet/123/x", ["vs-1"]),
+    ("Observation?code-value-quantity=http://loinc.org|8867-4$72", ["obs-1"]),
+    ("Observation?code-value-quantity=8867-4$gt100,8302-2$gt100", ["obs-2"]),
+    ("Observation?component-code-value-quantity=8480-6$gt140", ["obs-3"]),
+    # both parts must hold on the same component: 8480-6 is 150, 8462-4 is 95
+    ("Observation?component-code-value-quantity=8480-6$lt100", []),
+    ("Observation?component-code-value-quantity=8462-4$lt100", ["obs-3"]),
+    ("Observation?combo-code-value-quantity=8462-4$95,8867-4$72", ["obs-1", "obs-3"]),
     ("Patient?name=a_", []),  # LIKE wildcards in values are escaped
     ("Patient?name=%", []),
 ]
@@ -174,7 +205,7 @@ def test_sort_and_paging(conn: sqlite3.Connection) -> None:
 
 def test_count(conn: sqlite3.Connection) -> None:
     assert count(conn, "Patient?gender=female&_count=1") == 2
-    assert count(conn, "Observation") == 2
+    assert count(conn, "Observation") == 3
 
 
 def test_system_level_search(conn: sqlite3.Connection) -> None:

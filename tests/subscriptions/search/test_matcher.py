@@ -320,3 +320,38 @@ def test_cache_shares_extraction_between_queries() -> None:
     assert set(cache) == {("token", "Observation.code"), ("token", "Observation.status")}
     # The cache belongs to one resource: what it holds is what the resource has.
     assert not matches(parse_search("Observation?code=1234-5").query, OBSERVATION, cache=cache)
+
+
+BLOOD_PRESSURE: dict[str, Any] = {
+    "resourceType": "Observation",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+    "component": [
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 150, "unit": "mmHg"},
+        },
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+            "valueQuantity": {"value": 95, "unit": "mmHg"},
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("search", "resource", "expected"),
+    [
+        ("Observation?code-value-quantity=http://loinc.org|8867-4$5.4", OBSERVATION, True),
+        ("Observation?code-value-quantity=8867-4$gt6", OBSERVATION, False),
+        ("Observation?code-value-quantity=1234$5.4,8867-4$lt6", OBSERVATION, True),
+        ("Observation?component-code-value-quantity=8480-6$gt140", BLOOD_PRESSURE, True),
+        # Parts must hold on the same component (systolic 150, diastolic 95).
+        ("Observation?component-code-value-quantity=8480-6$lt100", BLOOD_PRESSURE, False),
+        ("Observation?component-code-value-quantity=8462-4$lt100", BLOOD_PRESSURE, True),
+        ("Observation?combo-code-value-quantity=8462-4$95||mmHg", BLOOD_PRESSURE, True),
+        ("Observation?combo-code-value-quantity=85354-9$95", BLOOD_PRESSURE, False),
+        ("Observation?code-value-concept=8867-4$x", OBSERVATION, False),
+    ],
+)
+def test_composite(search: str, resource: dict[str, Any], expected: bool) -> None:
+    assert hit(search, resource) is expected

@@ -15,6 +15,7 @@ from subscriptions.search import (
 from subscriptions.search.parser import split_escaped, unescape
 from subscriptions.search.query import (
     ChainClause,
+    CompositeClause,
     DateValue,
     HasClause,
     MissingClause,
@@ -198,7 +199,9 @@ def test_result_parameters() -> None:
         ("Patient?birthdate=2020-13", InvalidValueError, "birthdate"),
         ("RiskAssessment?probability=abc", InvalidValueError, "probability"),
         ("Patient?_count=-1", InvalidValueError, "_count"),
-        ("Observation?code-value-quantity=x$1", UnsupportedSearchError, "code-value-quantity"),
+        ("Observation?code-value-quantity=x", InvalidValueError, "code-value-quantity"),
+        ("Observation?code-value-quantity=x$abc", InvalidValueError, "code-value-quantity"),
+        ("Location?near=1|2|3|km", UnsupportedSearchError, "near"),
         ("Observation?code:in=http://vs", UnsupportedSearchError, "code:in"),
         ("Patient?_text=x", UnsupportedSearchError, "_text"),
         ("Observation?subject:Medication=1", InvalidValueError, "subject:Medication"),
@@ -242,3 +245,17 @@ def test_absolute_reference_to_this_server_is_local() -> None:
     assert isinstance(subject, ParamClause) and isinstance(performer, ParamClause)
     assert subject.values == (ReferenceValue(ref_type="Patient", ref_id="1"),)
     assert performer.values == (ReferenceValue(url="https://elsewhere.org/Practitioner/2"),)
+
+
+def test_composite_values() -> None:
+    (composite,) = parse_search(
+        "Observation?code-value-quantity=http://loinc.org|8480-6$gt140,8462-4$lt90"
+    ).query.clauses
+    assert isinstance(composite, CompositeClause)
+    first, second = composite.values
+    assert first.parts[0] == TokenValue("http://loinc.org", "8480-6")
+    assert isinstance(first.parts[1], QuantityValue)
+    assert first.parts[1].number.prefix == "gt"
+    assert second.parts[0] == TokenValue(None, "8462-4")
+    with pytest.raises(UnsupportedSearchError):
+        parse_search("Observation?code-value-quantity:missing=true")

@@ -57,14 +57,22 @@ def test_unknown_parameter_is_none() -> None:
     assert default_registry().get("Patient", "no-such-thing") is None
 
 
-def test_composite_and_special_are_listed_unsupported() -> None:
+def test_special_and_root_dependent_composites_are_listed_unsupported() -> None:
     unsupported = default_registry().unsupported()
     kinds = {(p.resource_type, p.code) for p in unsupported}
-    assert ("Observation", "code-value-quantity") in kinds
     assert ("Location", "near") in kinds
+    assert ("MolecularSequence", "chromosome-variant-coordinate") in kinds  # uses %resource
+    assert ("Observation", "code-value-quantity") not in kinds
     assert all(not p.supported for p in unsupported)
-    types = {p.type for p in unsupported}
-    assert {"composite", "special"} <= types
+
+
+def test_composite_components_have_their_types() -> None:
+    composite = default_registry().get("Observation", "component-code-value-quantity")
+    assert composite is not None
+    assert composite.supported
+    assert composite.expression == "Observation.component"
+    assert composite.component_types == ("token", "quantity")
+    assert [expr for _, expr in composite.components] == ["code", "value.as(Quantity)"]
 
 
 def test_split_union_respects_parentheses_and_quotes() -> None:
