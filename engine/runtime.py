@@ -20,6 +20,8 @@ from engine.api.context import Services
 from engine.api.search import searchset
 from engine.api.subscriptions import install as install_subscriptions
 from engine.auth import Authenticator, generate_key, hash_key
+from engine.bots.api import install as install_bots
+from engine.bots.runtime import BotRuntime
 from engine.delivery.dispatcher import Dispatcher
 from engine.errors import BadRequest
 from engine.eventlog.factory import create_event_log
@@ -76,6 +78,15 @@ class Engine:
         self.dispatcher: Dispatcher | None = None
         install_subscriptions(self.fhir, self.routes)
         self.matcher: MatcherStage | None = None
+        self.bots = BotRuntime.for_engine(
+            settings,
+            fhir=self.fhir,
+            search=self.search,
+            get_url=self._get_url,
+            event_log=lambda: self.event_log,
+        )
+        """Runs Bots ($execute, ``Bot/<id>`` endpoints, cron); workers start on first use."""
+        install_bots(self.bots, self.fhir, self.routes)
 
     def _on_commit(self) -> None:
         if self.relay is not None:
@@ -129,12 +140,21 @@ class Engine:
             )
             await self.event_log.start()
         self.dispatcher = await open_dispatcher(
-            self.settings, storage=self.storage, fhir=self.fhir, event_log=self.event_log
+            self.settings,
+            storage=self.storage,
+            fhir=self.fhir,
+            event_log=self.event_log,
+            bots=self.bots,
         )
         self.routes.extend(delivery_routes(self.dispatcher))
         if run:
             await self.dispatcher.start()
         return self.dispatcher
+
+    async def start_bots(self, *, cron: bool = True) -> None:
+        """Start the bot workers and, with ``cron``, the cron scheduler (``serve``,
+        ``worker bots``). Records go to the event log when this process has one open."""
+        await self.bots.start(cron=cron)
 
     async def close(self) -> None:
         """Stop the relay, the event log and the storage, in that order."""
@@ -142,6 +162,7 @@ class Engine:
             await self.dispatcher.stop()
             await self.dispatcher.store.close()
             self.dispatcher = None
+        await self.bots.close()
         if self.matcher is not None:
             await self.matcher.stop()
             self.matcher = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BOT_EXECUTIONS",
     "CHANGES",
     "DEADLETTER_SUFFIX",
     "NOTIFICATIONS",
@@ -19,6 +20,10 @@ NOTIFICATIONS = "fhir.notifications.v1"
 SUPPRESSED = "fhir.suppressed.v1"
 """Notifications the loop guard withheld, with the causation chain (payload:
 :class:`schemas.subscriptions.SuppressedNotification`), keyed by subscription."""
+
+BOT_EXECUTIONS = "bots.executions.v1"
+"""One record per bot execution, whatever triggered it (payload:
+:class:`schemas.executions.BotExecutionRecord`), keyed by ``project/Bot/<id>``."""
 
 DEADLETTER_SUFFIX = ".deadletter"
 """A message that cannot be decoded or handled goes to its topic's dead-letter twin."""

@@ -1,0 +1,128 @@
+"""The bot store on PostgreSQL: two tables of its own in the datastore's database.
+
+A claim is ``INSERT ... ON CONFLICT DO NOTHING`` on the ``(project, bot, tick)`` primary key:
+however many ``worker bots`` processes race for a tick, exactly one insert succeeds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from engine.bots.errors import BotStoreError
+from engine.bots.store import SCHEMA, Job
+
+__all__ = ["PostgresBotStore"]
+
+POOL_SIZE = 2
+"""Connections: claims happen once a minute per bot and jobs are rare."""
+
+SCHEMA_LOCK = 0x6668_626F
+"""Advisory lock id serialising table creation between processes starting together."""
+
+
+class PostgresBotStore:
+    """:class:`engine.bots.store.BotStore` on PostgreSQL.
+
+    Args:
+        dsn: PostgreSQL connection string.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        """Connect and create the tables."""
+        try:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                for statement in SCHEMA:
+                    await conn.execute(statement)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BotStoreError(f"bot store: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _ready(self) -> Any:
+        if self._pool is None:
+            raise BotStoreError("bot store is not open")
+        return self._pool
+
+    async def _execute(self, sql: str, *args: object) -> str:
+        try:
+            return str(await self._ready().execute(sql, *args))
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BotStoreError(f"bot store: {exc}") from exc
+
+    async def claim_tick(self, project: str, bot: str, tick: datetime, owner: str) -> bool:
+        """Insert the claim row; True when this call inserted it."""
+        status = await self._execute(
+            "INSERT INTO bot_cron_claims (project, bot, tick, owner, claimed) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            project,
+            bot,
+            tick.isoformat(),
+            owner,
+            datetime.now(tick.tzinfo).isoformat(),
+        )
+        return status == "INSERT 0 1"
+
+    async def purge_claims(self, older_than: datetime) -> int:
+        """Delete claim rows of older ticks."""
+        status = await self._execute(
+            "DELETE FROM bot_cron_claims WHERE tick < $1", older_than.isoformat()
+        )
+        return int(status.split()[-1])
+
+    async def add_job(self, job: Job) -> None:
+        """Insert a job row."""
+        await self._execute(
+            "INSERT INTO bot_jobs (id, project, bot, state, result, created) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            job.id,
+            job.project,
+            job.bot,
+            job.state,
+            orjson.dumps(job.result).decode() if job.result is not None else None,
+            job.created.isoformat(),
+        )
+
+    async def finish_job(self, job_id: str, result: dict[str, Any], finished: datetime) -> None:
+        """Store a job's result."""
+        await self._execute(
+            "UPDATE bot_jobs SET state = 'done', result = $1, finished = $2 WHERE id = $3",
+            orjson.dumps(result).decode(),
+            finished.isoformat(),
+            job_id,
+        )
+
+    async def get_job(self, project: str, job_id: str) -> Job | None:
+        """Read a job row."""
+        try:
+            row = await self._ready().fetchrow(
+                "SELECT id, project, bot, state, result, created FROM bot_jobs "
+                "WHERE id = $1 AND project = $2",
+                job_id,
+                project,
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BotStoreError(f"bot store: {exc}") from exc
+        if row is None:
+            return None
+        return Job(
+            id=row[0],
+            project=row[1],
+            bot=row[2],
+            state=row[3],
+            result=orjson.loads(row[4]) if row[4] else None,
+            created=datetime.fromisoformat(row[5]),
+        )
