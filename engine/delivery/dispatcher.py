@@ -32,13 +32,14 @@ from engine.delivery.bot import BotInvoker
 from engine.delivery.errors import DeliveryError
 from engine.delivery.lane import Lane, LaneContext
 from engine.delivery.lifecycle import Lifecycle
+from engine.delivery.marker import DeliveredMarker
 from engine.delivery.message import MessageChannel
 from engine.delivery.payload import FHIR_JSON, status_bundle, subscription_status
 from engine.delivery.policy import DeliveryDefaults
 from engine.delivery.resthook import RestHookChannel
 from engine.delivery.safety import EndpointGuard
 from engine.delivery.sender import Sender
-from engine.delivery.store import Accepted, DeliveryStore
+from engine.delivery.store import Accepted, Delivery, DeliveryStore
 from engine.delivery.subscriptions import (
     SubscriptionInfo,
     SubscriptionRegistry,
@@ -121,6 +122,7 @@ class Dispatcher:
             bots=bots,
         )
         self._storage = storage
+        self.marker = DeliveredMarker(store)
         self._lanes: dict[tuple[str, str], Lane] = {}
         self._consumer: ConsumerHandle | None = None
         self._changes: ConsumerHandle | None = None
@@ -134,6 +136,7 @@ class Dispatcher:
             sender=self.sender,
             defaults=defaults,
             concurrency=asyncio.Semaphore(defaults.max_concurrency),
+            marker=self.marker,
             owns=self.owns,
             delivered=self._delivered,
         )
@@ -149,6 +152,7 @@ class Dispatcher:
         await self.event_log.create_topic(self.topic)
         await self.event_log.create_topic(self.changes_topic)
         self._partitions = await self.event_log.partitions(self.topic)
+        self.marker.start()
         self._consumer = await self.event_log.consume(
             [self.topic], self.group, self._handle, validate=_validate
         )
@@ -181,6 +185,7 @@ class Dispatcher:
                 await task
         self._tasks.clear()
         self._lanes.clear()
+        await self.marker.stop()
         await self.resthook.close()
 
     # -- ownership and lanes ---------------------------------------------------------------
@@ -192,17 +197,21 @@ class Dispatcher:
         partition = partition_for(f"{project}/{subscription_id}", self._partitions)
         return (self.topic, partition) in self._consumer.assignment()
 
-    def wake(self, project: str, subscription_id: str) -> None:
-        """Make sure the subscription's lane runs and looks at the store."""
+    def wake(
+        self, project: str, subscription_id: str, offers: Sequence[Delivery] | None = None
+    ) -> None:
+        """Hand new notifications to the subscription's lane (started if needed); without
+        ``offers``, make the lane look at the store."""
         key = (project, subscription_id)
         lane = self._lanes.get(key)
-        if lane is not None and lane.alive:
+        if lane is None or not lane.alive:
+            lane = Lane(project, subscription_id, self._context)
+            self._lanes[key] = lane
+            lane.start().add_done_callback(lambda _: self._drop(key, lane))
+        if offers is None:
             lane.wake()
-            return
-        lane = Lane(project, subscription_id, self._context)
-        self._lanes[key] = lane
-        task = lane.start()
-        task.add_done_callback(lambda _: self._drop(key, lane))
+        else:
+            lane.offer(offers)
 
     def _drop(self, key: tuple[str, str], lane: Lane) -> None:
         if self._lanes.get(key) is lane:
@@ -216,11 +225,17 @@ class Dispatcher:
     async def _handle(self, records: list[Record]) -> None:
         notifications = [Notification.model_validate_json(r.value) for r in records]
         accepted = await self.store.accept(notifications)
-        new = sum(1 for a in accepted if a.new)
-        if new:
-            metrics.ACCEPTED.inc(new)
-        for key in dict.fromkeys((a.project, a.subscription_id) for a in accepted):
-            self.wake(*key)
+        offers: dict[tuple[str, str], list[Delivery]] = {}
+        now = datetime.now(UTC)
+        for notification, taken in zip(notifications, accepted, strict=True):
+            if taken.new:
+                delivery = Delivery(
+                    notification, taken.event_number, "pending", 0, 0.0, None, now, now
+                )
+                offers.setdefault((taken.project, taken.subscription_id), []).append(delivery)
+        metrics.ACCEPTED.inc(sum(len(v) for v in offers.values()))
+        for key, deliveries in offers.items():
+            self.wake(*key, offers=deliveries)
 
     async def accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
         """Accept notifications directly (``$resend``) and start delivering them."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
@@ -20,15 +21,19 @@ import structlog
 from engine.delivery import metrics
 from engine.delivery.attempt import AttemptResult
 from engine.delivery.lifecycle import Lifecycle, attempt_audit_event
+from engine.delivery.marker import DeliveredMarker
 from engine.delivery.policy import DeliveryDefaults
 from engine.delivery.sender import Sender, channel_name
 from engine.delivery.store import Delivery, DeliveryStore
 from engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
 
-__all__ = ["IDLE_SECONDS", "PAGE", "Lane", "LaneContext"]
+__all__ = ["IDLE_SECONDS", "PAGE", "QUEUE_LIMIT", "Lane", "LaneContext"]
 
 PAGE = 100
 """Pending notifications read from the store at once."""
+
+QUEUE_LIMIT = 1000
+"""Notifications a lane holds in memory; beyond, it reads them from the store when ready."""
 
 IDLE_SECONDS = 30.0
 """A lane with nothing to do ends after this long (the next notification starts a new one)."""
@@ -46,6 +51,7 @@ class LaneContext:
     sender: Sender
     defaults: DeliveryDefaults
     concurrency: asyncio.Semaphore
+    marker: DeliveredMarker
     owns: Callable[[str, str], bool]
     """Whether this dispatcher currently owns the subscription (its partition)."""
     delivered: Callable[[str, str], None]
@@ -59,6 +65,12 @@ def _version(text: str) -> int:
 class Lane:
     """The delivery task of one subscription.
 
+    Notifications reach the lane in memory, straight from intake (:meth:`offer`), so the
+    common path never reads the store. The in-memory queue is bounded by :data:`QUEUE_LIMIT`;
+    beyond it, or after a restart or a requeue, the lane *reloads*: once its queue is empty it
+    reads the lowest pending event numbers from the store, and ignores offers until it has
+    caught up, so event-number order holds either way.
+
     Args:
         project: Project of the subscription.
         subscription_id: Its id.
@@ -69,6 +81,11 @@ class Lane:
         self.project = project
         self.subscription_id = subscription_id
         self._ctx = context
+        self._queue: deque[Delivery] = deque()
+        self._known: set[str] = set()
+        self._reload = True
+        self._reloading = False
+        self._held: list[Delivery] = []
         self._wake = asyncio.Event()
         self._wake.set()
         self.closing = False
@@ -81,8 +98,23 @@ class Lane:
         )
         return self.task
 
+    def offer(self, deliveries: Sequence[Delivery]) -> None:
+        """Newly accepted notifications (ascending event numbers)."""
+        if self._reloading:
+            self._held.extend(deliveries)
+        elif not self._reload:
+            if len(self._queue) + len(deliveries) > QUEUE_LIMIT:
+                self._reload = True
+            else:
+                for delivery in deliveries:
+                    if delivery.notification_id not in self._known:
+                        self._known.add(delivery.notification_id)
+                        self._queue.append(delivery)
+        self._wake.set()
+
     def wake(self) -> None:
-        """There may be new pending notifications."""
+        """The store may hold pending rows this lane has not seen (restart, requeue)."""
+        self._reload = True
         self._wake.set()
 
     @property
@@ -100,24 +132,49 @@ class Lane:
             self.closing = True
             metrics.LANES.dec()
 
+    async def _load(self) -> None:
+        ctx = self._ctx
+        self._reloading = True
+        self._held = []
+        try:
+            await ctx.marker.flush()
+            rows = await ctx.store.pending(self.project, self.subscription_id, limit=PAGE)
+        finally:
+            self._reloading = False
+        fresh = [r for r in rows if r.notification_id not in self._known]
+        if len(rows) < PAGE:
+            self._reload = False
+            loaded = {r.notification_id for r in rows}
+            fresh += [d for d in self._held if d.notification_id not in loaded]
+        self._held = []
+        for row in sorted(fresh, key=lambda r: r.event_number):
+            if row.notification_id not in self._known:
+                self._known.add(row.notification_id)
+                self._queue.append(row)
+
     async def _loop(self) -> None:
         ctx = self._ctx
         while True:
-            self._wake.clear()
             if not ctx.owns(self.project, self.subscription_id):
                 return
-            rows = await ctx.store.pending(self.project, self.subscription_id, limit=PAGE)
-            if not rows:
+            if not self._queue and self._reload:
+                self._wake.clear()
+                await self._load()
+            if not self._queue:
+                self._wake.clear()
+                if self._reload:
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
                 if not self._wake.is_set():
                     self.closing = True
                     return
                 continue
-            for row in rows:
-                if not ctx.owns(self.project, self.subscription_id):
-                    return
+            row = self._queue.popleft()
+            try:
                 await self._deliver(row)
+            finally:
+                self._known.discard(row.notification_id)
 
     async def _deliver(self, row: Delivery) -> None:
         ctx = self._ctx
@@ -128,6 +185,7 @@ class Lane:
                 n.project, n.subscription_id, min_version=_version(n.subscription_version)
             )
             if info is None or info.status == "off":
+                await ctx.marker.flush()
                 why = "the subscription no longer exists" if info is None else "subscription is off"
                 await ctx.store.mark_dead(n.notification_id, attempts, why)
                 metrics.DEAD_LETTERS.inc()
@@ -144,12 +202,13 @@ class Lane:
             ):
                 await ctx.lifecycle.audit(n.project, attempt_audit_event(row, attempts, result))
             if result.success:
-                await ctx.store.mark_delivered(n.notification_id, attempts)
+                ctx.marker.add(n.notification_id, attempts)
                 ctx.delivered(n.project, n.subscription_id)
                 if info.status == "error":
                     await self._transition(info, "active", f"event {row.event_number} delivered")
                 return
             error = result.error or "failed"
+            await ctx.marker.flush()  # the dead streak counts after earlier deliveries
             if not result.retryable or attempts >= info.policy.max_attempts:
                 await self._dead(row, info, attempts, error)
                 return

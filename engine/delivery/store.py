@@ -120,8 +120,9 @@ class DeliveryStore(Protocol):
         """A failed attempt that will be retried at ``next_attempt_at``."""
         ...
 
-    async def mark_delivered(self, notification_id: str, attempts: int) -> None:
-        """Delivered; the subscription's dead streak is reset."""
+    async def mark_delivered(self, delivered: Sequence[tuple[str, int]]) -> None:
+        """(notification id, attempts) pairs delivered, in one transaction; the dead streaks
+        of their subscriptions are reset."""
         ...
 
     async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:

@@ -156,17 +156,21 @@ class PostgresDeliveryStore:
             notification_id,
         )
 
-    async def mark_delivered(self, notification_id: str, attempts: int) -> None:
+    async def mark_delivered(self, delivered: Sequence[tuple[str, int]]) -> None:
         """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
+        if not delivered:
+            return
         await self._execute(
-            "WITH done AS (UPDATE delivery_notification SET state = 'delivered', attempts = ?, "
-            "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id) "
+            "WITH done AS (UPDATE delivery_notification n SET state = 'delivered', "
+            "attempts = d.attempts, updated_at = ? "
+            "FROM unnest(?::text[], ?::int[]) AS d(id, attempts) "
+            "WHERE n.notification_id = d.id RETURNING n.project, n.subscription_id) "
             "UPDATE delivery_counter c SET dead_streak = 0 FROM done "
             "WHERE c.project = done.project AND c.subscription_id = done.subscription_id "
             "AND c.dead_streak <> 0",
-            attempts,
             time.time(),
-            notification_id,
+            [i for i, _ in delivered],
+            [a for _, a in delivered],
         )
 
     async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:

@@ -152,20 +152,27 @@ class SqliteDeliveryStore:
             (attempts, next_attempt_at, error, time.time(), notification_id),
         )
 
-    async def mark_delivered(self, notification_id: str, attempts: int) -> None:
+    async def mark_delivered(self, delivered: Sequence[tuple[str, int]]) -> None:
         """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
+        if not delivered:
+            return
 
         def run(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "UPDATE delivery_notification SET state = 'delivered', attempts = ?, "
-                "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id",
-                (attempts, time.time(), notification_id),
-            ).fetchone()
-            if row is not None:
+            now = time.time()
+            subscriptions: set[tuple[str, str]] = set()
+            for notification_id, attempts in delivered:
+                row = db.execute(
+                    "UPDATE delivery_notification SET state = 'delivered', attempts = ?, "
+                    "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id",
+                    (attempts, now, notification_id),
+                ).fetchone()
+                if row is not None:
+                    subscriptions.add((row[0], row[1]))
+            for key in subscriptions:
                 db.execute(
                     "UPDATE delivery_counter SET dead_streak = 0 "
                     "WHERE project = ? AND subscription_id = ? AND dead_streak <> 0",
-                    tuple(row),
+                    key,
                 )
 
         await self._call(self._transaction, run)

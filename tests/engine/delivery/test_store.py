@@ -94,7 +94,7 @@ async def test_failure_delivery_dead_letters_requeue_discard(store: DeliveryStor
     assert await store.mark_dead("p1:a:1", 3, "HTTP 500") == 1
     assert await store.mark_dead("p1:a:2", 3, "timeout") == 2
     assert (await store.counters("p1", "a")).dead_streak == 2
-    await store.mark_delivered("p1:a:3", 1)
+    await store.mark_delivered([("p1:a:3", 1)])
     assert (await store.counters("p1", "a")).dead_streak == 0
     dead = await store.dead_letters("p1")
     assert [d.event_number for d in dead] == [1, 2]
@@ -116,7 +116,7 @@ async def test_events_range_last_and_purge(store: DeliveryStore) -> None:
     assert [d.event_number for d in await store.events("p1", "a", first=6)] == [6, 7]
     last = await store.last_event("p1", "a")
     assert last is not None and last.event_number == 7
-    await store.mark_delivered("p1:a:1", 1)
+    await store.mark_delivered([("p1:a:1", 1)])
     assert await store.purge(datetime.now(UTC) + timedelta(seconds=1)) == 1
     assert [d.event_number for d in await store.events("p1", "a", last=2)] == [2]
 
