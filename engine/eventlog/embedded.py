@@ -98,8 +98,12 @@ class EmbeddedEventLog:
 
     def __init__(self, settings: EmbeddedSettings) -> None:
         self.settings = settings
+        # Two connections on two threads: WAL lets consumers read while a publish waits for
+        # its fsync. Writes (publish, commit, topics) go through the writer.
         self._store: SqliteLogStore | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._reader_store: SqliteLogStore | None = None
+        self._reader_executor: ThreadPoolExecutor | None = None
         self._wakers: dict[str, set[asyncio.Event]] = {}
         self._consumers: set[EmbeddedConsumer] = set()
         self._retention_task: asyncio.Task[None] | None = None
@@ -111,12 +115,24 @@ class EmbeddedEventLog:
             raise EventLogClosed("embedded event log is not started")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _read(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self._reader_executor is None:
+            raise EventLogClosed("embedded event log is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._reader_executor, fn, *args)
+
     @property
     def store(self) -> SqliteLogStore:
-        """The storage (for use inside :meth:`_call` only)."""
+        """The writer's storage (for use inside :meth:`_call` only)."""
         if self._store is None:
             raise EventLogClosed("embedded event log is not started")
         return self._store
+
+    @property
+    def reader(self) -> SqliteLogStore:
+        """The reader's storage (for use inside :meth:`_read` only)."""
+        if self._reader_store is None:
+            raise EventLogClosed("embedded event log is not started")
+        return self._reader_store
 
     def _wake(self, topic: str) -> None:
         for event in self._wakers.get(topic, ()):
@@ -141,12 +157,15 @@ class EmbeddedEventLog:
         """Open the file and create the configured topics."""
         if self._executor is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog")
-        self._store = await self._call(
-            functools.partial(
-                SqliteLogStore, self.settings.path, synchronous=self.settings.synchronous
-            )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog-write")
+        self._reader_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="eventlog-read"
         )
+        open_store = functools.partial(
+            SqliteLogStore, self.settings.path, synchronous=self.settings.synchronous
+        )
+        self._store = await self._call(open_store)
+        self._reader_store = await self._read(open_store)
         for spec in self.settings.topics:
             await self.create_topic(spec.name, spec.partitions, spec.retention)
         self._retention_task = asyncio.create_task(self._retention_loop())
@@ -163,9 +182,12 @@ class EmbeddedEventLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
         await self._call(self.store.close)
+        await self._read(self.reader.close)
         self._executor.shutdown(wait=True)
-        self._executor = None
-        self._store = None
+        if self._reader_executor is not None:
+            self._reader_executor.shutdown(wait=True)
+        self._executor = self._reader_executor = None
+        self._store = self._reader_store = None
 
     async def _retention_loop(self) -> None:
         interval = self.settings.retention_interval.total_seconds()
@@ -201,7 +223,7 @@ class EmbeddedEventLog:
 
     async def partitions(self, topic: str) -> int:
         """Partition count of ``topic``."""
-        return (await self._call(self.store.topic, topic)).partitions
+        return (await self._read(self.reader.topic, topic)).partitions
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -233,7 +255,7 @@ class EmbeddedEventLog:
     ) -> EmbeddedConsumer:
         """Join ``group`` on ``topics`` and handle batches until the handle is stopped."""
         for topic in topics:
-            await self._call(self.store.topic, topic)
+            await self._read(self.reader.topic, topic)
         consumer = EmbeddedConsumer(
             self, tuple(topics), group, handler, options or ConsumerOptions(), validate
         )
@@ -246,10 +268,10 @@ class EmbeddedEventLog:
 
     async def lag(self, group: str) -> dict[tuple[str, int], int]:
         """Uncommitted records of ``group`` per partition it committed to or subscribes to."""
-        return await self._call(self._lag, group)
+        return await self._read(self._lag, group)
 
     def _lag(self, group: str) -> dict[tuple[str, int], int]:
-        store = self.store
+        store = self.reader
         committed = store.committed(group)
         topics = {t for t, _ in committed} | {t for m in store.members(group) for t in m.topics}
         result = {}
@@ -302,15 +324,15 @@ class EmbeddedEventLog:
         def read_sync() -> list[Record]:
             start = offset or 0
             if since is not None:
-                start = self.store.offset_for_time(topic, partition, since)
-            return self.store.fetch(topic, partition, start, limit)
+                start = self.reader.offset_for_time(topic, partition, since)
+            return self.reader.fetch(topic, partition, start, limit)
 
-        await self._call(self.store.topic, topic)
-        return await self._call(read_sync)
+        await self._read(self.reader.topic, topic)
+        return await self._read(read_sync)
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """Next offset to be written, per partition."""
-        bounds = await self._call(self.store.bounds, topic)
+        bounds = await self._read(self.reader.bounds, topic)
         return {p: end for p, (_, end) in bounds.items()}
 
 
@@ -421,7 +443,7 @@ class EmbeddedConsumer:
         max_wait = self._options.max_wait.total_seconds()
         while not self._stopping.is_set():
             self._wake_event.clear()
-            records = await self._log._call(self._poll)
+            records = await self._log._read(self._poll)
             self._joined.set()
             if not records:
                 with contextlib.suppress(TimeoutError):
@@ -429,7 +451,7 @@ class EmbeddedConsumer:
                 continue
             if max_wait and len(records) < self._options.batch_size:
                 await asyncio.sleep(max_wait)
-                records = await self._log._call(self._poll)
+                records = await self._log._read(self._poll)
             if not await self._processor.process(records):
                 return
             offsets: dict[tuple[str, int], int] = {}
@@ -448,12 +470,12 @@ class EmbeddedConsumer:
                 self._state.generation = -2
 
     def _poll(self) -> list[Record]:
-        """Runs in the storage thread: heartbeat, follow rebalances, fetch a batch."""
+        """Runs in the reader thread: heartbeat, follow rebalances, fetch a batch."""
         self._sync_membership()
         return self._fetch()
 
     def _sync_membership(self) -> None:
-        store = self._log.store
+        store = self._log.reader
         state = self._state
         settings = self._log.settings
         now = time.monotonic()
@@ -486,7 +508,7 @@ class EmbeddedConsumer:
             state.positions[(topic, partition)] = committed.get((topic, partition), default)
 
     def _fetch(self) -> list[Record]:
-        store = self._log.store
+        store = self._log.reader
         state = self._state
         parts = sorted(state.assignment)
         if not parts:
