@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.cli_bots import add_commands as add_bot_commands
 from engine.cli_delivery import add_commands as add_delivery_commands
 from engine.cli_subscriptions import add_commands as add_subscription_commands
 from engine.client import FhirClient, client_settings
@@ -60,6 +61,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await engine.start_relay()
         await engine.start_matcher()
         await engine.start_dispatcher()
+        await engine.start_bots()
         runner = web.AppRunner(engine.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -89,6 +91,8 @@ async def _worker(args: argparse.Namespace) -> int:
             await engine.start_matcher()
         elif args.role == "dispatcher":
             await engine.start_dispatcher()
+        elif args.role == "bots":
+            await engine.start_bots()
         log.info("worker started", role=args.role)
         await _until_signalled()
     finally:
@@ -127,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one stage of the distributed mode")
     server_flags(worker)
     worker.add_argument(
-        "role", choices=["relay", "matcher", "dispatcher"], help="which stage to run"
+        "role", choices=["relay", "matcher", "dispatcher", "bots"], help="which stage to run"
     )
     worker.set_defaults(run=_worker)
 
@@ -138,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     load.set_defaults(run=_load)
     add_subscription_commands(sub)
     add_delivery_commands(sub)
+    add_bot_commands(sub)
     return parser
 
 

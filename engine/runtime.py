@@ -154,6 +154,13 @@ class Engine:
     async def start_bots(self, *, cron: bool = True) -> None:
         """Start the bot workers and, with ``cron``, the cron scheduler (``serve``,
         ``worker bots``). Records go to the event log when this process has one open."""
+        if self.event_log is None:
+            self.event_log = create_event_log(
+                kafka_bootstrap=self.settings.kafka,
+                data_dir=self.settings.data_dir,
+                topics=(TopicSpec(CHANGES),),
+            )
+            await self.event_log.start()
         await self.bots.start(cron=cron)
 
     async def close(self) -> None:
