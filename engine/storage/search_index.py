@@ -3,7 +3,7 @@
 One table per value kind (``search_string``, ``search_token``, ``search_reference``,
 ``search_date``, ``search_number``, ``search_quantity``, ``search_uri``); every row carries
 ``project, resource_type, resource_id, param``. The rows of a resource are exactly the entries
-:func:`subscriptions.search.resource_entries` computes, and the SQL conditions mirror the
+:func:`subscriptions.search.entries_for` computes, and the SQL conditions mirror the
 in-memory tests of :mod:`subscriptions.search.matcher` one for one, so a SQL search and
 :func:`subscriptions.search.matches` agree (the differential test checks it).
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.storage.sql import RESOURCE_COLUMNS
-from subscriptions.search import SearchQuery, default_registry, resource_entries
-from subscriptions.search.entries import composite_groups
+from subscriptions.search import SearchQuery, default_registry
+from subscriptions.search.entries import composite_groups, entries_for
 from subscriptions.search.errors import UnsupportedSearchError
 from subscriptions.search.query import (
     ChainClause,
@@ -170,20 +170,13 @@ def index_rows(
         }
     )
     rows: dict[str, list[tuple[Any, ...]]] = {}
-    for code, entries in resource_entries(content, reg).items():
-        param = reg.get(resource_type, code)
-        if param is None:
-            continue
-        bucket = rows.setdefault(param.type, [])
-        seen: set[tuple[Any, ...]] = set()
-        for entry in entries:
-            row = (code, *entry, None)
-            if row not in seen:
-                seen.add(row)
-                bucket.append(row)
-    for code in reg.codes(resource_type):
-        param = reg.get(resource_type, code)
-        if param is None or param.type != "composite":
+    for param in reg.supported_params(resource_type):
+        code = param.code
+        if param.type != "composite":
+            bucket = rows.setdefault(param.type, [])
+            bucket.extend(
+                (code, *entry, None) for entry in dict.fromkeys(entries_for(param, content))
+            )
             continue
         for group, components in enumerate(composite_groups(param, content)):
             for index, (kind, entries) in enumerate(

@@ -78,13 +78,10 @@ def resource_entries(
     reg = registry or default_registry()
     resource_type = resource["resourceType"]
     found: dict[str, list[Any]] = {}
-    for code in reg.codes(resource_type):
-        param = reg.get(resource_type, code)
-        if param is None:
-            continue
+    for param in reg.supported_params(resource_type):
         entries = entries_for(param, resource)
         if entries:
-            found[code] = entries
+            found[param.code] = entries
     return found
 
 

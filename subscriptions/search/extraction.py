@@ -220,6 +220,7 @@ ELEMENT_ROOT = "_Element"
 """Stand-in root for expressions relative to an element (composite components)."""
 
 
+@lru_cache(maxsize=1024)
 def compile_relative(expression: str) -> Extractor:
     """Compile an expression evaluated on an element rather than a resource.
 

@@ -173,6 +173,7 @@ class Registry:
             b for b in self._by_base if b not in ABSTRACT_BASES
         )
         self._cache: dict[tuple[str, str], SearchParamDef | None] = {}
+        self._supported: dict[str, tuple[SearchParamDef, ...]] = {}
 
     @classmethod
     def from_file(
@@ -220,6 +221,18 @@ class Registry:
                 if code not in seen:
                     seen.add(code)
                     yield code
+
+    def supported_params(self, resource_type: str) -> tuple[SearchParamDef, ...]:
+        """Every supported parameter of ``resource_type`` (computed once per type)."""
+        found = self._supported.get(resource_type)
+        if found is None:
+            found = tuple(
+                p
+                for code in self.codes(resource_type)
+                if (p := self.get(resource_type, code)) is not None and p.supported
+            )
+            self._supported[resource_type] = found
+        return found
 
     def unsupported(self) -> list[SearchParamDef]:
         """Every definition (for every resource type) that searching does not support."""
