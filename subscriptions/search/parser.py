@@ -295,7 +295,7 @@ class _State:
         param = self.registry.get(self.resource_type, code)
         if param is None:
             raise UnknownParameterError(f"{name}: unknown sort parameter {code!r}", param=name)
-        if not param.supported or param.type == "reference":
+        if not param.supported or param.type in {"reference", "composite"}:
             raise UnsupportedSearchError(f"{name}: cannot sort by {code!r}", param=name)
         return SortKey(param, descending)
 

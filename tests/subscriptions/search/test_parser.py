@@ -204,6 +204,9 @@ def test_result_parameters() -> None:
         ("Location?near=1|2|3|km", UnsupportedSearchError, "near"),
         ("Observation?code:in=http://vs", UnsupportedSearchError, "code:in"),
         ("Patient?_text=x", UnsupportedSearchError, "_text"),
+        ("Observation?_sort=subject", UnsupportedSearchError, "_sort"),
+        ("Observation?_sort=code-value-quantity", UnsupportedSearchError, "_sort"),
+        ("Observation?_sort=nothing", UnknownParameterError, "_sort"),
         ("Observation?subject:Medication=1", InvalidValueError, "subject:Medication"),
     ],
 )
