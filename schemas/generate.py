@@ -18,7 +18,9 @@ from pydantic import BaseModel
 
 from schemas import topics
 from schemas.events import ChangeEvent
+from schemas.executions import BotExecutionRecord
 from schemas.notifications import Notification
+from schemas.subscriptions import SuppressedNotification
 
 __all__ = ["JSON_DIR", "JSON_SCHEMA_DIALECT", "PAYLOADS", "main", "render", "schema_for"]
 
@@ -31,6 +33,8 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 PAYLOADS: Mapping[str, type[BaseModel]] = {
     topics.CHANGES: ChangeEvent,
     topics.NOTIFICATIONS: Notification,
+    topics.SUPPRESSED: SuppressedNotification,
+    topics.BOT_EXECUTIONS: BotExecutionRecord,
 }
 """The payload model of each topic (the dead-letter twins carry the same payloads)."""
 
