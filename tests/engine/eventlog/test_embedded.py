@@ -293,3 +293,21 @@ async def test_dead_letter_topic_is_created_when_missing(log: EmbeddedEventLog) 
     await sink("made.elsewhere.deadletter", [OutgoingMessage("k", b"v")])
     assert await log.partitions("made.elsewhere.deadletter") == 1
     assert [r.value for r in await log.read("made.elsewhere.deadletter", 0)] == [b"v"]
+
+
+async def test_retention_runs_in_the_background(settings: EmbeddedSettings) -> None:
+    from dataclasses import replace
+
+    from engine.eventlog.port import Retention
+
+    log = EmbeddedEventLog(replace(settings, retention_interval=timedelta(milliseconds=20)))
+    await log.start()
+    await log.create_topic("t", 1, Retention(age=timedelta(milliseconds=1)))
+    await log.publish_many("t", [OutgoingMessage("k", b"v") for _ in range(3)])
+    for _ in range(100):
+        if not await log.read("t", 0, offset=0):
+            break
+        await asyncio.sleep(0.02)
+    assert await log.read("t", 0, offset=0) == []
+    assert await log.end_offsets("t") == {0: 3}  # offsets are never reused
+    await log.stop()
