@@ -176,7 +176,10 @@ class EmbeddedEventLog:
         if self._executor is None:
             return
         for consumer in list(self._consumers):
-            await consumer.stop()
+            try:
+                await consumer.stop()
+            except Exception as exc:  # it crashed earlier and was logged; stop the rest
+                _log.warning("eventlog.consumer_stop_failed", group=consumer.group, error=repr(exc))
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

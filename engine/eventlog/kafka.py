@@ -164,7 +164,10 @@ class KafkaEventLog:
     async def stop(self) -> None:
         """Stop consumers, flush and close the producer and admin client."""
         for consumer in list(self._consumers):
-            await consumer.stop()
+            try:
+                await consumer.stop()
+            except Exception as exc:  # it crashed earlier and was logged; stop the rest
+                _log.warning("eventlog.consumer_stop_failed", group=consumer.group, error=repr(exc))
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
