@@ -1,8 +1,9 @@
 """In-memory evaluation of a parsed query against one resource.
 
 ``matches(query, resource)`` is what the subscription matcher calls for each change event: no
-database, only the resource. Chained parameters and ``_has`` need other resources and raise
-:class:`~subscriptions.search.errors.NotSupportedInMemoryError`.
+database, only the resource. Every parameter type, modifier, prefix and composites are
+evaluated on the same entries the SQL index stores. Chained parameters and ``_has`` need other
+resources and raise :class:`~subscriptions.search.errors.NotSupportedInMemoryError`.
 """
 
 from __future__ import annotations
