@@ -71,6 +71,9 @@ a handshake."""
 SCAN_SECONDS = 1.0
 """How often the store is scanned for pending rows no lane is delivering, and heartbeats."""
 
+PURGE_SECONDS = 3600.0
+"""How often notifications older than the retention are deleted from the store."""
+
 _log = structlog.get_logger("engine.delivery")
 
 
@@ -251,11 +254,16 @@ class Dispatcher:
         return accepted
 
     async def _scan_loop(self) -> None:
+        purged_at = time.monotonic()
         while True:
             await asyncio.sleep(SCAN_SECONDS)
             try:
                 await self.scan()
                 await self.heartbeats()
+                if time.monotonic() - purged_at > PURGE_SECONDS:
+                    purged_at = time.monotonic()
+                    removed = await self.purge(self.defaults.retention_days)
+                    _log.info("delivery log purged", removed=removed)
             except DeliveryError as exc:
                 _log.warning("delivery scan failed", error=str(exc))
 

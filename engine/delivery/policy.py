@@ -152,6 +152,8 @@ class DeliveryDefaults:
         allowed_networks: CIDR blocks of non-public addresses endpoints may resolve to.
         max_concurrency: Requests in flight across all subscriptions.
         audit: When to write an AuditEvent per attempt if the Subscription does not say.
+        retention_days: Delivered and discarded notifications are kept this long for
+            ``$events`` and ``$resend``; pending and dead ones are kept until handled.
     """
 
     timeout: float = 10.0
@@ -161,6 +163,7 @@ class DeliveryDefaults:
     allowed_networks: tuple[str, ...] = ()
     max_concurrency: int = 256
     audit: AuditMode = "never"
+    retention_days: float = 7.0
 
     def with_changes(self, **changes: Any) -> DeliveryDefaults:
         """A copy with some fields changed."""
