@@ -89,7 +89,10 @@ def _read(path: Path) -> Any:
 async def _explain(args: argparse.Namespace) -> int:
     resource = _read(Path(args.file))
     parameters: list[dict[str, Any]] = []
-    if resource is not None:
+    if args.interaction == "delete" and not args.previous:
+        # A delete has no new version: FILE is the version being deleted.
+        parameters.append({"name": "previous", "resource": resource})
+    else:
         parameters.append({"name": "resource", "resource": resource})
     if args.previous:
         parameters.append({"name": "previous", "resource": _read(Path(args.previous))})

@@ -18,7 +18,7 @@ Recognised forms:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from schemas.events import Interaction
@@ -347,11 +347,13 @@ def _end(resource: Mapping[str, Any]) -> datetime | None:
     if not end:
         return None
     try:
-        return datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
     except ValueError as exc:
         raise CriteriaError(
             f"Subscription.end {end!r} is not an instant", expression="Subscription.end"
         ) from exc
+    # An instant has a zone; a bare date or dateTime is read as UTC rather than refused.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def parse_subscription(

@@ -270,6 +270,7 @@ def test_status_and_end() -> None:
     assert not fires("Observation", event(obs), status="error")
     assert not fires("Observation", event(obs), end="2025-12-31T00:00:00Z")
     assert fires("Observation", event(obs), end="2026-12-31T00:00:00Z")
+    assert not fires("Observation", event(obs), end="2025-12-31")  # no zone: read as UTC
 
 
 # --- topic-based subscriptions (Subscriptions Backport IG) -----------------------------
