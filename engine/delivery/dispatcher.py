@@ -283,15 +283,11 @@ class Dispatcher:
         subscription_id: str | None = None,
     ) -> int:
         """Dead letters back to pending with their event numbers; returns how many."""
-        before = await self.store.dead_letters(project, subscription_id, limit=1_000_000)
-        chosen = [
-            d for d in before if notification_ids is None or d.notification_id in notification_ids
-        ]
-        keys = await self.store.requeue(project, notification_ids, subscription_id)
-        for key in keys:
+        requeued = await self.store.requeue(project, notification_ids, subscription_id)
+        for key in dict.fromkeys(requeued):
             if self.owns(*key):
                 self.wake(*key)
-        return len(chosen)
+        return len(requeued)
 
     async def resend(
         self, project: str, subscription_id: str, resource_type: str, resource_id: str

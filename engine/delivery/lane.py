@@ -86,6 +86,7 @@ class Lane:
         self._reload = True
         self._reloading = False
         self._held: list[Delivery] = []
+        self._wakes = 0
         self._wake = asyncio.Event()
         self._wake.set()
         self.closing = False
@@ -115,6 +116,7 @@ class Lane:
     def wake(self) -> None:
         """The store may hold pending rows this lane has not seen (restart, requeue)."""
         self._reload = True
+        self._wakes += 1
         self._wake.set()
 
     @property
@@ -136,13 +138,15 @@ class Lane:
         ctx = self._ctx
         self._reloading = True
         self._held = []
+        wakes = self._wakes
         try:
             await ctx.marker.flush()
             rows = await ctx.store.pending(self.project, self.subscription_id, limit=PAGE)
         finally:
             self._reloading = False
         fresh = [r for r in rows if r.notification_id not in self._known]
-        if len(rows) < PAGE:
+        if len(rows) < PAGE and wakes == self._wakes:
+            # Complete, and no requeue arrived while reading: back to in-memory offers.
             self._reload = False
             loaded = {r.notification_id for r in rows}
             fresh += [d for d in self._held if d.notification_id not in loaded]
@@ -194,7 +198,11 @@ class Lane:
             if wait > 0:
                 await asyncio.sleep(wait)
             async with ctx.concurrency:
-                result = await ctx.sender.send(row, info)
+                try:
+                    result = await ctx.sender.send(row, info)
+                except Exception as exc:  # a channel bug must not kill the lane
+                    _log.exception("channel raised", notification=row.notification_id)
+                    result = AttemptResult(False, error=f"{type(exc).__name__}: {exc}")
             attempts += 1
             self._record(row, attempts, result)
             if info.policy.audit == "always" or (

@@ -164,7 +164,7 @@ class DeliveryStore(Protocol):
         """Dead letters back to pending (all of them when no ids are given), attempts reset.
 
         Returns:
-            (project, subscription id) of each subscription that got pending rows.
+            (project, subscription id) of each requeued row.
         """
         ...
 

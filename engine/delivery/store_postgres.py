@@ -204,7 +204,7 @@ class PostgresDeliveryStore:
             time.time(),
             *args,
         )
-        return sorted({(r[0], r[1]) for r in rows})
+        return [(r[0], r[1]) for r in rows]
 
     async def discard(
         self,

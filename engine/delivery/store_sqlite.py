@@ -213,7 +213,7 @@ class SqliteDeliveryStore:
                 f"RETURNING project, subscription_id",
                 (time.time(), *args),
             ).fetchall()
-            return sorted({(r[0], r[1]) for r in rows})
+            return [(r[0], r[1]) for r in rows]
 
         return await self._call(self._transaction, run)
 

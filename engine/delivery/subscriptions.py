@@ -7,6 +7,7 @@ when a notification names a newer Subscription version, or after :data:`CACHE_SE
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from schemas.notifications import ChannelSpec
 __all__ = [
     "BACKPORT_CONTENT_URL",
     "CACHE_SECONDS",
+    "STALE_SECONDS",
     "SubscriptionInfo",
     "SubscriptionRegistry",
     "channel_spec",
@@ -27,6 +29,9 @@ __all__ = [
 CACHE_SECONDS = 5.0
 """How long a Subscription is trusted without re-reading it: bounds how long a change made
 in another process (say, a status set to ``off``) takes to reach this dispatcher."""
+
+STALE_SECONDS = 60.0
+"""Beyond this age a cached entry is not used at all (the read waits for the datastore)."""
 
 
 @dataclass(frozen=True)
@@ -55,26 +60,46 @@ class SubscriptionRegistry:
         self._storage = storage
         self._defaults = defaults
         self._cache: dict[tuple[str, str], tuple[float, SubscriptionInfo | None]] = {}
+        self._refreshing: dict[tuple[str, str], asyncio.Task[SubscriptionInfo | None]] = {}
 
     async def get(
         self, project: str, subscription_id: str, *, min_version: int = 0
     ) -> SubscriptionInfo | None:
-        """The Subscription (None if absent or deleted), at least ``min_version``."""
+        """The Subscription (None if absent or deleted), at least ``min_version``.
+
+        An entry older than :data:`CACHE_SECONDS` is still answered from the cache (up to
+        :data:`STALE_SECONDS`) while it is re-read in the background, so a lane never waits
+        for the datastore on the hot path.
+        """
         key = (project, subscription_id)
         cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < CACHE_SECONDS:
+        if cached is not None:
+            age = time.monotonic() - cached[0]
             info = cached[1]
             if info is None or info.version >= min_version:
-                return info
-        stored = await self._storage.read(project, "Subscription", subscription_id)
+                if age < CACHE_SECONDS:
+                    return info
+                if age < STALE_SECONDS:
+                    self._refresh_later(key)
+                    return info
+        return await self._load(key)
+
+    async def _load(self, key: tuple[str, str]) -> SubscriptionInfo | None:
+        stored = await self._storage.read(key[0], "Subscription", key[1])
         found: SubscriptionInfo | None = None
         if stored is not None and not stored.deleted and stored.content is not None:
             found = SubscriptionInfo(
                 stored.content, stored.version_id, policy_for(stored.content, self._defaults)
             )
-        self._cache[key] = (now, found)
+        self._cache[key] = (time.monotonic(), found)
         return found
+
+    def _refresh_later(self, key: tuple[str, str]) -> None:
+        if key in self._refreshing:
+            return
+        task = asyncio.create_task(self._load(key))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(key, None))
 
     def remember(self, project: str, info: SubscriptionInfo) -> None:
         """Cache a version this process just wrote."""
