@@ -5,7 +5,10 @@ For the embedded SQLite log and for Apache Kafka it prints:
 - publish rate: ``publish_many`` in batches, each batch durably stored / acknowledged;
 - end-to-end rate: a producer and a consumer group member running together, from the first
   publish until the consumer has handled (and committed) the last event;
-- delivery delay p50/p99: log timestamp of a record until its handler saw it.
+- delivery delay p50/p99: log timestamp of a record until its handler saw it;
+- write-to-topic latency p50/p99 at a paced 500 writes/s: from a FHIR create's commit (the
+  change event's time) through the outbox relay until a consumer of ``fhir.changes.v1`` has
+  it (target on the embedded log: p99 <= 50 ms).
 
 Payloads are real change events built from the Synthea bundles in the shared folder
 (``$FHIRBOTS_SHARED`` or ``<repo>/../shared``), about 1-3 kB each.
@@ -188,6 +191,91 @@ async def bench_kafka(messages: list[OutgoingMessage], batch: int, bootstrap: st
     _print(result, KAFKA_TARGET)
 
 
+WRITES_PER_S = 500
+WRITE_SECONDS = 8.0
+WRITE_TO_TOPIC_TARGET_MS = 50.0
+
+
+async def write_to_topic(log: EventLog, label: str) -> None:
+    """Paced FHIR creates through the real write path; latency until a consumer sees each."""
+    from engine.relay import OutboxRelay
+    from engine.service import FhirService
+    from engine.storage.model import WriteContext
+    from engine.storage.search_index import SqlSearchIndexer
+    from engine.storage.sqlite import SqliteStorage
+    from schemas.topics import CHANGES
+
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = SqliteStorage(Path(tmp) / "fhirbots.db", indexer=SqlSearchIndexer())
+        await storage.open()
+        await log.create_topic(CHANGES, partitions=PARTITIONS)
+        relay = OutboxRelay(storage, log)
+        service = FhirService(storage, on_commit=relay.notify)
+        latencies: list[float] = []
+        total = int(WRITES_PER_S * WRITE_SECONDS)
+        done = asyncio.Event()
+
+        async def handler(batch: list[Record]) -> None:
+            now = datetime.now(UTC)
+            for record in batch:
+                event = ChangeEvent.model_validate_json(record.value)
+                latencies.append((now - event.time).total_seconds() * 1000)
+            if len(latencies) >= total:
+                done.set()
+
+        group = f"latency-{uuid.uuid4().hex[:8]}"
+        consumer = await log.consume(
+            [CHANGES], group, handler, options=ConsumerOptions(start_from="latest")
+        )
+        await consumer.wait_assigned()
+        relay.start()
+        patient = {"resourceType": "Patient", "name": [{"family": "Latency"}]}
+        started = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            delay = started + i / WRITES_PER_S - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(service.create("bench", patient, WriteContext())))
+        await asyncio.gather(*tasks)
+        await asyncio.wait_for(done.wait(), 60)
+        await consumer.stop()
+        await relay.stop()
+        await storage.close()
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[int(len(latencies) * 0.99)]
+    verdict = "ok" if p99 <= WRITE_TO_TOPIC_TARGET_MS or label != "embedded" else "BELOW TARGET"
+    target = (
+        f" (target p99 <= {WRITE_TO_TOPIC_TARGET_MS:.0f} ms: {verdict})"
+        if label == "embedded"
+        else ""
+    )
+    print(
+        f"{label:<10} write-to-topic at {WRITES_PER_S}/s over {total} writes:"
+        f" p50 {p50:.1f} ms  p99 {p99:.1f} ms{target}"
+    )
+
+
+async def write_to_topic_embedded() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        log = EmbeddedEventLog(EmbeddedSettings(path=Path(tmp) / "eventlog.sqlite"))
+        await log.start()
+        try:
+            await write_to_topic(log, "embedded")
+        finally:
+            await log.stop()
+
+
+async def write_to_topic_kafka(bootstrap: str) -> None:
+    log = KafkaEventLog(KafkaSettings(bootstrap=bootstrap, client_id="bench-latency"))
+    await log.start()
+    try:
+        await write_to_topic(log, "kafka")
+    finally:
+        await log.stop()
+
+
 def main() -> None:
     # Only the figures: the adapters' info logs would drown them.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -205,10 +293,13 @@ def main() -> None:
     levels: tuple[Synchronous, ...] = () if args.no_embedded else ("FULL", "NORMAL")
     for synchronous in levels:
         asyncio.run(bench_embedded(messages, args.batch, synchronous))
+    if not args.no_embedded:
+        asyncio.run(write_to_topic_embedded())
     if args.no_kafka:
         return
     if args.kafka:
         asyncio.run(bench_kafka(messages, args.batch, args.kafka))
+        asyncio.run(write_to_topic_kafka(args.kafka))
         return
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
@@ -216,6 +307,7 @@ def main() -> None:
         subprocess.run([str(BROKER), "start"], env=env, check=True)
         try:
             asyncio.run(bench_kafka(messages, args.batch, f"127.0.0.1:{port}"))
+            asyncio.run(write_to_topic_kafka(f"127.0.0.1:{port}"))
         finally:
             subprocess.run([str(BROKER), "stop"], env=env, check=False)
 
