@@ -1,0 +1,173 @@
+"""Two real ``fhirbots worker matcher`` processes on a real Kafka broker: a Subscription
+created or changed takes effect for the very next write, whichever process reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.eventlog.kafka import KafkaEventLog
+from engine.runtime import Engine
+from engine.settings import Settings
+from engine.storage.model import WriteContext
+from schemas.notifications import Notification
+from schemas.topics import NOTIFICATIONS
+from tests.integration.conftest import kafka_settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CTX = WriteContext(author="ApiKey/test")
+WAIT_SECONDS = 90.0
+"""Two processes start, join the group and rebalance; generous on a loaded machine."""
+
+
+@pytest.fixture
+def workers(kafka_bootstrap: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    env = {
+        **os.environ,
+        "FHIRBOTS_KAFKA": kafka_bootstrap,
+        "FHIRBOTS_DATA_DIR": str(tmp_path),
+        "FHIRBOTS_LOG_LEVEL": "WARNING",
+    }
+    env.pop("FHIRBOTS_DATABASE_URL", None)
+    logs = [(tmp_path / f"worker{i}.log").open("wb") for i in range(2)]
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "worker", "matcher"],
+            cwd=REPO,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+        for handle in logs
+    ]
+    yield started
+    for process in started:
+        process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for handle in logs:
+        handle.close()
+
+
+@pytest.fixture
+async def engine(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    running = Engine(Settings(data_dir=tmp_path, kafka=kafka_bootstrap))
+    await running.open()
+    await running.start_relay()
+    yield running
+    await running.close()
+
+
+async def read_notes(log: KafkaEventLog, project: str) -> list[Notification]:
+    notes: list[Notification] = []
+    for partition in range(await log.partitions(NOTIFICATIONS)):
+        offset = 0
+        while True:
+            batch = await log.read(NOTIFICATIONS, partition, offset=offset, limit=500)
+            if not batch:
+                break
+            offset = batch[-1].offset + 1
+            for record in batch:
+                note = Notification.model_validate_json(record.value)
+                if note.project == project:
+                    notes.append(note)
+    return notes
+
+
+async def wait_notes(
+    log: KafkaEventLog, project: str, predicate: Callable[[list[Notification]], bool]
+) -> list[Notification]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        notes = await read_notes(log, project)
+        if predicate(notes):
+            return await read_notes(log, project)
+        assert time.monotonic() < deadline, f"timed out with {len(notes)} notifications"
+        await asyncio.sleep(0.2)
+
+
+def subscription(criteria: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": "active",
+        "reason": "test",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"},
+    }
+
+
+def observation(code: str, patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+async def test_two_worker_processes_see_subscription_changes_at_once(
+    engine: Engine,
+    workers: list[subprocess.Popen[bytes]],
+    kafka_bootstrap: str,
+    unique: Callable[[str], str],
+) -> None:
+    project = unique("proj")
+    await engine.create_project(project, "matcher workers")
+    log = KafkaEventLog(kafka_settings(kafka_bootstrap))
+    await log.start()
+    await log.create_topic(NOTIFICATIONS)  # the workers create it too; whoever is first
+    try:
+        # Both workers up and matching: a watcher subscription and probes on many partitions.
+        watcher = await engine.fhir.create(project, subscription("Observation"), CTX)
+        probes = {
+            (await engine.fhir.create(project, observation("0", f"probe{i}"), CTX)).stored.id
+            for i in range(8)
+        }
+        await wait_notes(log, project, lambda n: probes <= {x.resource_id for x in n})
+        assert all(p.poll() is None for p in workers), "a worker exited"
+
+        sub = await engine.fhir.create(project, subscription("Observation?code=1111-1"), CTX)
+        first = {
+            (await engine.fhir.create(project, observation("1111-1", f"a{i}"), CTX)).stored.id
+            for i in range(12)
+        }
+        notes = await wait_notes(
+            log,
+            project,
+            lambda n: first <= {x.resource_id for x in n if x.subscription_id == sub.stored.id},
+        )
+
+        assert sub.stored.content is not None
+        changed = {**sub.stored.content, "criteria": "Observation?code=2222-2"}
+        await engine.fhir.update(project, "Subscription", sub.stored.id, changed, CTX)
+        second = {
+            (await engine.fhir.create(project, observation("1111-1", f"b{i}"), CTX)).stored.id
+            for i in range(12)
+        }
+        notes = await wait_notes(
+            log,
+            project,
+            lambda n: (
+                second <= {x.resource_id for x in n if x.subscription_id == watcher.stored.id}
+            ),
+        )
+        by_sub = {x.resource_id for x in notes if x.subscription_id == sub.stored.id}
+        assert not second & by_sub
+        assert first <= by_sub
+    finally:
+        await log.stop()
