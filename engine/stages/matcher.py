@@ -20,6 +20,7 @@ event yields notifications with the same ids.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -158,6 +159,8 @@ class MatcherStage:
         self._mark_error = mark_error
         self.topics = topics or MatcherTopics()
         self._configs: dict[str, ProjectConfig] = {}
+        self._reload_lock = asyncio.Lock()
+        """Serialises reloads, so concurrent batches never store an older configuration."""
         self._handle: ConsumerHandle | None = None
 
     async def config_for(self, project: str, generation: int) -> ProjectConfig:
@@ -167,17 +170,22 @@ class MatcherStage:
             return loaded
         if loaded is None and generation == 0:
             config = ProjectConfig.empty(project)  # never configured: nothing to read
-        else:
+            self._configs[project] = config
+            return config
+        async with self._reload_lock:
+            loaded = self._configs.get(project)  # another batch may have loaded it meanwhile
+            if loaded is not None and loaded.generation >= generation:
+                return loaded
             config = await load_config(self._storage, project, generation)
-            RELOADS.inc()
-            log.info(
-                "subscriptions loaded",
-                project=project,
-                generation=generation,
-                active=config.index.size,
-                problems=len(config.problems),
-            )
-        self._configs[project] = config
+            self._configs[project] = config
+        RELOADS.inc()
+        log.info(
+            "subscriptions loaded",
+            project=project,
+            generation=generation,
+            active=config.index.size,
+            problems=len(config.problems),
+        )
         return config
 
     async def handle(self, records: list[Record]) -> None:
