@@ -36,9 +36,22 @@ def write(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
+def json_output(out: str) -> Any:
+    """The output document (indented JSON from a line ``{``), after any log lines."""
+    lines = out.splitlines()
+    return orjson.loads("\n".join(lines[lines.index("{") :]))
+
+
 async def run(namespace: argparse.Namespace) -> int:
     result: int = await namespace.run(namespace)
     return result
+
+
+@pytest.fixture(autouse=True)
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bot run`` configures logging for a terminal; tests keep the session's set-up (a
+    logger bound to a captured, later closed, stderr would break every later test)."""
+    monkeypatch.setattr("engine.cli_bots.configure_logging", lambda *_a, **_k: None)
 
 
 @pytest.fixture
@@ -79,7 +92,7 @@ async def test_run_against_a_server_writes_there_tagged(
     given = write(tmp_path, "in.json", '{"family": "Remote"}')
     assert await run(args("bot", "run", source, "--input", given, "--url", url)) == 0
     captured = capsys.readouterr()
-    output = orjson.loads(captured.out)
+    output = json_output(captured.out)
     assert "writing Remote" in captured.err
     resp = await api.client.get(f"/fhir/R4/Patient/{output['id']}", headers=api.headers())
     stored: dict[str, Any] = await resp.json()
@@ -94,7 +107,7 @@ async def test_run_embedded_writes_to_the_data_dir(
     given = write(tmp_path, "in.json", '{"family": "Local"}')
     data = tmp_path / "data"
     assert await run(args("bot", "run", source, "--input", given, "--data-dir", str(data))) == 0
-    output = orjson.loads(capsys.readouterr().out)
+    output = json_output(capsys.readouterr().out)
     engine = Engine(Settings(data_dir=data))
     await engine.open()
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.bots.tags import BOT_TAG_SYSTEM, EXECUTION_TAG_SYSTEM
@@ -54,7 +55,13 @@ def handler(fhir, event):
 class Stack:
     """A served engine with relay, matcher, dispatcher and bots running, and one project."""
 
-    def __init__(self, engine: Engine, client: TestClient, project: str, token: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: TestClient[web.Request, web.Application],
+        project: str,
+        token: str,
+    ) -> None:
         self.engine = engine
         self.client = client
         self.project = project
