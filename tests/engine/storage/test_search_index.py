@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,3 +229,25 @@ def test_update_replaces_rows_and_delete_removes_them(conn: sqlite3.Connection) 
         0
     ]
     assert rows == 0
+
+
+def test_sqlite_agrees_with_the_matcher_on_synthea(shared_dir: Path) -> None:
+    """A quick in-process differential (the full one, on both engines, is an integration
+    test): generated queries over three Synthea bundles."""
+    from tests.integration.test_search_differential import (
+        expected_ids,
+        generate_queries,
+        synthea_bundles,
+    )
+
+    resources = [r for bundle in synthea_bundles(shared_dir)[:3] for r in bundle]
+    connection = sqlite3.connect(":memory:")
+    for statement in [*sql.schema("sqlite"), *index_ddl("sqlite")]:
+        connection.execute(statement)
+    for resource in resources:
+        _store(connection, resource, resource["id"], resource["resourceType"])
+    for query in generate_queries(resources, 120):
+        text, params = compile_search(query, project=PROJECT)
+        got = {f"{row[0]}/{row[1]}" for row in connection.execute(text, params)}
+        assert got == expected_ids(query, resources), [c.name for c in query.clauses]
+    connection.close()
