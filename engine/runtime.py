@@ -36,6 +36,7 @@ from engine.storage.port import Storage
 from engine.storage.search_index import SqlSearchIndexer
 from engine.validator_pool import BulkValidator
 from schemas.topics import CHANGES
+from subscriptions.loop_guard import LoopGuardPolicy
 
 __all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
 
@@ -108,8 +109,12 @@ class Engine:
         self.relay = OutboxRelay(self.storage, self.event_log)
         self.relay.start()
 
-    async def start_matcher(self) -> None:
-        """Run the subscription matcher stage on the event log (opened here if needed)."""
+    async def start_matcher(self, policy: LoopGuardPolicy | None = None) -> None:
+        """Run the subscription matcher stage on the event log (opened here if needed).
+
+        Args:
+            policy: Loop guard policy (default: a bot may be in a causation chain 5 times).
+        """
         if self.event_log is None:
             self.event_log = create_event_log(
                 kafka_bootstrap=self.settings.kafka,
@@ -118,7 +123,10 @@ class Engine:
             )
             await self.event_log.start()
         self.matcher = MatcherStage(
-            self.storage, self.event_log, mark_error=service_error_marker(self.fhir)
+            self.storage,
+            self.event_log,
+            policy=policy,
+            mark_error=service_error_marker(self.fhir),
         )
         await self.matcher.start(self.event_log)
 
