@@ -71,14 +71,13 @@ a handshake."""
 SCAN_SECONDS = 1.0
 """How often the store is scanned for pending rows no lane is delivering, and heartbeats."""
 
+PARSED_LIMIT = 10_000
+"""Parsed records kept between validation and handling (a batch is at most 500)."""
+
 PURGE_SECONDS = 3600.0
 """How often notifications older than the retention are deleted from the store."""
 
 _log = structlog.get_logger("engine.delivery")
-
-
-def _validate(record: Record) -> object:
-    return Notification.model_validate_json(record.value)
 
 
 class Dispatcher:
@@ -137,6 +136,7 @@ class Dispatcher:
         self._partitions = 1
         self._tasks: list[asyncio.Task[None]] = []
         self._last_sent: dict[tuple[str, str], float] = {}
+        self._parsed: dict[tuple[str, int, int], Notification] = {}
         self._context = LaneContext(
             store=store,
             registry=self.registry,
@@ -162,7 +162,7 @@ class Dispatcher:
         self._partitions = await self.event_log.partitions(self.topic)
         self.marker.start()
         self._consumer = await self.event_log.consume(
-            [self.topic], self.group, self._handle, validate=_validate
+            [self.topic], self.group, self._handle, validate=self._validate
         )
         self._changes = await self.event_log.consume(
             [self.changes_topic],
@@ -230,8 +230,20 @@ class Dispatcher:
 
     # -- intake ----------------------------------------------------------------------------
 
+    def _validate(self, record: Record) -> Notification:
+        """Parse a record (a poison message if it fails); the handler reuses the result."""
+        notification = Notification.model_validate_json(record.value)
+        if len(self._parsed) >= PARSED_LIMIT:
+            self._parsed.clear()
+        self._parsed[(record.topic, record.partition, record.offset)] = notification
+        return notification
+
+    def _parsed_record(self, record: Record) -> Notification:
+        found = self._parsed.pop((record.topic, record.partition, record.offset), None)
+        return found if found is not None else Notification.model_validate_json(record.value)
+
     async def _handle(self, records: list[Record]) -> None:
-        notifications = [Notification.model_validate_json(r.value) for r in records]
+        notifications = [self._parsed_record(r) for r in records]
         accepted = await self.store.accept(notifications)
         offers: dict[tuple[str, str], list[Delivery]] = {}
         now = datetime.now(UTC)
