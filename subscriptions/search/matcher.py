@@ -38,7 +38,7 @@ from subscriptions.search.values import (
     UriEntry,
 )
 
-__all__ = ["EntryCache", "check_in_memory", "clause_matches", "matches"]
+__all__ = ["EntryCache", "check_in_memory", "clause_matches", "compile_predicate", "matches"]
 
 
 EntryCache = dict[tuple[str, str], list[Any]]
@@ -107,6 +107,8 @@ def clause_matches(
         return (not entries) == clause.missing
     if isinstance(clause, CompositeClause):
         return _composite(clause, entries)
+    if clause.predicate is not None:
+        return clause.predicate(entries)
     test = _TESTS[clause.param.type]
     modifier = clause.modifier
     if modifier == "not":
@@ -252,3 +254,59 @@ _TESTS: dict[str, Callable[[str | None, Any, Any], bool]] = {
     "quantity": _quantity,
     "uri": _uri,
 }
+
+
+EntryTest = Callable[[Any], bool]
+Predicate = Callable[[list[Any]], bool]
+
+
+def _entry_test(param_type: str, modifier: str | None, value: Any) -> EntryTest:
+    """One value as a test of one entry: the common token and reference forms as direct
+    comparisons, the rest through the per-type test above (same semantics)."""
+    if param_type == "token" and modifier is None:
+        system, code = value.system, value.code
+        if system is None:
+            return lambda e: bool(e.code == code)
+        if system == "":
+            return lambda e: e.code == code and e.system is None
+        if code is None:
+            return lambda e: bool(e.system == system)
+        return lambda e: e.code == code and e.system == system
+    if (
+        param_type == "reference"
+        and value.ref_type is not None
+        and value.ref_id is not None
+        and value.url is None
+        and value.id_value is None
+    ):
+        ref_type, ref_id = value.ref_type, value.ref_id
+        return lambda e: e.ref_id == ref_id and e.ref_type == ref_type
+    test = _TESTS[param_type]
+    return lambda e: test(modifier, e, value)
+
+
+def compile_predicate(param_type: str, modifier: str | None, values: tuple[Any, ...]) -> Predicate:
+    """Compile one clause (OR of ``values``, ``modifier`` applied) into a test of a resource's
+    entries for the parameter. The parser does this once per clause.
+
+    Args:
+        param_type: The parameter's type (not composite).
+        modifier: The clause's modifier; ``not`` negates the whole clause.
+        values: The parsed values.
+
+    Returns:
+        A function from the entry list to whether the clause holds.
+    """
+    negate = modifier == "not"
+    tests = [_entry_test(param_type, None if negate else modifier, v) for v in values]
+
+    def any_entry(entries: list[Any]) -> bool:
+        for entry in entries:
+            for test in tests:
+                if test(entry):
+                    return True
+        return False
+
+    if negate:
+        return lambda entries: not any_entry(entries)
+    return any_entry

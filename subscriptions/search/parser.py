@@ -25,6 +25,7 @@ from subscriptions.search.errors import (
     UnsupportedSearchError,
 )
 from subscriptions.search.extraction import Extractor, compile_expression, compile_relative
+from subscriptions.search.matcher import compile_predicate
 from subscriptions.search.query import (
     ChainClause,
     Clause,
@@ -360,7 +361,9 @@ def parse_clause(context: _Context, resource_type: str, name: str, value: str) -
     )
     if any(v is None for v in values) or not values:
         raise InvalidValueError(f"{name}: empty value", param=name)
-    return ParamClause(name, param, mod, cast(tuple[SearchValue, ...], values), _extractor(param))
+    typed = cast(tuple[SearchValue, ...], values)
+    predicate = compile_predicate(param.type, mod, typed)
+    return ParamClause(name, param, mod, typed, _extractor(param), predicate)
 
 
 def _extractor(param: SearchParamDef) -> Extractor:

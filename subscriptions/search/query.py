@@ -7,8 +7,9 @@ SQL compilation do no string work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from subscriptions.search.extraction import Extractor
 from subscriptions.search.registry import SearchParamDef
@@ -144,6 +145,8 @@ class ParamClause:
         modifier: The modifier without ``:`` (``not``, ``exact``, ``Patient`` ...), if any.
         values: The OR-ed values.
         extract: Compiled extractor of the parameter's expression.
+        predicate: The clause compiled over a resource's entries (values bound, modifier
+            applied); set by the parser.
     """
 
     name: str
@@ -151,6 +154,9 @@ class ParamClause:
     modifier: str | None
     values: tuple[SearchValue, ...]
     extract: Extractor = field(compare=False, hash=False, repr=False)
+    predicate: Callable[[list[Any]], bool] | None = field(
+        default=None, compare=False, hash=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,3 +355,35 @@ BLOOD_PRESSURE: dict[str, Any] = {
 )
 def test_composite(search: str, resource: dict[str, Any], expected: bool) -> None:
     assert hit(search, resource) is expected
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        "Observation?code=http://loinc.org|8302-2,8867-4",
+        "Observation?code=|8302-2",
+        "Observation?code=http://loinc.org|",
+        "Observation?code:not=8302-2",
+        "Observation?code:text=body",
+        "Observation?subject=Patient/x,y",
+        "Observation?value-quantity=gt100",
+        "Observation?date=ge2015",
+        "Patient?name=a",
+    ],
+)
+def test_compiled_predicates_agree_with_the_generic_tests(
+    search: str, synthea_resources: list[dict[str, Any]]
+) -> None:
+    from dataclasses import replace
+
+    from subscriptions.search.matcher import clause_matches
+    from subscriptions.search.query import ParamClause
+
+    (compiled,) = parse_search(search).query.clauses
+    assert isinstance(compiled, ParamClause)
+    assert compiled.predicate is not None
+    generic = replace(compiled, predicate=None)
+    pool = [r for r in synthea_resources if r["resourceType"] == search.split("?")[0]]
+    results = [clause_matches(compiled, r) for r in pool]
+    assert results == [clause_matches(generic, r) for r in pool]
+    assert any(results) or "Patient/x" in search or "=|" in search
