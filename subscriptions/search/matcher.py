@@ -93,16 +93,20 @@ def clause_matches(
         raise NotSupportedInMemoryError(
             f"{clause.name}: chained and _has parameters need the datastore", param=clause.name
         )
-    key = (clause.param.type, clause.param.expression or "")
-    entries = cache.get(key) if cache is not None else None
+    param = clause.param
+    if cache is None:
+        entries = None
+    else:
+        key = (param.type, param.expression or "")
+        entries = cache.get(key)
     if entries is None:
         selected = clause.extract(resource)
-        if clause.param.type == "composite":
+        if param.type == "composite":
             entries = selected  # the elements; components are read per element
         else:
-            entries = ENTRY_BUILDERS[clause.param.type](selected) if selected else []
+            entries = ENTRY_BUILDERS[param.type](selected) if selected else []
         if cache is not None:
-            cache[key] = entries
+            cache[(param.type, param.expression or "")] = entries
     if isinstance(clause, MissingClause):
         return (not entries) == clause.missing
     if isinstance(clause, CompositeClause):
