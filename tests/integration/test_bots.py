@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.bots.tags import BOT_TAG_SYSTEM, EXECUTION_TAG_SYSTEM
+from engine.eventlog.errors import TopicNotFound
 from engine.runtime import Engine
 from engine.settings import Settings
 from schemas.events import ChangeEvent
@@ -112,7 +113,11 @@ class Stack:
         log = self.engine.event_log
         assert log is not None
         out: list[bytes] = []
-        for partition in range(await log.partitions(topic)):
+        try:
+            partitions = await log.partitions(topic)
+        except TopicNotFound:
+            return out  # nothing published yet
+        for partition in range(partitions):
             offset = 0
             while batch := await log.read(topic, partition, offset=offset, limit=500):
                 out.extend(r.value for r in batch)
@@ -234,3 +239,49 @@ async def test_a_bot_reacting_to_its_own_writes_is_stopped(stack: Stack) -> None
     await asyncio.sleep(3.0)  # room for a loop to show itself
     flags = await stack.search("Flag?_count=50")
     assert sorted(f["code"]["text"] for f in flags) == sorted(["seed", f"echo of {first['id']}"])
+
+
+PATIENT_WATCHER = """
+def handler(fhir, event):
+    ready = fhir.search("Basic", {"identifier": "urn:test|ready"})
+    if not ready["entry"]:
+        raise RuntimeError("not ready yet")
+    fhir.create({
+        "resourceType": "Flag",
+        "status": "active",
+        "code": {"text": event.idempotency_key},
+        "subject": {"reference": "Patient/" + event.input["id"]},
+    })
+"""
+"""Fails until a marker exists, then writes a Flag naming its idempotency key."""
+
+
+async def test_a_failed_run_is_retried_with_the_same_idempotency_key(stack: Stack) -> None:
+    bot_id = await stack.bot(PATIENT_WATCHER, "watcher", auditEventTrigger="on-error")
+    await stack.subscribe("Patient?family=Retry", bot_id)
+    await stack.call(
+        "POST", "Patient", {"resourceType": "Patient", "name": [{"family": "Retry"}]}, 201
+    )
+
+    async def runs() -> list[BotExecutionRecord]:
+        found = [
+            BotExecutionRecord.model_validate_json(v)
+            for v in await stack.read_topic(BOT_EXECUTIONS)
+        ]
+        return [r for r in found if r.bot == f"Bot/{bot_id}"]
+
+    [failed, *_] = await eventually(runs, "a failed run")
+    assert failed.status == "error" and "not ready yet" in (failed.error or "")
+    marker = {
+        "resourceType": "Basic",
+        "identifier": [{"system": "urn:test", "value": "ready"}],
+        "code": {"text": "ready"},
+    }
+    await stack.call("POST", "Basic", marker, 201)
+    [flag] = await eventually(lambda: stack.search("Flag"), "the retried run's Flag")
+    assert flag["code"]["text"] == failed.idempotency_key
+    attempts = await runs()
+    assert attempts[-1].status == "success"
+    assert {r.idempotency_key for r in attempts} == {failed.idempotency_key}
+    audits = await stack.search("AuditEvent")
+    assert len(audits) == len(attempts) - 1  # on-error: the failures only
