@@ -114,7 +114,9 @@ async def test_slow_endpoint_does_not_delay_another_subscription(
     await receiver.wait_for("/fast", 3, within=5)
     elapsed = time.monotonic() - started
     assert len(receiver.at("/slow")) == 1  # still stuck on its first event, in order
-    assert elapsed < 1.0, f"fast subscription waited {elapsed:.3f}s behind the slow one"
+    # The slow endpoint holds until released; the fast one must not wait for it (a generous
+    # bound, as the machine may be loaded; the typical figure is a few milliseconds).
+    assert elapsed < 2.0, f"fast subscription waited {elapsed:.3f}s behind the slow one"
     release.set()
     got = await receiver.wait_for("/slow", 3)
     assert [r.headers["X-Event-Number"] for r in got] == ["1", "2", "3"]
