@@ -164,3 +164,13 @@ async def test_result_json_is_serialisable(engine: Engine) -> None:
     request = await engine.bots.request(loaded, PROJECT, None)
     result = await engine.bots.run(request, trigger="execute", bot_version=loaded.version)
     assert orjson.loads(orjson.dumps(result_json(result)))["output"] == [1, "a"]
+
+
+async def test_start_bots_warms_workers_and_runs_the_scheduler(engine: Engine) -> None:
+    await engine.start_bots(cron=True)
+    assert engine.event_log is not None
+    assert engine.bots.scheduler is not None
+    assert len(engine.bots.executor.worker_pids) == engine.bots.policy.pool_size
+    await engine.bots.close()
+    assert engine.bots.scheduler is None
+    assert engine.bots.executor.worker_pids == []
