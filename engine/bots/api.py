@@ -39,7 +39,7 @@ from engine.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from engine.service import FhirService
+from engine.service import FhirService, WriteCheck
 from schemas.bot import Bot
 from schemas.validation import register_custom_type
 
@@ -78,7 +78,7 @@ _FAILURE_STATUS = {"error": 400}
 """HTTP status of a failed execution: 400 when the bot's own code raised, else 500."""
 
 
-def check_bot(runtime: BotRuntime) -> Any:
+def check_bot(runtime: BotRuntime) -> WriteCheck:
     """The write check of ``Bot``: compile the code, parse the cron expression."""
 
     async def check(_project: str, resource: dict[str, Any]) -> None:
