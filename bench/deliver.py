@@ -11,6 +11,10 @@ Patient arrives at the receiver: API, datastore commit, outbox relay, matcher, d
     python bench/deliver.py [--rates 200,1000] [--seconds 10] [--kafka HOST:PORT]
                             [--no-kafka] [--no-embedded]
 
+A second run measures the dispatcher alone: notifications are published at the same rates
+straight onto ``fhir.notifications.v1`` of an in-process engine (no API, relay or matcher)
+and timed until their rest-hook request arrives.
+
 Without ``--kafka`` a broker is started with ``deploy/kafka/broker.sh`` on a free port.
 Targets: p99 <= 50 ms embedded at 200 writes/s, <= 150 ms on Kafka.
 """
@@ -27,14 +31,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # after the packages: bench/bots.py
 
 from _server import free_port, percentile, running_server
 
@@ -119,12 +123,17 @@ async def _run_rate(
         tasks.append(asyncio.create_task(_post(session, url, token, tag)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - begin
+    await _drain(receiver, started)
+    return started, count / elapsed
+
+
+async def _drain(receiver: Receiver, started: dict[str, float]) -> None:
+    """Wait until every tag arrived, or :data:`DRAIN_SECONDS` passed."""
     deadline = time.monotonic() + DRAIN_SECONDS
     while any(tag not in receiver.arrived for tag in started) and time.monotonic() < deadline:
         receiver.event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(receiver.event.wait(), 0.5)
-    return started, count / elapsed
 
 
 async def bench(mode: str, kafka: str | None, rates: list[int], seconds: float) -> list[Result]:
@@ -207,6 +216,98 @@ async def bench(mode: str, kafka: str | None, rates: list[int], seconds: float) 
     return results
 
 
+async def bench_dispatcher(mode: str, kafka: str | None, rates: list[int], seconds: float) -> None:
+    """The dispatcher alone: notifications published at a fixed rate straight onto
+    ``fhir.notifications.v1`` of an in-process engine, until the rest-hook request arrives."""
+    from engine.logs import configure_logging
+    from engine.runtime import Engine
+    from engine.settings import Settings
+    from engine.storage.model import WriteContext
+    from schemas.notifications import ChannelSpec, Notification
+    from schemas.topics import NOTIFICATIONS
+
+    configure_logging("WARNING")
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    endpoint = f"http://127.0.0.1:{port}/hook"
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings(
+            data_dir=Path(data_dir), kafka=kafka, allowed_endpoint_networks=("127.0.0.1/32",)
+        )
+        engine = Engine(settings)
+        await engine.open()
+        try:
+            await engine.storage.ensure_project("bench", "bench")
+            subscription = {
+                "resourceType": "Subscription",
+                "status": "active",
+                "reason": "bench",
+                "criteria": "Patient?gender=female",
+                "channel": {
+                    "type": "rest-hook",
+                    "endpoint": endpoint,
+                    "payload": "application/fhir+json",
+                },
+            }
+            await engine.fhir.update("bench", "Subscription", "s1", subscription, WriteContext())
+            dispatcher = await engine.start_dispatcher()
+            await dispatcher.wait_assigned()
+            log = engine.event_log
+            assert log is not None
+            for rate in rates:
+                started: dict[str, float] = {}
+                count = int(rate * seconds)
+                begin = time.perf_counter()
+                for i in range(count):
+                    delay = begin + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tag = f"d{rate}-{i}"
+                    now = datetime.now(UTC)
+                    patient = {
+                        "resourceType": "Patient",
+                        "id": tag,
+                        "meta": {"lastUpdated": now.isoformat()},
+                        "identifier": [{"system": SYSTEM, "value": tag}],
+                    }
+                    n = Notification(
+                        notification_id=tag,
+                        project="bench",
+                        subscription_id="s1",
+                        subscription_version="1",
+                        event_id=tag,
+                        interaction="create",
+                        resource_type="Patient",
+                        resource_id=tag,
+                        version_id="1",
+                        resource=patient,
+                        time=now,
+                        channel=ChannelSpec(endpoint=endpoint, payload="application/fhir+json"),
+                    )
+                    started[tag] = time.perf_counter()
+                    await log.publish(NOTIFICATIONS, n.key, n.model_dump_json().encode())
+                await _drain(receiver, started)
+                latencies = [
+                    (receiver.arrived[t] - t0) * 1000
+                    for t, t0 in started.items()
+                    if t in receiver.arrived
+                ]
+                print(
+                    f"{mode:<8} {rate:>5} notifications/s, dispatcher only (topic -> rest-hook): "
+                    f"{len(latencies)}/{count} delivered, p50 {percentile(latencies, 0.5):.1f} ms, "
+                    f"p99 {percentile(latencies, 0.99):.1f} ms",
+                    flush=True,
+                )
+        finally:
+            await engine.close()
+            await runner.cleanup()
+
+
 def _print(r: Result) -> None:
     target = TARGETS_MS[r.mode] if r.rate == 200 else None
     verdict = ""
@@ -233,19 +334,23 @@ def main() -> None:
     rates = [int(r) for r in args.rates.split(",")]
     if not args.no_embedded:
         asyncio.run(bench("embedded", None, rates, args.seconds))
+        asyncio.run(bench_dispatcher("embedded", None, rates, args.seconds))
     if args.no_kafka:
         return
     if args.kafka:
         asyncio.run(bench("kafka", args.kafka, rates, args.seconds))
+        asyncio.run(bench_dispatcher("kafka", args.kafka, rates, args.seconds))
         return
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_STATE_DIR": tmp}
-        subprocess.run([str(BROKER), "start"], env=env, check=True)
+        subprocess.run([str(BROKER), "start"], env=env, check=True, stdout=subprocess.DEVNULL)
         try:
-            asyncio.run(bench("kafka", f"127.0.0.1:{port}", rates, args.seconds))
+            bootstrap = f"127.0.0.1:{port}"
+            asyncio.run(bench("kafka", bootstrap, rates, args.seconds))
+            asyncio.run(bench_dispatcher("kafka", bootstrap, rates, args.seconds))
         finally:
-            subprocess.run([str(BROKER), "stop"], env=env, check=False)
+            subprocess.run([str(BROKER), "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
