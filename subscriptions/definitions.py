@@ -356,6 +356,16 @@ def _end(resource: Mapping[str, Any]) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def _since(resource: Mapping[str, Any]) -> datetime | None:
+    stamp = (resource.get("meta") or {}).get("lastUpdated")
+    if not stamp:
+        return None  # not stored yet (a check before the first write)
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def parse_subscription(
     resource: Mapping[str, Any], topics: Mapping[str, Topic]
 ) -> SubscriptionSpec:
@@ -386,6 +396,7 @@ def parse_subscription(
         "channel": channel,
         "end": _end(resource),
         "error": resource.get("error"),
+        "since": _since(resource),
     }
     if is_topic_criteria(resource, topics):
         url = canonical_url(criteria_text)

@@ -192,6 +192,10 @@ def evaluate(
         return Verdict(False, failed="Subscription.status", values=(spec.status,))
     if spec.end is not None and event.time >= spec.end:
         return Verdict(False, failed="Subscription.end", values=(spec.end.isoformat(),))
+    if spec.since is not None and event.time < spec.since:
+        return Verdict(
+            False, failed="Subscription.meta.lastUpdated", values=(spec.since.isoformat(),)
+        )
     try:
         if spec.topic_url is not None:
             return _topic_verdict(spec, topics.get(spec.topic_url), event, explain)

@@ -119,6 +119,8 @@ class SubscriptionSpec:
         channel: How to deliver.
         end: When the subscription stops firing, if set.
         error: The error recorded on the resource, if any.
+        since: When this version was written (``meta.lastUpdated``): changes committed before
+            it do not fire it, even when a matcher that is catching up sees them afterwards.
     """
 
     id: str
@@ -132,6 +134,7 @@ class SubscriptionSpec:
     filters: tuple[Criterion, ...] = ()
     end: datetime | None = None
     error: str | None = None
+    since: datetime | None = None
 
     @property
     def reference(self) -> str:

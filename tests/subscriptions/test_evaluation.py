@@ -273,6 +273,14 @@ def test_status_and_end() -> None:
     assert not fires("Observation", event(obs), end="2025-12-31")  # no zone: read as UTC
 
 
+def test_changes_committed_before_the_subscription_do_not_fire_it() -> None:
+    obs = first("Observation")  # the test events are committed at 2026-01-01T00:00:00Z
+    later = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:01Z"}
+    earlier = {"versionId": "1", "lastUpdated": "2025-12-31T23:59:59Z"}
+    assert not fires("Observation", event(obs), meta=later)
+    assert fires("Observation", event(obs), meta=earlier)
+
+
 # --- topic-based subscriptions (Subscriptions Backport IG) -----------------------------
 
 ENC_TOPIC = "http://example.org/topics/encounter-finished"
