@@ -42,7 +42,6 @@ from subscriptions.search.registry import Registry
 __all__ = [
     "GROUP_COLUMN",
     "TABLES",
-    "CompiledSearch",
     "IndexRows",
     "SqlSearchIndexer",
     "compile_count",
@@ -187,20 +186,11 @@ def index_rows(
     return IndexRows(rows)
 
 
-def delete_statements(dialect: Dialect = "sqlite") -> list[tuple[str, int]]:
-    """DELETE statements of the index tables, each with how many times its parameters
-    ``project, resource_type, resource_id`` repeat.
-
-    PostgreSQL gets one statement deleting from every table (data-modifying CTEs run even
-    when unreferenced): one round trip instead of seven. SQLite, in process, gets one per table.
-    """
+def delete_statements() -> list[str]:
+    """DELETE statements of the index tables, parameters ``project, resource_type,
+    resource_id``."""
     where = "project = ? AND resource_type = ? AND resource_id = ?"
-    if dialect == "postgres":
-        ctes = ", ".join(
-            f"d_{kind} AS (DELETE FROM search_{kind} WHERE {where})" for kind in TABLES
-        )
-        return [(f"WITH {ctes} SELECT 1", len(TABLES))]
-    return [(f"DELETE FROM search_{kind} WHERE {where}", 1) for kind in TABLES]
+    return [f"DELETE FROM search_{kind} WHERE {where}" for kind in TABLES]
 
 
 def insert_statement(kind: str) -> str:
@@ -233,28 +223,72 @@ class SqlSearchIndexer:
         resource_id: str,
         resource: dict[str, Any] | None,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        """Delete the resource's old rows, then insert its new ones (none when deleted)."""
+        """Delete the resource's old rows, then insert its new ones (none when deleted).
+
+        SQLite (in process) gets a DELETE per table and an INSERT per table with rows;
+        PostgreSQL one statement doing all of it, so a write costs one more round trip.
+        """
         owner = (project, resource_type, resource_id)
-        kind: Dialect = "postgres" if dialect == "postgres" else "sqlite"
+        rows = (
+            index_rows(resource_type, resource, self._registry)
+            if resource is not None
+            else IndexRows()
+        )
+        if dialect == "postgres":
+            return [(_PG_REPLACE, [_pg_replace_params(owner, rows)])]
         out: list[tuple[str, list[tuple[Any, ...]]]] = [
-            (statement, [owner * repeat]) for statement, repeat in delete_statements(kind)
+            (statement, [owner]) for statement in delete_statements()
         ]
-        if resource is None:
-            return out
-        for table, rows in index_rows(resource_type, resource, self._registry).rows.items():
-            out.append((insert_statement(table), [(*owner, *row) for row in rows]))
+        for table, table_rows in rows.rows.items():
+            out.append((insert_statement(table), [(*owner, *row) for row in table_rows]))
         return out
 
 
+_PG_ARRAY_TYPES = {"text": "text[]", "date": "int8[]", "number": "float8[]"}
+
+
+def _pg_array_type(kind: str, column: str) -> str:
+    if column in {"low", "high"}:
+        return _PG_ARRAY_TYPES["date" if kind == "date" else "number"]
+    return _PG_ARRAY_TYPES["text"]
+
+
+def _pg_replace_statement() -> str:
+    """One statement that replaces a resource's rows in every table: the DELETEs and the
+    INSERTs (from ``unnest`` of one array per column) run on the same snapshot, so the
+    DELETEs see only the old rows. One round trip per write."""
+    where = "project = ? AND resource_type = ? AND resource_id = ?"
+    ctes = [f"d_{kind} AS (DELETE FROM search_{kind} WHERE {where})" for kind in TABLES]
+    for kind, columns in TABLES.items():
+        names = ", ".join(("param", *columns, GROUP_COLUMN))
+        arrays = ", ".join(
+            [
+                "?::text[]",
+                *(f"?::{_pg_array_type(kind, c)}" for c in columns),
+                "?::int4[]",
+            ]
+        )
+        ctes.append(
+            f"i_{kind} AS (INSERT INTO search_{kind} (project, resource_type, resource_id, "
+            f"{names}) SELECT ?, ?, ?, u.* FROM unnest({arrays}) AS u)"
+        )
+    return f"WITH {', '.join(ctes)} SELECT 1"
+
+
+_PG_REPLACE = _pg_replace_statement()
+
+
+def _pg_replace_params(owner: tuple[str, str, str], rows: IndexRows) -> tuple[Any, ...]:
+    params: list[Any] = [*owner * len(TABLES)]
+    for kind, columns in TABLES.items():
+        table_rows = rows.rows.get(kind, [])
+        params.extend(owner)
+        width = len(columns) + 2  # param, value columns, group
+        params.extend([row[i] for row in table_rows] for i in range(width))
+    return tuple(params)
+
+
 # --- compiling searches --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledSearch:
-    """SQL text with ``?`` placeholders and its parameters."""
-
-    sql: str
-    params: tuple[Any, ...]
 
 
 def _like_prefix(text: str) -> str:
