@@ -20,10 +20,12 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
+    from engine.logs import configure_logging
     from engine.runtime import Engine
     from engine.settings import Settings
 
     async def main() -> None:
+        configure_logging("WARNING")
         settings = Settings(data_dir=Path(sys.argv[1]), allowed_endpoint_networks=("127.0.0.1/32",))
         engine = Engine(settings)
         await engine.open()
