@@ -26,7 +26,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from engine.api.context import principal
-from engine.api.http import base_url, fhir_response
+from engine.api.http import base_url, fhir_response, read_json
 from engine.delivery.dispatcher import Dispatcher
 from engine.delivery.errors import DeliveryError
 from engine.delivery.payload import notification_bundle, status_bundle, subscription_status
@@ -55,8 +55,22 @@ def _instant(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _int_param(request: web.Request, name: str) -> int | None:
-    text = request.query.get(name)
+async def _params(request: web.Request) -> dict[str, str]:
+    """Operation parameters: the query string, and for a POST with a body its Parameters."""
+    params = dict(request.query)
+    if request.method == "POST" and request.can_read_body:
+        body = await read_json(request)
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise BadRequest("the body of this operation must be a Parameters resource")
+        for parameter in body.get("parameter") or ():
+            for key, value in parameter.items():
+                if key.startswith("value"):
+                    params[str(parameter.get("name"))] = str(value)
+    return params
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    text = params.get(name)
     if text is None or text == "":
         return None
     if not text.isdigit():
@@ -114,9 +128,10 @@ class _Handlers:
         project = principal(request).project
         info = await self._subscription(project, request.match_info["id"])
         subscription_id = str(info.resource["id"])
-        first = _int_param(request, "eventsSinceNumber")
-        last = _int_param(request, "eventsUntilNumber")
-        content = request.query.get("content")
+        params = await _params(request)
+        first = _int_param(params, "eventsSinceNumber")
+        last = _int_param(params, "eventsUntilNumber")
+        content = params.get("content")
         if content not in (None, "empty", "id-only", "full-resource"):
             raise BadRequest(f"content must be empty, id-only or full-resource, not {content!r}")
         rows = await self.d.store.events(
@@ -220,7 +235,7 @@ class _Handlers:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         project = principal(request).project
-        count = _int_param(request, "_count") or 100
+        count = _int_param(dict(request.query), "_count") or 100
         rows = await self.d.store.dead_letters(
             project, request.query.get("subscription") or None, limit=count
         )

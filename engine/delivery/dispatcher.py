@@ -344,7 +344,8 @@ class Dispatcher:
             await self.subscription_changed(event)
 
     async def subscription_changed(self, event: ChangeEvent) -> None:
-        """Handshake a new topic-based rest-hook subscription; (un)register heartbeats."""
+        """Handshake a new topic-based rest-hook subscription; (un)register heartbeats (rest-hook
+        and websocket)."""
         project, subscription_id = event.project, event.resource_id
         resource = event.resource
         if event.interaction == "delete" or resource is None:
@@ -355,10 +356,11 @@ class Dispatcher:
         info = await self.registry.get(project, subscription_id)
         if info is None or topic_of(info.resource) is None:
             return
-        rest_hook = (info.resource.get("channel") or {}).get("type") == "rest-hook"
-        if rest_hook and info.status == "requested":
+        kind = (info.resource.get("channel") or {}).get("type")
+        if kind == "rest-hook" and info.status == "requested":
             info = await self.handshake(project, info)
-        period = info.policy.heartbeat_period if rest_hook and info.status == "active" else None
+        beats = kind in ("rest-hook", "websocket") and info.status == "active"
+        period = info.policy.heartbeat_period if beats else None
         await self.store.set_heartbeat(project, subscription_id, period)
 
     async def _send_status(self, project: str, info: SubscriptionInfo, kind: str) -> str | None:
@@ -372,9 +374,15 @@ class Dispatcher:
             events_since_start=counters.events_since_start,
             topic=topic_of(info.resource),
         )
-        endpoint = (info.resource.get("channel") or {}).get("endpoint") or ""
+        channel = info.resource.get("channel") or {}
+        if channel.get("type") == "websocket":
+            if self.hub is not None:
+                await self.hub.send(
+                    project, subscription_id, orjson.dumps(status_bundle(status)).decode()
+                )
+            return None
         result = await self.resthook.send(
-            endpoint,
+            channel.get("endpoint") or "",
             orjson.dumps(status_bundle(status)),
             content_type=FHIR_JSON,
             policy=info.policy,

@@ -112,6 +112,18 @@ async def test_write_patient_reaches_rest_hook_then_status_and_events(
     listed = events["entry"][0]["resource"]["notificationEvent"]
     assert [e["eventNumber"] for e in listed] == ["2"]
     assert events["entry"][1]["resource"]["id"] == second["id"]
+    posted = await api.call(
+        "POST",
+        "/Subscription/s1/$events",
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "eventsSinceNumber", "valueString": "1"},
+                {"name": "eventsUntilNumber", "valueString": "1"},
+            ],
+        },
+    )
+    assert [e["eventNumber"] for e in posted["entry"][0]["resource"]["notificationEvent"]] == ["1"]
     ids_only = await api.call("GET", "/Subscription/s1/$events?content=id-only")
     assert all("resource" not in e for e in ids_only["entry"][1:])
     assert len(ids_only["entry"]) == 3
@@ -324,3 +336,32 @@ async def test_failed_handshake_sets_error(api: Api, receiver: Receiver) -> None
     found = await api.call("GET", "/Subscription/t2")
     assert "403" in found["error"]
     await asyncio.sleep(0)
+
+
+async def test_websocket_heartbeats_for_topic_subscription(api: Api) -> None:
+    topic = {
+        "resourceType": "SubscriptionTopic",
+        "url": TOPIC_URL,
+        "status": "active",
+        "resourceTrigger": [{"resource": "Patient", "supportedInteraction": ["create"]}],
+    }
+    await api.call("POST", "/SubscriptionTopic", topic, status=201)
+    channel = {
+        "type": "websocket",
+        "payload": "application/fhir+json",
+        "extension": [{"url": BACKPORT_HEARTBEAT_URL, "valueUnsignedInt": 1}],
+    }
+    await api.subscription("wsb", channel, criteria=TOPIC_URL)
+    token = await api.call("GET", "/Subscription/wsb/$get-ws-binding-token")
+    value = token["parameter"][0]["valueString"]
+    socket = await api.client.ws_connect(
+        "/fhir/R4/Subscription/$websocket", headers={"Authorization": api.headers["Authorization"]}
+    )
+    await socket.send_str(f"bind-with-token {value}")
+    kinds = []
+    async with asyncio.timeout(15):
+        while "heartbeat" not in kinds:
+            message = await socket.receive()
+            kinds.append(json.loads(message.data)["entry"][0]["resource"]["type"])
+    assert kinds[0] == "handshake"
+    await socket.close()
