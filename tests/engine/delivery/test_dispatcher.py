@@ -7,10 +7,11 @@ import hashlib
 import hmac
 import json
 import time
-
 from aiohttp import web
 
+from engine.delivery.dispatcher import Dispatcher
 from engine.delivery.policy import SECRET_URLS
+from engine.delivery.store_sqlite import SqliteDeliveryStore
 from tests.engine.delivery.conftest import PROJECT, Harness, Receiver, wait_until
 
 
@@ -305,3 +306,46 @@ async def test_audit_every_attempt_when_asked(harness: Harness, receiver: Receiv
         }
     ]
     assert len(transmit) == 1 and transmit[0]["outcome"] == "0"
+
+
+async def test_two_dispatchers_share_subscriptions_in_order(
+    harness: Harness, receiver: Receiver
+) -> None:
+    subscriptions = [f"s{i}" for i in range(12)]
+    for sid in subscriptions:
+        await harness.subscription(sid, f"{receiver.url}/{sid}")
+    first = await harness.start()
+    second_store = SqliteDeliveryStore(harness.data_dir / "delivery.db")
+    await second_store.open()
+    second = Dispatcher(
+        event_log=harness.log,
+        store=second_store,
+        storage=harness.engine.storage,
+        fhir=harness.engine.fhir,
+        defaults=harness.defaults,
+        base_url="http://127.0.0.1/fhir/R4",
+    )
+    await second.start()
+    try:
+        await second.wait_assigned()
+
+        async def split() -> bool:
+            assert first._consumer is not None and second._consumer is not None
+            return bool(first._consumer.assignment()) and bool(second._consumer.assignment())
+
+        await wait_until(split, what="partitions shared by both dispatchers")
+        for _ in range(5):
+            for sid in subscriptions:
+                await harness.publish(harness.notification(sid, f"{receiver.url}/{sid}"))
+        owners = {
+            sid: (first.owns(PROJECT, sid), second.owns(PROJECT, sid)) for sid in subscriptions
+        }
+        assert all(a != b for a, b in owners.values())  # exactly one owner each
+        assert {a for a, _ in owners.values()} == {True, False}  # both have some
+        for sid in subscriptions:
+            got = await receiver.wait_for(f"/{sid}", 5)
+            assert [r.headers["X-Event-Number"] for r in got] == ["1", "2", "3", "4", "5"]
+        assert len(receiver.received) == 60  # each exactly once
+    finally:
+        await second.stop()
+        await second_store.close()
