@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+
 from aiohttp import web
 
 from engine.delivery.dispatcher import Dispatcher
