@@ -98,15 +98,20 @@ class Engine:
         await self.storage.open()
         self.validator.start()
 
+    async def _open_event_log(self) -> EventLog:
+        """The event log of this process, opened (and its topics created) on first use."""
+        if self.event_log is None:
+            self.event_log = create_event_log(
+                kafka_bootstrap=self.settings.kafka,
+                data_dir=self.settings.data_dir,
+                topics=(TopicSpec(CHANGES),),
+            )
+            await self.event_log.start()
+        return self.event_log
+
     async def start_relay(self) -> None:
-        """Open the event log and run the outbox relay in the background."""
-        self.event_log = create_event_log(
-            kafka_bootstrap=self.settings.kafka,
-            data_dir=self.settings.data_dir,
-            topics=(TopicSpec(CHANGES),),
-        )
-        await self.event_log.start()
-        self.relay = OutboxRelay(self.storage, self.event_log)
+        """Run the outbox relay in the background."""
+        self.relay = OutboxRelay(self.storage, await self._open_event_log())
         self.relay.start()
 
     async def start_matcher(self, policy: LoopGuardPolicy | None = None) -> None:
@@ -115,20 +120,14 @@ class Engine:
         Args:
             policy: Loop guard policy (default: a bot may be in a causation chain 5 times).
         """
-        if self.event_log is None:
-            self.event_log = create_event_log(
-                kafka_bootstrap=self.settings.kafka,
-                data_dir=self.settings.data_dir,
-                topics=(TopicSpec(CHANGES),),
-            )
-            await self.event_log.start()
+        event_log = await self._open_event_log()
         self.matcher = MatcherStage(
             self.storage,
-            self.event_log,
+            event_log,
             policy=policy,
             mark_error=service_error_marker(self.fhir),
         )
-        await self.matcher.start(self.event_log)
+        await self.matcher.start(event_log)
 
     async def start_dispatcher(self, *, run: bool = True) -> Dispatcher:
         """Build the notification dispatcher and add its API routes (before :meth:`app`).
@@ -140,18 +139,12 @@ class Engine:
         from engine.api.delivery import delivery_routes
         from engine.delivery.factory import open_dispatcher
 
-        if self.event_log is None:
-            self.event_log = create_event_log(
-                kafka_bootstrap=self.settings.kafka,
-                data_dir=self.settings.data_dir,
-                topics=(TopicSpec(CHANGES),),
-            )
-            await self.event_log.start()
+        event_log = await self._open_event_log()
         self.dispatcher = await open_dispatcher(
             self.settings,
             storage=self.storage,
             fhir=self.fhir,
-            event_log=self.event_log,
+            event_log=event_log,
             bots=self.bots,
         )
         self.routes.extend(delivery_routes(self.dispatcher))
@@ -162,13 +155,7 @@ class Engine:
     async def start_bots(self, *, cron: bool = True) -> None:
         """Start the bot workers and, with ``cron``, the cron scheduler (``serve``,
         ``worker bots``). Records go to the event log when this process has one open."""
-        if self.event_log is None:
-            self.event_log = create_event_log(
-                kafka_bootstrap=self.settings.kafka,
-                data_dir=self.settings.data_dir,
-                topics=(TopicSpec(CHANGES),),
-            )
-            await self.event_log.start()
+        await self._open_event_log()
         await self.bots.start(cron=cron)
 
     async def close(self) -> None:
