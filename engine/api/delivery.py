@@ -1,8 +1,9 @@
 """Delivery operations: ``$status``, ``$events``, ``$get-ws-binding-token``, the websocket,
 ``$resend`` and dead letters.
 
-* ``GET /fhir/R4/Subscription/<id>/$status`` and ``GET /fhir/R4/Subscription/$status?id=a,b``:
-  a ``searchset`` Bundle of SubscriptionStatus (type ``query-status``).
+* ``GET /fhir/R4/Subscription/<id>/$status`` and ``GET /fhir/R4/Subscription/$status?id=a,b``
+  (every Subscription of the project without ``id``): a ``searchset`` Bundle of
+  SubscriptionStatus (type ``query-status``).
 * ``GET|POST /fhir/R4/Subscription/<id>/$events?eventsSinceNumber=&eventsUntilNumber=&content=``:
   past notifications from the retained log, as a notification Bundle (``query-event``).
 * ``GET|POST /fhir/R4/Subscription/<id>/$get-ws-binding-token``: a Parameters with ``token``,
@@ -35,12 +36,19 @@ from engine.delivery.subscriptions import SubscriptionInfo, topic_of
 from engine.delivery.websocket import Binding
 from engine.errors import BadRequest, NotFound
 from engine.service import check_id
+from engine.storage.sql import RESOURCE_COLUMNS
 
 __all__ = ["WEBSOCKET_PATH", "delivery_routes"]
 
 PREFIX = "/fhir/R4/Subscription"
 WEBSOCKET_PATH = f"{PREFIX}/$websocket"
 """Where websocket clients connect."""
+
+ALL_SUBSCRIPTIONS = (
+    f"SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.project = ? "
+    "AND r.resource_type = 'Subscription' AND NOT r.deleted"
+)
+"""The project's Subscriptions, for ``Subscription/$status`` without ids."""
 
 MAX_EVENTS = 1000
 """Most notifications one ``$events`` call returns (the client pages by event number)."""
@@ -108,8 +116,9 @@ class _Handlers:
             ids = [request.match_info["id"]]
         else:
             ids = [i for v in request.query.getall("id", []) for i in v.split(",") if i]
-            if not ids:
-                raise BadRequest("$status needs the subscription id (?id=...)")
+            if not ids:  # every Subscription of the project
+                rows = await self.d.registry.storage.search(ALL_SUBSCRIPTIONS, [project])
+                ids = sorted(r.id for r in rows)
         entries = []
         for subscription_id in ids:
             info = await self._subscription(project, subscription_id)

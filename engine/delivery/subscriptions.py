@@ -57,7 +57,7 @@ class SubscriptionRegistry:
     """
 
     def __init__(self, storage: Storage, defaults: DeliveryDefaults) -> None:
-        self._storage = storage
+        self.storage = storage
         self._defaults = defaults
         self._cache: dict[tuple[str, str], tuple[float, SubscriptionInfo | None]] = {}
         self._refreshing: dict[tuple[str, str], asyncio.Task[SubscriptionInfo | None]] = {}
@@ -85,7 +85,7 @@ class SubscriptionRegistry:
         return await self._load(key)
 
     async def _load(self, key: tuple[str, str]) -> SubscriptionInfo | None:
-        stored = await self._storage.read(key[0], "Subscription", key[1])
+        stored = await self.storage.read(key[0], "Subscription", key[1])
         found: SubscriptionInfo | None = None
         if stored is not None and not stored.deleted and stored.content is not None:
             found = SubscriptionInfo(

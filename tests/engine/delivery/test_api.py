@@ -106,6 +106,10 @@ async def test_write_patient_reaches_rest_hook_then_status_and_events(
     assert entry["resource"]["status"] == "active"
     both = await api.call("GET", "/Subscription/$status?id=s1")
     assert both["total"] == 1
+    every = await api.call("GET", "/Subscription/$status")
+    assert [e["resource"]["subscription"]["reference"] for e in every["entry"]] == [
+        "Subscription/s1"
+    ]
 
     events = await api.call("GET", "/Subscription/s1/$events?eventsSinceNumber=2")
     assert events["type"] == "subscription-notification"
