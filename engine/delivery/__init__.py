@@ -12,7 +12,6 @@ from engine.delivery.attempt import AttemptResult
 from engine.delivery.bot import BotInvocation, BotInvoker
 from engine.delivery.dispatcher import Dispatcher
 from engine.delivery.errors import (
-    DeadLetterNotFound,
     DeliveryError,
     DeliveryStoreError,
     EndpointRefused,
@@ -30,7 +29,6 @@ __all__ = [
     "Backoff",
     "BotInvocation",
     "BotInvoker",
-    "DeadLetterNotFound",
     "Delivery",
     "DeliveryDefaults",
     "DeliveryError",

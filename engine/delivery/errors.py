@@ -2,16 +2,15 @@
 
     DeliveryError                 base of everything raised by :mod:`engine.delivery`
     ├── EndpointRefused           the endpoint is not allowed (scheme, address, network)
-    ├── DeliveryStoreError        the delivery store failed (database error)
-    └── DeadLetterNotFound        no dead letter with that id (in that project)
+    └── DeliveryStoreError        the delivery store failed (database error)
 
-Failed deliveries themselves are values (:class:`engine.delivery.channels.base.AttemptResult`),
+Failed deliveries themselves are values (:class:`engine.delivery.attempt.AttemptResult`),
 never exceptions: an endpoint that answers 500 or times out is recorded, not raised.
 """
 
 from __future__ import annotations
 
-__all__ = ["DeadLetterNotFound", "DeliveryError", "DeliveryStoreError", "EndpointRefused"]
+__all__ = ["DeliveryError", "DeliveryStoreError", "EndpointRefused"]
 
 
 class DeliveryError(Exception):
@@ -24,7 +23,3 @@ class EndpointRefused(DeliveryError):
 
 class DeliveryStoreError(DeliveryError):
     """The delivery store failed; the cause is chained."""
-
-
-class DeadLetterNotFound(DeliveryError):
-    """No dead letter with that id."""
