@@ -27,6 +27,7 @@ from subscriptions.errors import CriteriaError, EvaluationError
 from subscriptions.fhirpath import compile_fhirpath, evaluate_fhirpath
 from subscriptions.model import (
     ALL_INTERACTIONS,
+    CRITERIA_ERROR_URL,
     DEFAULT_INTERACTIONS,
     Criterion,
     SubscriptionSpec,
@@ -397,6 +398,9 @@ def parse_subscription(
         "end": _end(resource),
         "error": resource.get("error"),
         "since": _since(resource),
+        "criteria_failed": any(
+            e.get("valueBoolean") is True for e in _extensions(resource, CRITERIA_ERROR_URL)
+        ),
     }
     if is_topic_criteria(resource, topics):
         url = canonical_url(criteria_text)

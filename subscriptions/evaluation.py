@@ -188,7 +188,7 @@ def evaluate(
     Returns:
         The verdict; runtime errors are in ``Verdict.error``.
     """
-    if spec.status != "active":
+    if not spec.fires:
         return Verdict(False, failed="Subscription.status", values=(spec.status,))
     if spec.end is not None and event.time >= spec.end:
         return Verdict(False, failed="Subscription.end", values=(spec.end.isoformat(),))

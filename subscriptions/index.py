@@ -117,7 +117,7 @@ class SubscriptionIndex:
     """Active subscriptions of one project, by resource type, interaction and equality values.
 
     Args:
-        specs: Parsed subscriptions; only ``active`` ones are indexed.
+        specs: Parsed subscriptions; only those whose status lets them fire are indexed.
         topics: The project's topics by canonical URL (topic subscriptions are filed under
             each of their topic's triggers).
     """
@@ -128,7 +128,7 @@ class SubscriptionIndex:
         self.size = 0
         """Number of indexed subscriptions."""
         for spec in specs:
-            if spec.status != "active":
+            if not spec.fires:
                 continue
             self.size += 1
             for resource_type, interaction, criteria in self._placements(spec, topics):

@@ -26,6 +26,11 @@ __all__ = [
 
 SubscriptionStatus = Literal["requested", "active", "error", "off"]
 
+CRITERIA_ERROR_URL = "https://fhirbots.dev/fhir/StructureDefinition/subscription-criteria-error"
+"""Extension (valueBoolean) the matcher puts on a Subscription whose criteria failed at run
+time. Without it, ``error`` means delivery is failing: the subscription keeps firing, so the
+dispatcher notices recovery (back to ``active``) or counts failures up to auto-disable."""
+
 ALL_INTERACTIONS: frozenset[Interaction] = frozenset({"create", "update", "delete"})
 DEFAULT_INTERACTIONS: frozenset[Interaction] = frozenset({"create", "update"})
 """Interactions a criteria subscription fires on unless it asks for others (as Medplum)."""
@@ -121,6 +126,8 @@ class SubscriptionSpec:
         error: The error recorded on the resource, if any.
         since: When this version was written (``meta.lastUpdated``): changes committed before
             it do not fire it, even when a matcher that is catching up sees them afterwards.
+        criteria_failed: The ``error`` status was set because the criteria failed at run time
+            (:data:`CRITERIA_ERROR_URL`); such a subscription stays silent until fixed.
     """
 
     id: str
@@ -135,6 +142,13 @@ class SubscriptionSpec:
     end: datetime | None = None
     error: str | None = None
     since: datetime | None = None
+    criteria_failed: bool = False
+
+    @property
+    def fires(self) -> bool:
+        """Whether the status lets it fire: ``active``, or ``error`` from delivery (not from
+        its own criteria failing)."""
+        return self.status == "active" or (self.status == "error" and not self.criteria_failed)
 
     @property
     def reference(self) -> str:

@@ -24,6 +24,7 @@ from engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
 from engine.errors import FhirError
 from engine.service import FhirService
 from engine.storage.model import WriteContext
+from subscriptions.model import CRITERIA_ERROR_URL
 
 __all__ = ["AUTHOR", "Lifecycle", "attempt_audit_event", "transition_audit_event"]
 
@@ -128,6 +129,14 @@ class Lifecycle:
         for _ in range(2):
             resource = dict(current.resource)
             resource["status"] = status
+            # A status set here is about delivery, not about the criteria failing.
+            extensions = [
+                e for e in resource.get("extension", []) if e.get("url") != CRITERIA_ERROR_URL
+            ]
+            if extensions:
+                resource["extension"] = extensions
+            else:
+                resource.pop("extension", None)
             if status == "active":
                 resource.pop("error", None)
             else:

@@ -46,6 +46,7 @@ from schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED
 from subscriptions.config import ProjectConfig, build_config
 from subscriptions.loop_guard import LoopGuardPolicy
 from subscriptions.matching import Failure, match_event
+from subscriptions.model import CRITERIA_ERROR_URL
 
 __all__ = [
     "MATCHER_AUTHOR",
@@ -113,7 +114,16 @@ def service_error_marker(fhir: FhirService) -> ErrorMarker:
             stored = await fhir.read(project, "Subscription", failure.subscription_id)
             if str(stored.version_id) != failure.subscription_version or stored.content is None:
                 return
-            updated = {**stored.content, "status": "error", "error": failure.message}
+            marker = {"url": CRITERIA_ERROR_URL, "valueBoolean": True}
+            others = [
+                e for e in stored.content.get("extension", []) if e.get("url") != CRITERIA_ERROR_URL
+            ]
+            updated = {
+                **stored.content,
+                "status": "error",
+                "error": failure.message,
+                "extension": [*others, marker],
+            }
             await fhir.update(
                 project,
                 "Subscription",

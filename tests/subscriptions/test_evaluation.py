@@ -13,7 +13,7 @@ from typing import Any
 from schemas.events import ChangeEvent
 from subscriptions.definitions import parse_subscription, parse_topic
 from subscriptions.evaluation import evaluate
-from subscriptions.model import SubscriptionSpec, Topic
+from subscriptions.model import CRITERIA_ERROR_URL, SubscriptionSpec, Topic
 
 SHARED = Path(
     os.environ.get("FHIRBOTS_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")
@@ -267,7 +267,9 @@ def test_status_and_end() -> None:
     obs = first("Observation")
     assert not fires("Observation", event(obs), status="off")
     assert not fires("Observation", event(obs), status="requested")
-    assert not fires("Observation", event(obs), status="error")
+    assert fires("Observation", event(obs), status="error")  # delivery failing: keeps firing
+    criteria_failed = [{"url": CRITERIA_ERROR_URL, "valueBoolean": True}]
+    assert not fires("Observation", event(obs), status="error", extension=criteria_failed)
     assert not fires("Observation", event(obs), end="2025-12-31T00:00:00Z")
     assert fires("Observation", event(obs), end="2026-12-31T00:00:00Z")
     assert not fires("Observation", event(obs), end="2025-12-31")  # no zone: read as UTC

@@ -19,6 +19,7 @@ from schemas.events import CausationLink
 from schemas.notifications import Notification
 from schemas.subscriptions import SuppressedNotification
 from schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED, deadletter_topic
+from subscriptions.model import CRITERIA_ERROR_URL
 
 FHIRPATH_URL = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
 WAIT_SECONDS = 15.0
@@ -154,10 +155,23 @@ async def test_runtime_failure_marks_the_subscription_and_spares_others(engine: 
         assert time.monotonic() < deadline, "subscription never marked as errored"
         await asyncio.sleep(0.05)
     assert "foo" in stored.content["error"]
-    # errored subscriptions stay quiet: the next event notifies only the good one
+    assert {"url": CRITERIA_ERROR_URL, "valueBoolean": True} in stored.content["extension"]
+    # a subscription whose criteria failed stays quiet: the next event notifies only the
+    # good one, and the broken one is not marked again
     after = await engine.fhir.create("p1", observation(), CTX)
     items = await wait_for(log, lambda n: any(x.resource_id == after.stored.id for x in n))
     assert {n.subscription_id for n in items} == {good.stored.id}
+    again = await engine.fhir.read("p1", "Subscription", bad.stored.id)
+    assert again.version_id == stored.version_id
+
+
+async def test_delivery_errors_keep_a_subscription_firing(engine: Engine) -> None:
+    log = engine.event_log
+    assert log is not None
+    failing = await engine.fhir.create("p1", subscription("Observation", status="error"), CTX)
+    written = await engine.fhir.create("p1", observation(), CTX)
+    items = await wait_for(log, lambda n: any(x.resource_id == written.stored.id for x in n))
+    assert {n.subscription_id for n in items} == {failing.stored.id}
 
 
 async def test_loop_guard_publishes_suppressed_records(engine: Engine) -> None:
