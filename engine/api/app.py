@@ -19,8 +19,9 @@ from engine.tracing import TRACEPARENT, child_traceparent, trace_id_of
 
 __all__ = ["AUTHENTICATOR", "OPEN_PATHS", "create_app"]
 
-OPEN_PATHS = frozenset({"/fhir/R4/metadata", "/healthz"})
-"""The only paths served without an API key."""
+OPEN_PATHS = frozenset({"/fhir/R4/metadata", "/healthz", "/fhir/R4/Subscription/$websocket"})
+"""The only paths served without an API key. The websocket authenticates each binding with the
+short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 

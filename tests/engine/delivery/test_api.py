@@ -195,9 +195,7 @@ async def test_websocket_binds_and_receives(api: Api) -> None:
     params = {p["name"]: p for p in token_params["parameter"]}
     url = params["websocket-url"]["valueUrl"]
     assert url.startswith("ws://") and url.endswith("/fhir/R4/Subscription/$websocket")
-    socket = await api.client.ws_connect(
-        "/fhir/R4/Subscription/$websocket", headers={"Authorization": api.headers["Authorization"]}
-    )
+    socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
     await socket.send_str("bind-with-token not-a-token")
     refused = await socket.receive(timeout=5)
     assert refused.type == WSMsgType.TEXT and refused.data.startswith("error")
@@ -358,9 +356,7 @@ async def test_websocket_heartbeats_for_topic_subscription(api: Api) -> None:
     await api.subscription("wsb", channel, criteria=TOPIC_URL)
     token = await api.call("GET", "/Subscription/wsb/$get-ws-binding-token")
     value = token["parameter"][0]["valueString"]
-    socket = await api.client.ws_connect(
-        "/fhir/R4/Subscription/$websocket", headers={"Authorization": api.headers["Authorization"]}
-    )
+    socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
     await socket.send_str(f"bind-with-token {value}")
     kinds = []
     async with asyncio.timeout(15):
