@@ -344,8 +344,8 @@ class Dispatcher:
             await self.subscription_changed(event)
 
     async def subscription_changed(self, event: ChangeEvent) -> None:
-        """Handshake a new topic-based rest-hook subscription; (un)register heartbeats (rest-hook
-        and websocket)."""
+        """Set up a ``requested`` subscription (a handshake for topic-based rest-hooks, at once
+        for the others); (un)register heartbeats (rest-hook and websocket)."""
         project, subscription_id = event.project, event.resource_id
         resource = event.resource
         if event.interaction == "delete" or resource is None:
@@ -354,9 +354,15 @@ class Dispatcher:
             return
         self.registry.forget(project, subscription_id)
         info = await self.registry.get(project, subscription_id)
-        if info is None or topic_of(info.resource) is None:
+        if info is None:
             return
         kind = (info.resource.get("channel") or {}).get("type")
+        topic_based = topic_of(info.resource) is not None
+        if info.status == "requested" and not (topic_based and kind == "rest-hook"):
+            # Nothing to check with the client first: the server sets it up (R4 "requested").
+            info = await self.lifecycle.set_status(project, info, "active", "set up on request")
+        if not topic_based:
+            return
         if kind == "rest-hook" and info.status == "requested":
             info = await self.handshake(project, info)
         beats = kind in ("rest-hook", "websocket") and info.status == "active"

@@ -316,6 +316,20 @@ async def test_topic_handshake_activates_and_heartbeats_arrive(
     assert "resource" not in note["entry"][1]
 
 
+async def test_requested_criteria_subscription_is_set_up_and_fires(
+    api: Api, receiver: Receiver
+) -> None:
+    await api.subscription("r1", _hook(receiver, "/r1"), status="requested")
+
+    async def active() -> bool:
+        found = await api.call("GET", "/Subscription/r1")
+        return bool(found["status"] == "active")
+
+    await wait_until(active, what="active once set up")
+    await api.patient()
+    assert len(await receiver.wait_for("/r1", 1)) == 1
+
+
 async def test_failed_handshake_sets_error(api: Api, receiver: Receiver) -> None:
     async def refuse(_: web.Request, __: int) -> web.Response:
         return web.Response(status=403)
