@@ -28,7 +28,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str | None = None, kafka: str | None = None) -> Iterator[Server]:
+def running_server(
+    database_url: str | None = None, kafka: str | None = None, *, api_only: bool = False
+) -> Iterator[Server]:
     """A server on a fresh data dir (and, for PostgreSQL, whatever the database holds)."""
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
@@ -49,6 +51,8 @@ def running_server(database_url: str | None = None, kafka: str | None = None) ->
             "--port",
             str(port),
         ]
+        if api_only:
+            cmd.append("--api-only")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60

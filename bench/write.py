@@ -103,13 +103,13 @@ async def run(
     for clients in (1, 8):
         rate, p50, p99 = await single_creates(server, clients, seconds)
         print(
-            f"{label:<10} single creates, {clients} client(s): {rate:8.0f}/s  "
+            f"{label:<14} single creates, {clients} client(s): {rate:8.0f}/s  "
             f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
             flush=True,
         )
     rate = await transactions(server, bundles, counts)
     print(
-        f"{label:<10} transaction bundles: {rate:8.0f} resources/s "
+        f"{label:<14} transaction bundles: {rate:8.0f} resources/s "
         f"({sum(counts)} resources in {len(bundles)} bundles)",
         flush=True,
     )
@@ -123,13 +123,18 @@ def main() -> None:
     files = sorted((SHARED / "fhir-samples" / "synthea-r4").glob("*.json"))
     bundles = [f.read_bytes() for f in files]
     counts = [len(orjson.loads(b)["entry"]) for b in bundles]
-    with running_server() as server:
-        asyncio.run(run("sqlite", server, args.seconds, bundles, counts))
+    engines: list[tuple[str, str | None]] = [("sqlite", None)]
     if args.postgres:
-        with running_server(database_url=args.postgres) as server:
-            asyncio.run(run("postgres", server, args.seconds, bundles, counts))
+        engines.append(("postgres", args.postgres))
     else:
         print("postgres: skipped (pass --postgres DSN or set FHIRBOTS_TEST_DATABASE_URL)")
+    for name, dsn in engines:
+        # api: the API and the outbox relay (`serve --api-only`); full: the matcher, the
+        # dispatcher and the bot runtime in the same process too (plain `serve`).
+        for api_only in (True, False):
+            label = f"{name}/{'api' if api_only else 'full'}"
+            with running_server(database_url=dsn, api_only=api_only) as server:
+                asyncio.run(run(label, server, args.seconds, bundles, counts))
 
 
 if __name__ == "__main__":

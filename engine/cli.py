@@ -59,9 +59,12 @@ async def _serve(args: argparse.Namespace) -> int:
         if boot.token_path is not None:
             print(f"admin API key written to {boot.token_path} (mode 0600)", flush=True)
         await engine.start_relay()
-        await engine.start_matcher()
-        await engine.start_dispatcher()
-        await engine.start_bots()
+        if args.api_only:
+            await engine.start_dispatcher(run=False)  # its API routes; workers deliver
+        else:
+            await engine.start_matcher()
+            await engine.start_dispatcher()
+            await engine.start_bots()
         runner = web.AppRunner(engine.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -126,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     server_flags(serve)
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument(
+        "--api-only",
+        action="store_true",
+        help="serve the API and run the outbox relay only; the matcher, dispatcher and bots "
+        "run in `fhirbots worker` processes",
+    )
     serve.set_defaults(run=_serve)
 
     worker = sub.add_parser("worker", help="run one stage of the distributed mode")

@@ -113,6 +113,9 @@ class SearchIndexer(Protocol):
         resource_type: str,
         resource_id: str,
         resource: dict[str, Any] | None,
+        *,
+        indexed_before: bool = True,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """Statements (``?`` placeholders) and their parameter rows that replace the index rows
-        of one resource; ``resource`` is None when it was deleted (remove its rows only)."""
+        of one resource; ``resource`` is None when it was deleted (remove its rows only).
+        ``indexed_before`` False (a resource never stored) lets it skip removing old rows."""

@@ -222,8 +222,13 @@ class SqlSearchIndexer:
         resource_type: str,
         resource_id: str,
         resource: dict[str, Any] | None,
+        *,
+        indexed_before: bool = True,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """Delete the resource's old rows, then insert its new ones (none when deleted).
+
+        With ``indexed_before`` False (a resource never stored) there are no old rows, and
+        SQLite skips the DELETEs.
 
         SQLite (in process) gets a DELETE per table and an INSERT per table with rows;
         PostgreSQL one statement doing all of it, so a write costs one more round trip.
@@ -236,9 +241,9 @@ class SqlSearchIndexer:
         )
         if dialect == "postgres":
             return [(_PG_REPLACE, [_pg_replace_params(owner, rows)])]
-        out: list[tuple[str, list[tuple[Any, ...]]]] = [
-            (statement, [owner]) for statement in delete_statements()
-        ]
+        out: list[tuple[str, list[tuple[Any, ...]]]] = (
+            [(statement, [owner]) for statement in delete_statements()] if indexed_before else []
+        )
         for table, table_rows in rows.rows.items():
             out.append((insert_statement(table), [(*owner, *row) for row in table_rows]))
         return out

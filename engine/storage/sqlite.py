@@ -284,7 +284,12 @@ class SqliteStorage:
         )
         if self._indexer is not None:
             for statement, rows in self._indexer.statements(
-                "sqlite", project, stored.resource_type, stored.id, stored.content
+                "sqlite",
+                project,
+                stored.resource_type,
+                stored.id,
+                stored.content,
+                indexed_before=current is not None,
             ):
                 conn.executemany(statement, rows)
         return result

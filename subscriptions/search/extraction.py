@@ -190,6 +190,11 @@ def compile_expression(expression: str, resource_type: str) -> Extractor:
     Returns:
         A function from resource to the list of selected values.
     """
+    flag = _NOT_FALSE_RE.match(expression)
+    if flag is not None and flag.group(1) == flag.group(3) and flag.group(2) == flag.group(4):
+        present = _compile_part(f"{flag.group(1)}.{flag.group(2)}", resource_type)
+        if present is not None:
+            return _not_false(present)
     parts = split_union(expression)
     compiled = [_compile_part(part, resource_type) for part in parts]
     if all(c is not None for c in compiled):
@@ -214,6 +219,19 @@ def compile_expression(expression: str, resource_type: str) -> Extractor:
             return []
 
     return fallback
+
+
+_NOT_FALSE_RE = re.compile(r"^(\w+)\.(\w+)\.exists\(\) and (\w+)\.(\w+) != false$")
+"""``X.y.exists() and X.y != false``: a boolean flag such as Patient.deceased, where any
+value but ``false`` (a deceasedDateTime, ``true``) means true."""
+
+
+def _not_false(present: Extractor) -> Extractor:
+    def flag(resource: dict[str, Any]) -> list[Any]:
+        values = present(resource)
+        return [bool(values) and all(v is not False for v in values)]
+
+    return flag
 
 
 ELEMENT_ROOT = "_Element"
