@@ -6,10 +6,7 @@ which is what ``serve`` plus a few ``worker bots`` processes on the same data di
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,14 +15,12 @@ import orjson
 
 from engine.bots.errors import BotStoreError
 from engine.bots.store import SCHEMA, Job
+from engine.storage.sqlite_file import SqliteFile
 
 __all__ = ["BOTS_DB", "SqliteBotStore"]
 
 BOTS_DB = "bots.db"
 """File name of the store in the data dir."""
-
-BUSY_TIMEOUT_SECONDS = 30.0
-"""How long a statement waits for another process's write lock."""
 
 _T = TypeVar("_T")
 
@@ -50,46 +45,19 @@ class SqliteBotStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._file = SqliteFile(path, schema=SCHEMA, name="bot store", error=BotStoreError)
+        self._call = self._file.call
 
     async def open(self) -> None:
         """Open the file and create the tables."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bot-store")
-        await self._call(self._open)
-
-    def _open(self) -> None:
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        for statement in SCHEMA:
-            conn.execute(statement)
-        self._conn = conn
+        await self._file.open()
 
     async def close(self) -> None:
         """Close the file."""
-        if self._executor is None:
-            return
-        if self._conn is not None:
-            await self._call(self._conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
-        self._executor = None
-
-    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
-        if self._executor is None:
-            raise BotStoreError("bot store is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise BotStoreError(f"bot store: {exc}") from exc
+        await self._file.close()
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise sqlite3.ProgrammingError("bot store is not open")
-        return self._conn
+        return self._file.conn
 
     async def claim_tick(self, project: str, bot: str, tick: datetime, owner: str) -> bool:
         """Insert the claim row; True when this call inserted it."""

@@ -5,11 +5,9 @@ A file of its own, so delivery bookkeeping never competes with the datastore's w
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -17,15 +15,13 @@ from typing import TypeVar
 from engine.delivery.errors import DeliveryStoreError
 from engine.delivery.store import Accepted, Delivery, SubscriptionCounters
 from engine.delivery.store_sql import COLUMNS, SCHEMA, dead_filter, row_to_delivery
+from engine.storage.sqlite_file import SqliteFile
 from schemas.notifications import Notification
 
 __all__ = ["DELIVERY_DB", "SqliteDeliveryStore"]
 
 DELIVERY_DB = "delivery.db"
 """File name of the store in the data dir."""
-
-BUSY_TIMEOUT_SECONDS = 30.0
-"""How long a statement waits for another process's write lock (a CLI command, say)."""
 
 _T = TypeVar("_T")
 
@@ -41,49 +37,26 @@ class SqliteDeliveryStore:
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
-        self._synchronous = synchronous
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._file = SqliteFile(
+            path,
+            schema=SCHEMA,
+            name="delivery store",
+            error=DeliveryStoreError,
+            synchronous=synchronous,
+        )
+        self._call = self._file.call
 
     async def open(self) -> None:
         """Open the file and create the tables."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="delivery-store")
-        await self._call(self._open)
-
-    def _open(self) -> None:
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        for statement in SCHEMA:
-            conn.execute(statement)
-        self._conn = conn
+        await self._file.open()
 
     async def close(self) -> None:
         """Close the file."""
-        if self._executor is None:
-            return
-        if self._conn is not None:
-            await self._call(self._conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
-        self._executor = None
-
-    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
-        if self._executor is None:
-            raise DeliveryStoreError("delivery store is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+        await self._file.close()
 
     @property
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise DeliveryStoreError("delivery store is not open")
-        return self._conn
+        return self._file.conn
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         db = self._db
