@@ -1,7 +1,7 @@
 """Bots in the engine: ``$execute`` over HTTP and subscription runs through the engine's
 datastore (embedded SQLite, records and AuditEvents included).
 
-Run from the repository root: ``python -m bench.bots_engine [--iterations N] [--concurrency N]``
+Run from the repository root: ``python bench/bots_engine.py [--iterations N] [--concurrency N]``
 
 Figures printed:
 - ``$execute`` of a trivial bot over HTTP (aiohttp client and server in one process): p50/p99
@@ -11,6 +11,11 @@ Figures printed:
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio

@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))  # after the packages: bench/bots.py
+sys.path.append(str(Path(__file__).resolve().parent))
 
 from _server import free_port, percentile, running_server
 

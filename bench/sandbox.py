@@ -1,6 +1,6 @@
 """Bot executor benchmark: overhead and throughput of sandboxed executions.
 
-Run from the repository root: ``python -m bench.bots [--iterations N] [--pool N]
+Run from the repository root: ``python bench/sandbox.py [--iterations N] [--pool N]
 [--concurrency N]``
 
 Figures printed:
@@ -11,6 +11,11 @@ Figures printed:
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
