@@ -435,6 +435,9 @@ class _Compiler:
         self.project = project
         self.dialect = dialect
         self._aliases: Iterator[int] = itertools.count()
+        self.correlated = False
+        """SQLite: test membership per candidate row (``EXISTS`` on the owner index) instead
+        of building the whole list; set for every clause after the most selective one."""
 
     def alias(self, stem: str) -> str:
         return f"{stem}{next(self._aliases)}"
@@ -447,6 +450,11 @@ class _Compiler:
 
     def owner_member(self, outer: str, s: str, resource_type: str | None, rest: str) -> str:
         """The row ``outer`` owns an index row of ``SELECT ... rest`` (alias ``s``)."""
+        if self.correlated and resource_type is not None and self.dialect == "sqlite":
+            return (
+                f"EXISTS (SELECT 1 {rest} AND {s}.resource_type = {outer}.resource_type "
+                f"AND {s}.resource_id = {outer}.id)"
+            )
         if resource_type is not None:
             return self.member(f"{outer}.id", f"{s}.resource_id", rest)
         if self.dialect == "postgres":
@@ -573,11 +581,29 @@ def _where(query: SearchQuery, project: str, dialect: Dialect) -> tuple[str, lis
     if query.resource_type is not None:
         conditions.append("r.resource_type = ?")
         params.append(query.resource_type)
-    for clause in query.clauses:
+    for position, clause in enumerate(sorted(query.clauses, key=_selectivity_rank)):
+        # The most selective clause yields the candidate list; the others are checked per
+        # candidate, so a broad clause (a date range) never materialises all its rows.
+        compiler.correlated = position > 0
         cond, clause_params = compiler.clause(clause, query.resource_type, "r")
         conditions.append(cond)
         params.extend(clause_params)
     return " AND ".join(conditions), params
+
+
+_KIND_RANK = {"reference": 0, "token": 1, "uri": 2, "string": 2, "quantity": 3, "number": 3}
+"""How selective an equality on each parameter type usually is (lower first); dates, which
+search ranges, and everything else come after."""
+
+
+def _selectivity_rank(clause: Clause) -> int:
+    if isinstance(clause, MissingClause | ChainClause | HasClause):
+        return 8
+    if isinstance(clause, CompositeClause):
+        return 3
+    if clause.modifier in ("not", "text", "contains", "missing"):
+        return 7
+    return _KIND_RANK.get(clause.param.type, 5)
 
 
 def _order_by(
