@@ -407,6 +407,9 @@ def _uri_sql(mod: str | None, value: UriValue) -> tuple[str, list[Any]]:
     return "s.uri = ?", [value.uri]
 
 
+_OWNER_TABLE = re.compile(r"(?<=^FROM )(search_\w+) \w+ ")
+"""The index table and alias a membership subquery starts with."""
+
 _ROW_ALIAS = re.compile(r"\bs\.")
 """The index-row alias ``s.`` in value conditions, renamed per subquery."""
 
@@ -451,8 +454,11 @@ class _Compiler:
     def owner_member(self, outer: str, s: str, resource_type: str | None, rest: str) -> str:
         """The row ``outer`` owns an index row of ``SELECT ... rest`` (alias ``s``)."""
         if self.correlated and resource_type is not None and self.dialect == "sqlite":
+            # Pinned to the owner index: without statistics SQLite may pick the lookup index
+            # and scan every row with the value for each candidate.
+            pinned = _OWNER_TABLE.sub(rf"\1 {s} INDEXED BY \1_owner ", rest, count=1)
             return (
-                f"EXISTS (SELECT 1 {rest} AND {s}.resource_type = {outer}.resource_type "
+                f"EXISTS (SELECT 1 {pinned} AND {s}.resource_type = {outer}.resource_type "
                 f"AND {s}.resource_id = {outer}.id)"
             )
         if resource_type is not None:

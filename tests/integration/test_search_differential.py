@@ -363,8 +363,9 @@ async def test_sql_search_equals_in_memory_matcher(engines: list[Loaded], engine
 @pytest.mark.parametrize("engine", [0, 1], ids=["sqlite", "postgres"])
 async def test_counts_agree(engines: list[Loaded], engine: int) -> None:
     loaded = engines[engine]
+    dialect = "postgres" if loaded.name == "postgres" else "sqlite"
     for query in generate_queries(engines[0].resources, 40):
-        sql, params = compile_count(query, project=PROJECT)
+        sql, params = compile_count(query, project=PROJECT, dialect=dialect)
         assert await loaded.storage.search_count(sql, params) == len(
             expected_ids(query, loaded.resources)
         )
