@@ -587,10 +587,13 @@ def _where(query: SearchQuery, project: str, dialect: Dialect) -> tuple[str, lis
     if query.resource_type is not None:
         conditions.append("r.resource_type = ?")
         params.append(query.resource_type)
-    for position, clause in enumerate(sorted(query.clauses, key=_selectivity_rank)):
-        # The most selective clause yields the candidate list; the others are checked per
-        # candidate, so a broad clause (a date range) never materialises all its rows.
-        compiler.correlated = position > 0
+    ordered = sorted(query.clauses, key=_selectivity_rank)
+    # When an equality (reference, token, ...) yields few candidates, the other clauses are
+    # checked per candidate, so a broad clause (a date range) never materialises all its rows.
+    # When the best clause is itself a range, intersecting the lists is cheaper.
+    narrow = bool(ordered) and _selectivity_rank(ordered[0]) <= _NARROW_RANK
+    for position, clause in enumerate(ordered):
+        compiler.correlated = narrow and position > 0
         cond, clause_params = compiler.clause(clause, query.resource_type, "r")
         conditions.append(cond)
         params.extend(clause_params)
@@ -598,6 +601,7 @@ def _where(query: SearchQuery, project: str, dialect: Dialect) -> tuple[str, lis
 
 
 _KIND_RANK = {"reference": 0, "token": 1, "uri": 2, "string": 2, "quantity": 3, "number": 3}
+_NARROW_RANK = 2
 """How selective an equality on each parameter type usually is (lower first); dates, which
 search ranges, and everything else come after."""
 
