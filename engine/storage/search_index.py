@@ -439,8 +439,8 @@ class _Compiler:
         self.dialect = dialect
         self._aliases: Iterator[int] = itertools.count()
         self.correlated = False
-        """SQLite: test membership per candidate row (``EXISTS`` on the owner index) instead
-        of building the whole list; set for every clause after the most selective one."""
+        """Test membership per candidate row (``EXISTS`` on the owner index) instead of
+        building the whole list; set for every clause after a selective equality."""
 
     def alias(self, stem: str) -> str:
         return f"{stem}{next(self._aliases)}"
@@ -453,10 +453,15 @@ class _Compiler:
 
     def owner_member(self, outer: str, s: str, resource_type: str | None, rest: str) -> str:
         """The row ``outer`` owns an index row of ``SELECT ... rest`` (alias ``s``)."""
-        if self.correlated and resource_type is not None and self.dialect == "sqlite":
-            # Pinned to the owner index: without statistics SQLite may pick the lookup index
-            # and scan every row with the value for each candidate.
-            pinned = _OWNER_TABLE.sub(rf"\1 {s} INDEXED BY \1_owner ", rest, count=1)
+        if self.correlated and resource_type is not None:
+            # SQLite: pinned to the owner index; without statistics it may pick the lookup
+            # index and scan every row with the value for each candidate. PostgreSQL plans
+            # the EXISTS as a semi-join.
+            pinned = (
+                _OWNER_TABLE.sub(rf"\1 {s} INDEXED BY \1_owner ", rest, count=1)
+                if self.dialect == "sqlite"
+                else rest
+            )
             return (
                 f"EXISTS (SELECT 1 {pinned} AND {s}.resource_type = {outer}.resource_type "
                 f"AND {s}.resource_id = {outer}.id)"
