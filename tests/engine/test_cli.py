@@ -97,6 +97,10 @@ async def test_load_every_sample_bundle(server: tuple[str, Path], shared_dir: Pa
     storage = SqliteStorage(data_dir / "fhirbots.db")
     await storage.open()
     try:
-        assert await storage.count_by_type("default") == dict(expected)
+        counts = await storage.count_by_type("default")
+        assert {t: counts.get(t, 0) for t in expected} == dict(expected)
+        # The HL7 examples hold two Subscriptions the running engine acts on; it may record
+        # AuditEvents about them (their endpoints are refused) while the test runs.
+        assert set(counts) - set(expected) <= {"AuditEvent"}
     finally:
         await storage.close()
