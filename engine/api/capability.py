@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pkgutil
+from datetime import UTC, datetime
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import fhir.resources.R4B as r4b
@@ -23,6 +25,16 @@ _INTERACTIONS = [
     "create",
 ]
 _NOT_RESOURCES = {"Resource", "DomainResource", "Element", "BackboneElement"}
+
+STARTED = datetime.now(UTC).date().isoformat()
+"""The statement describes this process: it is dated when the process started."""
+
+
+def _software_version() -> str:
+    try:
+        return version("fhirbots")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
 
 
 def _camel_types() -> list[str]:
@@ -65,9 +77,9 @@ def capability_statement(
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-25",
+        "date": STARTED,
         "kind": "instance",
-        "software": {"name": "fhirbots", "version": "0.1.0"},
+        "software": {"name": "fhirbots", "version": _software_version()},
         "implementation": {"description": "fhirbots FHIR R4 datastore", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
