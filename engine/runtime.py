@@ -118,13 +118,13 @@ class Engine:
         """Run the subscription matcher stage on the event log (opened here if needed).
 
         Args:
-            policy: Loop guard policy (default: a bot may be in a causation chain 5 times).
+            policy: Loop guard policy (default: the depth in the settings).
         """
         event_log = await self._open_event_log()
         self.matcher = MatcherStage(
             self.storage,
             event_log,
-            policy=policy,
+            policy=policy or LoopGuardPolicy(max_depth=self.settings.loop_guard_depth),
             mark_error=service_error_marker(self.fhir),
         )
         await self.matcher.start(event_log)

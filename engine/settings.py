@@ -54,6 +54,10 @@ class Settings:
     """Consecutive dead-lettered notifications after which a subscription is switched ``off``
     (``FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER``; 0 never)."""
 
+    loop_guard_depth: int = 5
+    """How often a bot may already be in a change's causation chain and still be triggered by
+    it; deeper, the notification is suppressed (``FHIRBOTS_LOOP_GUARD_DEPTH``)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Defaults overridden by ``FHIRBOTS_*`` environment variables."""
@@ -72,6 +76,9 @@ class Settings:
                 part.strip()
                 for part in env.get("FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS", "").split(",")
                 if part.strip()
+            ),
+            loop_guard_depth=int(
+                env.get("FHIRBOTS_LOOP_GUARD_DEPTH", str(base.loop_guard_depth))
             ),
             delivery_timeout=float(
                 env.get("FHIRBOTS_DELIVERY_TIMEOUT", str(base.delivery_timeout))

@@ -1,0 +1,34 @@
+"""Settings come from the environment once, at the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.settings import Settings
+
+
+def test_environment_overrides_defaults() -> None:
+    settings = Settings.from_env(
+        {
+            "FHIRBOTS_DATA_DIR": "/srv/fhirbots",
+            "FHIRBOTS_PORT": "9090",
+            "FHIRBOTS_KAFKA": "127.0.0.1:9092",
+            "FHIRBOTS_LOOP_GUARD_DEPTH": "2",
+            "FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS": "127.0.0.1/32, 10.0.0.0/8",
+        }
+    )
+    assert settings.data_dir == Path("/srv/fhirbots")
+    assert settings.port == 9090
+    assert settings.kafka == "127.0.0.1:9092"
+    assert settings.database_url is None
+    assert settings.loop_guard_depth == 2
+    assert settings.allowed_endpoint_networks == ("127.0.0.1/32", "10.0.0.0/8")
+    assert settings.sqlite_path == Path("/srv/fhirbots/fhirbots.db")
+
+
+def test_unset_flags_leave_settings_alone() -> None:
+    base = Settings.from_env({})
+    assert base.loop_guard_depth == 5
+    changed = base.with_overrides(port=1234, host=None)
+    assert changed.port == 1234
+    assert changed.host == base.host
