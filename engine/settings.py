@@ -77,9 +77,7 @@ class Settings:
                 for part in env.get("FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS", "").split(",")
                 if part.strip()
             ),
-            loop_guard_depth=int(
-                env.get("FHIRBOTS_LOOP_GUARD_DEPTH", str(base.loop_guard_depth))
-            ),
+            loop_guard_depth=int(env.get("FHIRBOTS_LOOP_GUARD_DEPTH", str(base.loop_guard_depth))),
             delivery_timeout=float(
                 env.get("FHIRBOTS_DELIVERY_TIMEOUT", str(base.delivery_timeout))
             ),
