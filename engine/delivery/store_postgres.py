@@ -21,9 +21,9 @@ from engine.delivery.store_sql import (
     COLUMNS,
     SCHEMA,
     dead_filter,
-    dollar_params,
     row_to_delivery,
 )
+from engine.storage.sql import numbered
 from schemas.notifications import Notification
 
 __all__ = ["PostgresDeliveryStore"]
@@ -33,10 +33,6 @@ POOL_SIZE = 8
 
 SCHEMA_LOCK = 0x6668_6264
 """Advisory lock id serialising table creation between processes starting together."""
-
-
-def _q(sql: str) -> str:
-    return dollar_params(sql)
 
 
 class PostgresDeliveryStore:
@@ -85,14 +81,14 @@ class PostgresDeliveryStore:
 
     async def _fetch(self, sql: str, *args: object) -> list[Any]:
         try:
-            rows: list[Any] = await self._ready().fetch(_q(sql), *args)
+            rows: list[Any] = await self._ready().fetch(numbered(sql), *args)
         except asyncpg.PostgresError as exc:
             raise DeliveryStoreError(f"delivery store: {exc}") from exc
         return rows
 
     async def _execute(self, sql: str, *args: object) -> str:
         try:
-            return str(await self._ready().execute(_q(sql), *args))
+            return str(await self._ready().execute(numbered(sql), *args))
         except asyncpg.PostgresError as exc:
             raise DeliveryStoreError(f"delivery store: {exc}") from exc
 

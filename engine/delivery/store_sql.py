@@ -18,7 +18,6 @@ __all__ = [
     "COLUMNS",
     "SCHEMA",
     "dead_filter",
-    "dollar_params",
     "row_to_delivery",
 ]
 
@@ -75,19 +74,6 @@ def row_to_delivery(row: Any) -> Delivery:
         created_at=_time(row[6]),
         updated_at=_time(row[7]),
     )
-
-
-def dollar_params(sql: str) -> str:
-    """``?`` placeholders renumbered as ``$1, $2, ...`` (PostgreSQL)."""
-    out: list[str] = []
-    number = 0
-    for char in sql:
-        if char == "?":
-            number += 1
-            out.append(f"${number}")
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 def dead_filter(

@@ -7,6 +7,7 @@ Statements are written once with ``?`` placeholders; :func:`numbered` turns them
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal
 
 __all__ = [
@@ -134,7 +135,10 @@ def history_query(
 _PLACEHOLDER = re.compile(r"\?")
 
 
+@lru_cache(maxsize=4096)
 def numbered(sql: str) -> str:
-    """``?`` placeholders to ``$1, $2, …`` (no statement here has a literal question mark)."""
+    """``?`` placeholders to ``$1, $2, …`` (no statement here has a literal question mark).
+
+    Cached: statements are few and fixed in shape, and this runs on every PostgreSQL call."""
     counter = iter(range(1, 10_000))
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
