@@ -16,7 +16,7 @@ from engine.errors import BadRequest
 from engine.storage.model import StoredResource
 from engine.storage.port import Storage
 from engine.storage.search_index import compile_count, compile_search
-from engine.storage.sql import RESOURCE_COLUMNS
+from engine.storage.sql import RESOURCE_COLUMNS, Dialect
 from schemas.validation import fhir_model
 from subscriptions.search import (
     Registry,
@@ -101,7 +101,7 @@ class SearchService:
 
     def __init__(self, storage: Storage, *, dialect: str, registry: Registry | None = None) -> None:
         self._storage = storage
-        self._dialect = "postgres" if dialect == "postgres" else "sqlite"
+        self._dialect: Dialect = "postgres" if dialect == "postgres" else "sqlite"
         self._registry = registry or default_registry()
 
     @property
@@ -152,14 +152,14 @@ class SearchService:
 
     async def _run(self, query: SearchQuery, project: str) -> list[StoredResource]:
         try:
-            sql_text, params = compile_search(query, project=project, dialect=self._dialect)  # type: ignore[arg-type]
+            sql_text, params = compile_search(query, project=project, dialect=self._dialect)
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
         return await self._storage.search(sql_text, params)
 
     async def _count(self, query: SearchQuery, project: str) -> int:
         try:
-            sql_text, params = compile_count(query, project=project, dialect=self._dialect)  # type: ignore[arg-type]
+            sql_text, params = compile_count(query, project=project, dialect=self._dialect)
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
         return await self._storage.search_count(sql_text, params)
