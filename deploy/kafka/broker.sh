@@ -35,6 +35,8 @@ running_pid() {
   local pid
   pid="$(cat "$PIDFILE")"
   kill -0 "$pid" 2>/dev/null || return 1
+  # A pid file left by a machine that was restarted may name an unrelated process.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
   echo "$pid"
 }
 
