@@ -200,12 +200,17 @@ class _Transaction:
             if entry.method in ("GET", "HEAD") or entry.index in self.existing:
                 continue
             try:
-                op = await self.service.prepare(self.project, await self._op(entry, assigned))
+                writes.append((entry, await self._op(entry, assigned)))
             except FhirError as exc:
-                exc.message = f"Bundle.entry[{entry.index}]: {exc.message}"
-                raise
-            writes.append((entry, op))
-        results = await self.service.write(self.project, [op for _, op in writes], self.context)
+                raise exc.located(f"Bundle.entry[{entry.index}]") from None
+        # All entries are validated together: a large transaction is spread over the
+        # validator's worker processes.
+        ops = await self.service.prepare_many(
+            self.project,
+            [op for _, op in writes],
+            where=[f"Bundle.entry[{entry.index}]" for entry, _ in writes],
+        )
+        results = await self.service.write(self.project, ops, self.context)
         out: dict[int, dict[str, Any]] = {}
         for (entry, _), result in zip(writes, results, strict=True):
             status = 201 if result.created else (204 if entry.method == "DELETE" else 200)

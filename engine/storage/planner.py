@@ -7,6 +7,8 @@ adapters read the current row, call it inside their transaction and store what i
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,10 +28,22 @@ from schemas.events import ChangeEvent, Interaction
 
 __all__ = ["format_instant", "new_id", "op_target", "plan_write"]
 
+_VERSION_7 = 0x7 << 76 | 0b10 << 62
+"""The version (7) and variant (RFC 9562) bits of a UUIDv7."""
+_RANDOM_BITS = (1 << 80) - 1 & ~(0xF << 76) & ~(0b11 << 62)
+"""The 74 bits under the timestamp that are random (all but version and variant)."""
+
 
 def new_id() -> str:
-    """A server-assigned resource id."""
-    return str(uuid.uuid4())
+    """A server-assigned resource id: a time-ordered UUID (version 7, RFC 9562).
+
+    Ids that grow with time land next to each other in every index keyed by id (the resources
+    table, the history, the search index), so a write touches a few hot pages instead of one
+    random page per index. The 74 random bits keep ids unguessable and unique.
+    """
+    millis = time.time_ns() // 1_000_000
+    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10)) & _RANDOM_BITS
+    return str(uuid.UUID(int=value | _VERSION_7))
 
 
 def format_instant(moment: datetime) -> str:

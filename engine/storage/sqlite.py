@@ -60,6 +60,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     # commits, never corrupt the file.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA cache_size = -65536")
     return conn
 
 
