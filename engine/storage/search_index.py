@@ -147,7 +147,9 @@ class IndexRows:
 
 
 def index_rows(
-    resource_type: str, resource: dict[str, Any], registry: Registry | None = None
+    resource_type: str,
+    resource: dict[str, Any],
+    registry: Registry | None = None,
 ) -> IndexRows:
     """The rows to insert for ``resource`` (a pure function of the resource).
 
@@ -172,10 +174,10 @@ def index_rows(
     for param in reg.supported_params(resource_type):
         code = param.code
         if param.type != "composite":
-            bucket = rows.setdefault(param.type, [])
-            bucket.extend(
-                (code, *entry, None) for entry in dict.fromkeys(entries_for(param, content))
-            )
+            entries = entries_for(param, content)
+            if entries:
+                bucket = rows.setdefault(param.type, [])
+                bucket.extend((code, *entry, None) for entry in dict.fromkeys(entries))
             continue
         for group, components in enumerate(composite_groups(param, content)):
             for index, (kind, entries) in enumerate(

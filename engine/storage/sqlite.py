@@ -1,27 +1,34 @@
 """SQLite adapter of the storage port: the embedded default, one file in the data dir.
 
-Writes go through one writer thread that owns the only writing connection. It takes every
-write waiting in its queue and commits them together (group commit): each write runs in its
-own SAVEPOINT, so one that fails rolls back alone, and all of them share one fsync. Reads run on
-a small pool of threads, each with its own connection; WAL mode lets them read while the
-writer writes.
+Writes go to one writer that owns the only writing connection. A thread of the engine collects
+every write waiting in its queue and has them committed together (group commit): each runs in
+its own SAVEPOINT, so one that fails rolls back alone, and all of them share one commit. The
+committing itself (:mod:`engine.storage.sqlite_writes`) runs in a writer process by default, on
+another core than the API; ``writer_process=False`` keeps it on the thread. Reads run on a
+small pool of threads, each with its own connection; WAL mode lets them read while the writer
+writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
+import structlog
 
 from engine.errors import FhirError
 from engine.storage import sql
@@ -34,55 +41,33 @@ from engine.storage.model import (
     WriteOp,
     WriteResult,
 )
-from engine.storage.planner import format_instant, op_target, plan_write
+from engine.storage.planner import format_instant, op_target
 from engine.storage.port import SearchIndexer
-from schemas.events import CONFIG_TYPES
+from engine.storage.sqlite_writes import Outcome, Request, commit_group, connect, row_to_stored
 
-__all__ = ["SqliteStorage"]
+__all__ = ["SqliteStorage", "WriterStopped"]
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 MAX_GROUP = 512
 """Writes committed together at most; bounds the latency one commit adds to the first write."""
 
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+"""The folder holding the ``engine`` package, so the writer process imports this very code."""
+
 READ_THREADS = 4
 """Reader connections; reads are short, so a few suffice for two cores."""
 
-BUSY_TIMEOUT_MS = 10_000
-"""How long a connection waits on another process's lock (workers may share the file)."""
 
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL in WAL mode is durable against process crashes; an OS crash may lose the last
-    # commits, never corrupt the file.
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA cache_size = -65536")
-    return conn
-
-
-def _row_to_stored(row: Sequence[Any]) -> StoredResource:
-    resource_type, resource_id, version, updated, deleted, content = row
-    return StoredResource(
-        resource_type=resource_type,
-        id=resource_id,
-        version_id=int(version),
-        last_updated=datetime.fromisoformat(updated),
-        deleted=bool(deleted),
-        content=orjson.loads(content) if content is not None else None,
-    )
-
-
-def _dump(content: dict[str, Any] | None) -> str | None:
-    return orjson.dumps(content).decode() if content is not None else None
+class WriterStopped(FhirError):
+    """The writer process ended while it held writes: they may or may not have committed."""
 
 
 @dataclass
 class _Job:
-    work: Callable[[sqlite3.Connection], Any]
+    request: Request
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any] = field(init=False)
 
@@ -102,15 +87,71 @@ class _Job:
 
 
 class _Writer(threading.Thread):
-    """The one thread that writes; commits queued jobs in groups."""
+    """Takes queued writes in groups and has each group committed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, indexer: SearchIndexer | None, *, process: bool) -> None:
         super().__init__(name="sqlite-writer", daemon=True)
         self._path = path
+        self._indexer = indexer
+        self._process_mode = process
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: Connection | None = None
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 
+    def start_process(self) -> None:
+        """Start the writer process (process mode); it opens its own connection.
+
+        A fresh interpreter runs :mod:`engine.storage.sqlite_writes` with one end of a socket
+        pair; nothing of this process (its ``__main__``, threads or sockets) is inherited.
+        """
+        if not self._process_mode or self._process is not None:
+            return
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        with theirs:
+            self._process = subprocess.Popen(  # noqa: S603 (our interpreter, our module)
+                [sys.executable, "-m", "engine.storage.sqlite_writes", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        self._channel = Connection(ours.detach())
+        self._channel.send((str(self._path), self._indexer))
+
+    def _stop_process(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(OSError):
+                self._channel.send(None)
+            self._channel.close()
+        if self._process is not None:
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process, self._channel = None, None
+
+    def _remote(self, requests: list[Request]) -> list[Outcome]:
+        if self._channel is None:
+            self.start_process()
+        assert self._channel is not None
+        try:
+            self._channel.send(requests)
+            reply: list[Outcome] | BaseException = self._channel.recv()
+        except (EOFError, OSError) as exc:
+            code = self._process.poll() if self._process is not None else None
+            log.error("sqlite writer process stopped", exitcode=code, error=str(exc))
+            self._stop_process()  # the next group starts a new one
+            raise WriterStopped(
+                "the database writer stopped during the commit; the write may not have been stored"
+            ) from exc
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
     def run(self) -> None:
-        conn = _connect(self._path)
+        conn = None if self._process_mode else connect(self._path)
         try:
             while True:
                 first = self.jobs.get()
@@ -126,45 +167,42 @@ class _Writer(threading.Thread):
                         self.jobs.put(None)
                         break
                     batch.append(nxt)
-                self._commit(conn, batch)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
+                requests = [job.request for job in batch]
                 try:
-                    result = job.work(conn)
-                except Exception as exc:  # a failed write rolls back alone
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, result, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for job in batch:
-                job.settle(error=exc)
-            return
-        for job, result, error in outcomes:
-            job.settle(result, error)
+                    if conn is not None:
+                        outcomes = commit_group(conn, self._indexer, requests)
+                    else:
+                        outcomes = self._remote(requests)
+                except Exception as exc:  # the whole group failed: each write hears why
+                    for job in batch:
+                        job.settle(error=exc)
+                    continue
+                for job, (result, error) in zip(batch, outcomes, strict=True):
+                    job.settle(result, error)
+        finally:
+            if conn is not None:
+                conn.close()
+            self._stop_process()
 
 
 class SqliteStorage:
-    """The storage port on a SQLite file."""
+    """The storage port on a SQLite file.
+
+    Args:
+        path: The database file.
+        indexer: Keeps the search index tables in step with each write.
+        writer_process: Commit in a writer process (the default) rather than on a thread of
+            this process.
+    """
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, *, indexer: SearchIndexer | None = None) -> None:
+    def __init__(
+        self, path: Path, *, indexer: SearchIndexer | None = None, writer_process: bool = True
+    ) -> None:
         self._path = path
         self._indexer = indexer
+        self._writer_process = writer_process
         self._writer: _Writer | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -178,7 +216,7 @@ class SqliteStorage:
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(self._path)
+        conn = connect(self._path)
         try:
             statements = sql.schema("sqlite")
             if self._indexer is not None:
@@ -187,8 +225,10 @@ class SqliteStorage:
                 conn.execute(statement)
         finally:
             conn.close()
-        self._writer = _Writer(self._path)
-        self._writer.start()
+        writer = _Writer(self._path, self._indexer, process=self._writer_process)
+        await asyncio.to_thread(writer.start_process)
+        writer.start()
+        self._writer = writer
         self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sqlite-reader")
 
     async def close(self) -> None:
@@ -206,18 +246,18 @@ class SqliteStorage:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, name: str, *args: Any) -> Any:
+        """Run the write function ``name`` (see :data:`sqlite_writes.Request`) in a group."""
         if self._writer is None:
             raise RuntimeError("storage is not open")
-        job = _Job(work, asyncio.get_running_loop())
+        job = _Job((name, args), asyncio.get_running_loop())
         self._writer.jobs.put(job)
-        result: T = await job.future
-        return result
+        return await job.future
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self._path)
+            conn = connect(self._path)
             self._local.conn = conn
             with self._lock:
                 self._reader_conns.append(conn)
@@ -235,72 +275,20 @@ class SqliteStorage:
         self, project: str, ops: Sequence[WriteOp], context: WriteContext
     ) -> list[WriteResult]:
         targets = [op_target(op) for op in ops]
-
-        def work(conn: sqlite3.Connection) -> list[WriteResult]:
-            return [
-                self._apply_one(conn, project, op, target, context)
-                for op, target in zip(ops, targets, strict=True)
-            ]
-
         try:
-            return await self._write(work)
+            results: list[WriteResult] = await self._write(
+                "apply", project, list(ops), targets, context
+            )
         except sqlite3.Error as exc:
             raise FhirError(f"database error: {exc}") from exc
-
-    def _apply_one(
-        self,
-        conn: sqlite3.Connection,
-        project: str,
-        op: WriteOp,
-        target: tuple[str, str],
-        context: WriteContext,
-    ) -> WriteResult:
-        row = conn.execute(sql.SELECT_CURRENT, (project, *target)).fetchone()
-        current = _row_to_stored(row) if row is not None else None
-        if target[0] in CONFIG_TYPES:
-            found = conn.execute(sql.BUMP_GENERATION, (project,)).fetchone()
-        else:
-            found = conn.execute(sql.SELECT_GENERATION, (project,)).fetchone()
-        generation = int(found[0]) if found is not None else 0
-        result = plan_write(
-            op, target, current, project=project, context=context, generation=generation
-        )
-        stored, event = result.stored, result.event
-        if event is None or stored is None:
-            return result
-        values = (
-            project,
-            stored.resource_type,
-            stored.id,
-            stored.version_id,
-            format_instant(stored.last_updated),
-            int(stored.deleted),
-            _dump(stored.content),
-        )
-        conn.execute(sql.UPSERT_CURRENT, values)
-        conn.execute(sql.INSERT_HISTORY, values)
-        conn.execute(
-            sql.INSERT_OUTBOX,
-            (event.key, event.model_dump_json(), format_instant(event.time)),
-        )
-        if self._indexer is not None:
-            for statement, rows in self._indexer.statements(
-                "sqlite",
-                project,
-                stored.resource_type,
-                stored.id,
-                stored.content,
-                indexed_before=current is not None,
-            ):
-                conn.executemany(statement, rows)
-        return result
+        return results
 
     async def read(
         self, project: str, resource_type: str, resource_id: str
     ) -> StoredResource | None:
         def work(conn: sqlite3.Connection) -> StoredResource | None:
             row = conn.execute(sql.SELECT_CURRENT, (project, resource_type, resource_id)).fetchone()
-            return _row_to_stored(row) if row is not None else None
+            return row_to_stored(row) if row is not None else None
 
         return await self._read(work)
 
@@ -311,7 +299,7 @@ class SqliteStorage:
             row = conn.execute(
                 sql.SELECT_VERSION, (project, resource_type, resource_id, version_id)
             ).fetchone()
-            return _row_to_stored(row) if row is not None else None
+            return row_to_stored(row) if row is not None else None
 
         return await self._read(work)
 
@@ -338,7 +326,7 @@ class SqliteStorage:
         def work(conn: sqlite3.Connection) -> HistoryPage:
             total = conn.execute(sql.history_query(**shape, count_only=True), filters).fetchone()[0]
             rows = conn.execute(sql.history_query(**shape), [*filters, count, offset]).fetchall()
-            return HistoryPage([_row_to_stored(r) for r in rows], int(total))
+            return HistoryPage([row_to_stored(r) for r in rows], int(total))
 
         return await self._read(work)
 
@@ -355,7 +343,7 @@ class SqliteStorage:
 
     async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
         def work(conn: sqlite3.Connection) -> list[StoredResource]:
-            return [_row_to_stored(r) for r in conn.execute(sql_text, list(params)).fetchall()]
+            return [row_to_stored(r) for r in conn.execute(sql_text, list(params)).fetchall()]
 
         return await self._read(work)
 
@@ -374,30 +362,14 @@ class SqliteStorage:
     # -- projects and keys ------------------------------------------------------------------
 
     async def ensure_project(self, project: str, name: str) -> bool:
-        def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "INSERT INTO projects (id, name, created) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (project, name, format_instant(datetime.now(UTC))),
-            )
-            return cursor.rowcount == 1
-
-        return await self._write(work)
+        created: bool = await self._write("ensure_project", project, name)
+        return created
 
     async def add_api_key(
         self, project: str, key_hash: str, *, name: str, admin: bool = False
     ) -> ApiKeyRecord:
-        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC))
-
-        def work(conn: sqlite3.Connection) -> ApiKeyRecord:
-            conn.execute(
-                "INSERT INTO api_keys (id, project, name, key_hash, admin, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (record.id, project, name, key_hash, int(admin), format_instant(record.created)),
-            )
-            return record
-
-        return await self._write(work)
+        record: ApiKeyRecord = await self._write("add_api_key", project, key_hash, name, admin)
+        return record
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         def work(conn: sqlite3.Connection) -> ApiKeyRecord | None:
@@ -426,16 +398,8 @@ class SqliteStorage:
         return await self._read(work)
 
     async def outbox_mark_published(self, seqs: Sequence[int]) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.executemany("UPDATE outbox SET published = 1 WHERE seq = ?", [(s,) for s in seqs])
-
-        await self._write(work)
+        await self._write("outbox_mark_published", list(seqs))
 
     async def outbox_purge(self, older_than: datetime) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM outbox WHERE published AND created < ?", (format_instant(older_than),)
-            )
-            return cursor.rowcount
-
-        return await self._write(work)
+        purged: int = await self._write("outbox_purge", format_instant(older_than))
+        return purged

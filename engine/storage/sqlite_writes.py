@@ -1,0 +1,272 @@
+"""The writing side of the SQLite datastore: what one group commit does, on one connection.
+
+:class:`engine.storage.sqlite.SqliteStorage` hands writes to a single writer that commits them
+in groups. The writer is a process by default (:func:`serve`), so that committing (index rows,
+change events, SQLite's own work) runs on another core than the HTTP API instead of competing
+with it for one interpreter lock; it can also be a thread of the engine's process. Both run
+:func:`commit_group` on requests that are plain, picklable values.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import sqlite3
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.storage import sql
+from engine.storage.model import (
+    ApiKeyRecord,
+    StoredResource,
+    WriteContext,
+    WriteOp,
+    WriteResult,
+)
+from engine.storage.planner import format_instant, plan_write
+from engine.storage.port import SearchIndexer
+from schemas.events import CONFIG_TYPES
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "Outcome",
+    "Request",
+    "commit_group",
+    "connect",
+    "row_to_stored",
+    "serve",
+]
+
+BUSY_TIMEOUT_MS = 10_000
+"""How long a connection waits on another process's lock (workers may share the file)."""
+
+CACHE_KIB = 65_536
+"""Page cache per connection (64 MiB): the index B-trees' hot pages stay in memory."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the datastore's pragmas."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode is durable against process crashes; an OS crash may lose the last
+    # commits, never corrupt the file.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    return conn
+
+
+def row_to_stored(row: Sequence[Any]) -> StoredResource:
+    """A ``RESOURCE_COLUMNS`` row as a :class:`StoredResource`."""
+    resource_type, resource_id, version, updated, deleted, content = row
+    return StoredResource(
+        resource_type=resource_type,
+        id=resource_id,
+        version_id=int(version),
+        last_updated=datetime.fromisoformat(updated),
+        deleted=bool(deleted),
+        content=orjson.loads(content) if content is not None else None,
+    )
+
+
+def _dump(content: dict[str, Any] | None) -> str | None:
+    return orjson.dumps(content).decode() if content is not None else None
+
+
+@dataclass(frozen=True)
+class _Writes:
+    conn: sqlite3.Connection
+    indexer: SearchIndexer | None
+
+    def apply(
+        self,
+        project: str,
+        ops: Sequence[WriteOp],
+        targets: Sequence[tuple[str, str]],
+        context: WriteContext,
+    ) -> list[WriteResult]:
+        return [
+            self._apply_one(project, op, target, context)
+            for op, target in zip(ops, targets, strict=True)
+        ]
+
+    def _apply_one(
+        self,
+        project: str,
+        op: WriteOp,
+        target: tuple[str, str],
+        context: WriteContext,
+    ) -> WriteResult:
+        conn = self.conn
+        row = conn.execute(sql.SELECT_CURRENT, (project, *target)).fetchone()
+        current = row_to_stored(row) if row is not None else None
+        if target[0] in CONFIG_TYPES:
+            found = conn.execute(sql.BUMP_GENERATION, (project,)).fetchone()
+        else:
+            found = conn.execute(sql.SELECT_GENERATION, (project,)).fetchone()
+        generation = int(found[0]) if found is not None else 0
+        result = plan_write(
+            op, target, current, project=project, context=context, generation=generation
+        )
+        stored, event = result.stored, result.event
+        if event is None or stored is None:
+            return result
+        values = (
+            project,
+            stored.resource_type,
+            stored.id,
+            stored.version_id,
+            format_instant(stored.last_updated),
+            int(stored.deleted),
+            _dump(stored.content),
+        )
+        conn.execute(sql.UPSERT_CURRENT, values)
+        conn.execute(sql.INSERT_HISTORY, values)
+        conn.execute(
+            sql.INSERT_OUTBOX,
+            (event.key, event.model_dump_json(), format_instant(event.time)),
+        )
+        if self.indexer is not None:
+            for statement, rows in self.indexer.statements(
+                "sqlite",
+                project,
+                stored.resource_type,
+                stored.id,
+                stored.content,
+                indexed_before=current is not None,
+            ):
+                conn.executemany(statement, rows)
+        return result
+
+    def ensure_project(self, project: str, name: str) -> bool:
+        cursor = self.conn.execute(
+            "INSERT INTO projects (id, name, created) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (project, name, format_instant(datetime.now(UTC))),
+        )
+        return cursor.rowcount == 1
+
+    def add_api_key(self, project: str, key_hash: str, name: str, admin: bool) -> ApiKeyRecord:
+        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC))
+        self.conn.execute(
+            "INSERT INTO api_keys (id, project, name, key_hash, admin, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (record.id, project, name, key_hash, int(admin), format_instant(record.created)),
+        )
+        return record
+
+    def outbox_mark_published(self, seqs: Sequence[int]) -> None:
+        self.conn.executemany("UPDATE outbox SET published = 1 WHERE seq = ?", [(s,) for s in seqs])
+
+    def outbox_purge(self, older_than: str) -> int:
+        cursor = self.conn.execute(
+            "DELETE FROM outbox WHERE published AND created < ?", (older_than,)
+        )
+        return cursor.rowcount
+
+
+Request = tuple[str, tuple[Any, ...]]
+"""A write: the name of a write function (``apply``, ``ensure_project``, ``add_api_key``,
+``outbox_mark_published``, ``outbox_purge``) and its arguments."""
+
+Outcome = tuple[Any, BaseException | None]
+"""A write's result, or the error that rolled it back."""
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    name: getattr(_Writes, name)
+    for name in ("apply", "ensure_project", "add_api_key", "outbox_mark_published", "outbox_purge")
+}
+
+
+def commit_group(
+    conn: sqlite3.Connection, indexer: SearchIndexer | None, requests: Sequence[Request]
+) -> list[Outcome]:
+    """Run ``requests`` in one transaction, each in its own SAVEPOINT: one that fails rolls
+    back alone, and all of them share one commit.
+
+    Raises:
+        sqlite3.Error: the transaction itself failed (nothing was written).
+    """
+    writes = _Writes(conn, indexer)
+    outcomes: list[Outcome] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for name, args in requests:
+            conn.execute("SAVEPOINT job")
+            try:
+                result = _FUNCTIONS[name](writes, *args)
+            except Exception as exc:  # a failed write rolls back alone
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                outcomes.append((None, exc))
+            else:
+                conn.execute("RELEASE job")
+                outcomes.append((result, None))
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _picklable(reply: list[Outcome] | BaseException) -> list[Outcome] | BaseException:
+    """``reply`` with any error that would not survive pickling replaced by a RuntimeError
+    carrying its text (a custom exception with required arguments, say)."""
+
+    def safe(error: BaseException) -> BaseException:
+        try:
+            pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes, just made)
+        except Exception:
+            return RuntimeError(f"{type(error).__name__}: {error}")
+        return error
+
+    if isinstance(reply, BaseException):
+        return safe(reply)
+    return [(result, safe(error) if error is not None else None) for result, error in reply]
+
+
+def serve(path: Path, channel: Connection, indexer: SearchIndexer | None) -> None:
+    """The writer process: receive groups of requests, commit each, send back the outcomes
+    (or the error of the whole group); ends on None or when the engine's end closes."""
+    # Ctrl-C reaches the whole process group: the engine decides when its writer stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = connect(path)
+    try:
+        while True:
+            try:
+                requests = channel.recv()
+            except EOFError:
+                return
+            if requests is None:
+                return
+            try:
+                reply: list[Outcome] | BaseException = commit_group(conn, indexer, requests)
+            except sqlite3.Error as exc:
+                reply = exc
+            channel.send(_picklable(reply))
+    finally:
+        conn.close()
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m engine.storage.sqlite_writes FD``: serve the engine on the socket ``FD``;
+    its first message is ``(database path, search indexer)``."""
+    channel = Connection(int(argv[0]))
+    try:
+        path, indexer = channel.recv()
+    except EOFError:
+        return
+    serve(Path(path), channel, indexer)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
