@@ -14,6 +14,12 @@ DEFAULT_PORT = 8080
 """Port of ``fhirbots serve``; client commands default to it too."""
 
 
+def _writer_mode(value: str) -> bool:
+    if value not in ("process", "thread"):
+        raise ValueError(f"FHIRBOTS_SQLITE_WRITER must be 'process' or 'thread', not {value!r}")
+    return value == "process"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the engine is configured with."""
@@ -29,6 +35,10 @@ class Settings:
 
     database_url: str | None = None
     """PostgreSQL DSN; the embedded SQLite store when None (``FHIRBOTS_DATABASE_URL``)."""
+
+    sqlite_writer_process: bool = True
+    """Commit SQLite writes in a writer process, on another core than the API (the default);
+    ``FHIRBOTS_SQLITE_WRITER=thread`` keeps them on a thread of the engine's process."""
 
     kafka: str | None = None
     """Kafka bootstrap servers; the embedded event log when None (``FHIRBOTS_KAFKA``)."""
@@ -69,6 +79,7 @@ class Settings:
             host=env.get("FHIRBOTS_HOST", base.host),
             port=int(env.get("FHIRBOTS_PORT", str(base.port))),
             database_url=env.get("FHIRBOTS_DATABASE_URL") or None,
+            sqlite_writer_process=_writer_mode(env.get("FHIRBOTS_SQLITE_WRITER", "process")),
             kafka=env.get("FHIRBOTS_KAFKA") or None,
             log_level=env.get("FHIRBOTS_LOG_LEVEL", base.log_level),
             public_url=env.get("FHIRBOTS_PUBLIC_URL") or None,

@@ -16,4 +16,6 @@ def create_storage(settings: Settings, *, indexer: SearchIndexer | None = None) 
         return PostgresStorage(settings.database_url, indexer=indexer)
     from engine.storage.sqlite import SqliteStorage
 
-    return SqliteStorage(settings.sqlite_path, indexer=indexer)
+    return SqliteStorage(
+        settings.sqlite_path, indexer=indexer, writer_process=settings.sqlite_writer_process
+    )

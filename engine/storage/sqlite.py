@@ -64,6 +64,9 @@ READ_THREADS = 4
 class WriterStopped(FhirError):
     """The writer process ended while it held writes: they may or may not have committed."""
 
+    status = 503
+    code = "transient"
+
 
 @dataclass
 class _Job:

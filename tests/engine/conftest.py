@@ -16,11 +16,15 @@ from tests.conftest import postgres_dsn, reset_postgres
 
 
 async def open_storage(kind: str, tmp_path: Path) -> Storage:
-    """A fresh, open storage of ``kind`` (sqlite or postgres), empty."""
-    if kind == "sqlite":
+    """A fresh, open storage of ``kind`` (sqlite, sqlite-thread or postgres), empty."""
+    if kind.startswith("sqlite"):
         from engine.storage.sqlite import SqliteStorage
 
-        storage: Storage = SqliteStorage(tmp_path / "test.db", indexer=SqlSearchIndexer())
+        storage: Storage = SqliteStorage(
+            tmp_path / "test.db",
+            indexer=SqlSearchIndexer(),
+            writer_process=kind != "sqlite-thread",
+        )
     else:
         from engine.storage.postgres import PostgresStorage
 
@@ -31,9 +35,9 @@ async def open_storage(kind: str, tmp_path: Path) -> Storage:
     return storage
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-thread", "postgres"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    """Each storage adapter in turn."""
+    """Each storage adapter in turn (SQLite with its writer in a process, and on a thread)."""
     opened = await open_storage(request.param, tmp_path)
     yield opened
     await opened.close()

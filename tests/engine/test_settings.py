@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine.settings import Settings
 
 
@@ -32,3 +34,10 @@ def test_unset_flags_leave_settings_alone() -> None:
     changed = base.with_overrides(port=1234, host=None)
     assert changed.port == 1234
     assert changed.host == base.host
+
+
+def test_sqlite_writer_mode() -> None:
+    assert Settings.from_env({}).sqlite_writer_process is True
+    assert Settings.from_env({"FHIRBOTS_SQLITE_WRITER": "thread"}).sqlite_writer_process is False
+    with pytest.raises(ValueError, match="FHIRBOTS_SQLITE_WRITER"):
+        Settings.from_env({"FHIRBOTS_SQLITE_WRITER": "fork"})

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from engine.validator_pool import POOL_THRESHOLD
 from tests.engine.conftest import Api
 
 BASE = "/fhir/R4"
@@ -205,6 +206,33 @@ async def test_transaction_rewrites_urn_references_and_is_atomic(api: Api) -> No
         "total"
     ]
     assert after == before
+
+
+async def test_large_transaction_is_validated_in_the_pool_and_names_the_bad_entry(
+    api: Api,
+) -> None:
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:big-{i}",
+            "resource": patient(),
+            "request": {"method": "POST", "url": "Patient"},
+        }
+        for i in range(POOL_THRESHOLD + 10)
+    ]
+    entries[70]["resource"] = {"resourceType": "Patient", "gender": 42}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    failed = await post(api, "", bundle)
+    assert failed.status == 422
+    outcome = await failed.json()
+    [issue] = outcome["issue"]
+    assert issue["diagnostics"].startswith("Bundle.entry[70]: Patient.gender")
+    assert issue["expression"] == ["Patient.gender"]
+
+    entries[70]["resource"] = patient()
+    done = await post(api, "", bundle)
+    assert done.status == 200
+    body = await done.json()
+    assert {e["response"]["status"] for e in body["entry"]} == {"201 Created"}
 
 
 async def test_batch_reports_each_entry(api: Api) -> None:
