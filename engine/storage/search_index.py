@@ -147,9 +147,7 @@ class IndexRows:
 
 
 def index_rows(
-    resource_type: str,
-    resource: dict[str, Any],
-    registry: Registry | None = None,
+    resource_type: str, resource: dict[str, Any], registry: Registry | None = None
 ) -> IndexRows:
     """The rows to insert for ``resource`` (a pure function of the resource).
 

@@ -105,7 +105,7 @@ class _Writer(threading.Thread):
         """Start the writer process (process mode); it opens its own connection.
 
         A fresh interpreter runs :mod:`engine.storage.sqlite_writes` with one end of a socket
-        pair; nothing of this process (its ``__main__``, threads or sockets) is inherited.
+        pair; nothing of this process (its ``__main__``, threads or other files) is inherited.
         """
         if not self._process_mode or self._process is not None:
             return
