@@ -136,6 +136,10 @@ class _Writer(threading.Thread):
         self._process, self._channel = None, None
 
     def _remote(self, requests: list[Request]) -> list[Outcome]:
+        if self._process is not None and self._process.poll() is not None:
+            code = self._process.returncode
+            log.error("sqlite writer process ended while idle; starting another", exitcode=code)
+            self._stop_process()
         if self._channel is None:
             self.start_process()
         assert self._channel is not None

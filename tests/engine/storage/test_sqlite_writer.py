@@ -45,22 +45,35 @@ async def test_writes_run_in_another_process(storage: SqliteStorage) -> None:
     assert await storage.read("p1", "Patient", result.stored.id) is not None
 
 
-async def test_a_killed_writer_fails_its_write_and_is_replaced(storage: SqliteStorage) -> None:
+async def test_a_killed_writer_fails_the_writes_it_held_and_is_replaced(
+    storage: SqliteStorage,
+) -> None:
     [before] = await storage.apply("p1", [CreateOp(patient("Before"))], CTX)
     assert before.stored is not None
     first = writer_pid(storage)
+    big = [CreateOp(patient(f"Lost{i}")) for i in range(3000)]
+    held = asyncio.create_task(storage.apply("p1", big, CTX))
+    await asyncio.sleep(0.1)  # the group is in the writer, committing
     os.kill(first, signal.SIGKILL)
-    await asyncio.sleep(0.2)
     with pytest.raises(WriterStopped) as refused:
-        await storage.apply("p1", [CreateOp(patient("Lost"))], CTX)
+        await held
     assert refused.value.status == 503
     [after] = await storage.apply("p1", [CreateOp(patient("After"))], CTX)
     assert after.stored is not None and writer_pid(storage) != first
-    # Nothing committed before the kill was lost; the refused write was not stored.
-    assert await storage.read("p1", "Patient", before.stored.id) is not None
+    # What committed before the kill is there; the killed transaction left nothing.
     page = await storage.history("p1", "Patient")
     families = {e.content["name"][0]["family"] for e in page.entries if e.content}
     assert families == {"Before", "After"}
+
+
+async def test_a_writer_that_died_while_idle_is_replaced_without_failing_a_write(
+    storage: SqliteStorage,
+) -> None:
+    first = writer_pid(storage)
+    os.kill(first, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    [written] = await storage.apply("p1", [CreateOp(patient("Next"))], CTX)
+    assert written.stored is not None and writer_pid(storage) != first
 
 
 async def test_errors_of_one_write_come_back_typed(storage: SqliteStorage) -> None:
