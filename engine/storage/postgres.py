@@ -170,22 +170,10 @@ class PostgresStorage:
         count: int = 50,
         offset: int = 0,
     ) -> HistoryPage:
-        filters: list[Any] = [project]
-        filters += [v for v in (resource_type, resource_id) if v is not None]
-        if since is not None:
-            filters.append(since)
-        shape = {
-            "resource_type": resource_type is not None,
-            "resource_id": resource_id is not None,
-            "since": since is not None,
-        }
+        count_sql, page_sql, filters = sql.history_query(project, resource_type, resource_id, since)
         async with self.pool.acquire() as conn:
-            total = await conn.fetchval(
-                sql.numbered(sql.history_query(**shape, count_only=True)), *filters
-            )
-            rows = await conn.fetch(
-                sql.numbered(sql.history_query(**shape)), *filters, count, offset
-            )
+            total = await conn.fetchval(sql.numbered(count_sql), *filters)
+            rows = await conn.fetch(sql.numbered(page_sql), *filters, count, offset)
         return HistoryPage([_to_stored(r) for r in rows], int(total))
 
     async def count_by_type(self, project: str) -> dict[str, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "BUMP_GENERATION",
@@ -113,23 +113,26 @@ SELECT_GENERATION = "SELECT generation FROM config_generations WHERE project = ?
 
 
 def history_query(
-    *, resource_type: bool, resource_id: bool, since: bool, count_only: bool = False
-) -> str:
-    """History SELECT (or COUNT) with the filters that are set, newest first."""
+    project: str, resource_type: str | None, resource_id: str | None, since: Any
+) -> tuple[str, str, list[Any]]:
+    """History COUNT and page SELECT (newest first; the page takes ``count, offset`` after the
+    filters) and the filter values, for the filters that are set; ``since`` is already in the
+    adapter's form of an instant."""
     where = ["project = ?"]
-    if resource_type:
-        where.append("resource_type = ?")
-    if resource_id:
-        where.append("id = ?")
-    if since:
+    filters: list[Any] = [project]
+    for column, value in (("resource_type", resource_type), ("id", resource_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            filters.append(value)
+    if since is not None:
         where.append("last_updated >= ?")
+        filters.append(since)
     clause = " AND ".join(where)
-    if count_only:
-        return f"SELECT COUNT(*) FROM resource_history WHERE {clause}"
-    return (
+    page = (
         f"SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE {clause}"
         " ORDER BY last_updated DESC, version_id DESC LIMIT ? OFFSET ?"
     )
+    return f"SELECT COUNT(*) FROM resource_history WHERE {clause}", page, filters
 
 
 _PLACEHOLDER = re.compile(r"\?")

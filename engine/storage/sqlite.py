@@ -320,19 +320,13 @@ class SqliteStorage:
         count: int = 50,
         offset: int = 0,
     ) -> HistoryPage:
-        filters: list[Any] = [project]
-        filters += [v for v in (resource_type, resource_id) if v is not None]
-        if since is not None:
-            filters.append(format_instant(since))
-        shape = {
-            "resource_type": resource_type is not None,
-            "resource_id": resource_id is not None,
-            "since": since is not None,
-        }
+        count_sql, page_sql, filters = sql.history_query(
+            project, resource_type, resource_id, format_instant(since) if since else None
+        )
 
         def work(conn: sqlite3.Connection) -> HistoryPage:
-            total = conn.execute(sql.history_query(**shape, count_only=True), filters).fetchone()[0]
-            rows = conn.execute(sql.history_query(**shape), [*filters, count, offset]).fetchall()
+            total = conn.execute(count_sql, filters).fetchone()[0]
+            rows = conn.execute(page_sql, [*filters, count, offset]).fetchall()
             return HistoryPage([row_to_stored(r) for r in rows], int(total))
 
         return await self._read(work)
