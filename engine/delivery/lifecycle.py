@@ -23,7 +23,7 @@ from engine.delivery.store import Delivery
 from engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
 from engine.errors import FhirError
 from engine.service import FhirService
-from engine.storage.model import WriteContext
+from engine.storage.model import CreateOp, UpdateOp, WriteContext
 from subscriptions.model import CRITERIA_ERROR_URL
 
 __all__ = ["AUTHOR", "Lifecycle", "attempt_audit_event", "transition_audit_event"]
@@ -142,15 +142,17 @@ class Lifecycle:
             else:
                 resource["error"] = reason[:1000]
             resource.pop("meta", None)
+            # The new status and its AuditEvent commit together: whoever sees one sees both.
+            audit = transition_audit_event(subscription_id, before, status, reason)
             try:
-                result = await self._fhir.update(
+                ops = await self._fhir.prepare_many(
                     project,
-                    "Subscription",
-                    subscription_id,
-                    resource,
-                    self._context,
-                    if_match=current.version,
+                    [
+                        UpdateOp("Subscription", subscription_id, resource, current.version),
+                        CreateOp(audit),
+                    ],
                 )
+                result, _ = await self._fhir.write(project, ops, self._context)
             except FhirError as exc:
                 self._registry.forget(project, subscription_id)
                 fresh = await self._registry.get(project, subscription_id)
@@ -178,9 +180,6 @@ class Lifecycle:
                 before=before,
                 after=status,
                 reason=reason,
-            )
-            await self.audit(
-                project, transition_audit_event(subscription_id, before, status, reason)
             )
             return updated
         return current
