@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 
 from engine.bots.errors import BotStoreError
 from engine.bots.store import SCHEMA, Job
+from engine.storage.postgres_pool import PostgresPool
 
 __all__ = ["PostgresBotStore"]
 
@@ -32,40 +32,26 @@ class PostgresBotStore:
     """
 
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._pool: Any = None
+        self._db = PostgresPool(
+            dsn,
+            schema=SCHEMA,
+            lock=SCHEMA_LOCK,
+            size=POOL_SIZE,
+            name="bot store",
+            error=BotStoreError,
+        )
 
     async def open(self) -> None:
         """Connect and create the tables."""
-        try:
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                for statement in SCHEMA:
-                    await conn.execute(statement)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise BotStoreError(f"bot store: {exc}") from exc
+        await self._db.open()
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    def _ready(self) -> Any:
-        if self._pool is None:
-            raise BotStoreError("bot store is not open")
-        return self._pool
-
-    async def _execute(self, sql: str, *args: object) -> str:
-        try:
-            return str(await self._ready().execute(sql, *args))
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise BotStoreError(f"bot store: {exc}") from exc
+        await self._db.close()
 
     async def claim_tick(self, project: str, bot: str, tick: datetime, owner: str) -> bool:
         """Insert the claim row; True when this call inserted it."""
-        status = await self._execute(
+        status = await self._db.execute(
             "INSERT INTO bot_cron_claims (project, bot, tick, owner, claimed) "
             "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             project,
@@ -78,14 +64,14 @@ class PostgresBotStore:
 
     async def purge_claims(self, older_than: datetime) -> int:
         """Delete claim rows of older ticks."""
-        status = await self._execute(
+        status = await self._db.execute(
             "DELETE FROM bot_cron_claims WHERE tick < $1", older_than.isoformat()
         )
         return int(status.split()[-1])
 
     async def add_job(self, job: Job) -> None:
         """Insert a job row."""
-        await self._execute(
+        await self._db.execute(
             "INSERT INTO bot_jobs (id, project, bot, state, result, created) "
             "VALUES ($1, $2, $3, $4, $5, $6)",
             job.id,
@@ -98,7 +84,7 @@ class PostgresBotStore:
 
     async def finish_job(self, job_id: str, result: dict[str, Any], finished: datetime) -> None:
         """Store a job's result."""
-        await self._execute(
+        await self._db.execute(
             "UPDATE bot_jobs SET state = 'done', result = $1, finished = $2 WHERE id = $3",
             orjson.dumps(result).decode(),
             finished.isoformat(),
@@ -107,17 +93,15 @@ class PostgresBotStore:
 
     async def get_job(self, project: str, job_id: str) -> Job | None:
         """Read a job row."""
-        try:
-            row = await self._ready().fetchrow(
-                "SELECT id, project, bot, state, result, created FROM bot_jobs "
-                "WHERE id = $1 AND project = $2",
-                job_id,
-                project,
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise BotStoreError(f"bot store: {exc}") from exc
-        if row is None:
+        rows = await self._db.fetch(
+            "SELECT id, project, bot, state, result, created FROM bot_jobs "
+            "WHERE id = $1 AND project = $2",
+            job_id,
+            project,
+        )
+        if not rows:
             return None
+        row = rows[0]
         return Job(
             id=row[0],
             project=row[1],

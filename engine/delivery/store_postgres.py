@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -23,7 +22,7 @@ from engine.delivery.store_sql import (
     dead_filter,
     row_to_delivery,
 )
-from engine.storage.sql import numbered
+from engine.storage.postgres_pool import PostgresPool
 from schemas.notifications import Notification
 
 __all__ = ["PostgresDeliveryStore"]
@@ -44,53 +43,23 @@ class PostgresDeliveryStore:
     """
 
     def __init__(self, dsn: str, *, schema: str | None = None) -> None:
-        self._dsn = dsn
-        self._schema = schema
-        self._pool: Any = None
+        self._db = PostgresPool(
+            dsn,
+            schema=SCHEMA,
+            lock=SCHEMA_LOCK,
+            size=POOL_SIZE,
+            name="delivery store",
+            error=DeliveryStoreError,
+            search_path=schema,
+        )
 
     async def open(self) -> None:
         """Connect and create the tables."""
-        settings = {"search_path": self._schema} if self._schema else None
-        try:
-            if self._schema:
-                conn = await asyncpg.connect(self._dsn)
-                try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-                finally:
-                    await conn.close()
-            self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=POOL_SIZE, server_settings=settings
-            )
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                for statement in SCHEMA:
-                    await conn.execute(statement)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+        await self._db.open()
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    def _ready(self) -> Any:
-        if self._pool is None:
-            raise DeliveryStoreError("delivery store is not open")
-        return self._pool
-
-    async def _fetch(self, sql: str, *args: object) -> list[Any]:
-        try:
-            rows: list[Any] = await self._ready().fetch(numbered(sql), *args)
-        except asyncpg.PostgresError as exc:
-            raise DeliveryStoreError(f"delivery store: {exc}") from exc
-        return rows
-
-    async def _execute(self, sql: str, *args: object) -> str:
-        try:
-            return str(await self._ready().execute(numbered(sql), *args))
-        except asyncpg.PostgresError as exc:
-            raise DeliveryStoreError(f"delivery store: {exc}") from exc
+        await self._db.close()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -101,7 +70,7 @@ class PostgresDeliveryStore:
         now = time.time()
         out: list[Accepted] = []
         try:
-            async with self._ready().acquire() as conn, conn.transaction():
+            async with self._db.pool.acquire() as conn, conn.transaction():
                 for n in notifications:
                     found = await conn.fetchval(
                         "SELECT event_number FROM delivery_notification WHERE notification_id = $1",
@@ -142,7 +111,7 @@ class PostgresDeliveryStore:
         self, notification_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None:
         """See :meth:`engine.delivery.store.DeliveryStore.record_failure`."""
-        await self._execute(
+        await self._db.execute(
             "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
             "last_error = ?, updated_at = ? WHERE notification_id = ?",
             attempts,
@@ -156,7 +125,7 @@ class PostgresDeliveryStore:
         """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
         if not delivered:
             return
-        await self._execute(
+        await self._db.execute(
             "WITH done AS (UPDATE delivery_notification n SET state = 'delivered', "
             "attempts = d.attempts, updated_at = ? "
             "FROM unnest(?::text[], ?::int[]) AS d(id, attempts) "
@@ -171,7 +140,7 @@ class PostgresDeliveryStore:
 
     async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:
         """See :meth:`engine.delivery.store.DeliveryStore.mark_dead`."""
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "WITH dead AS (UPDATE delivery_notification SET state = 'dead', attempts = ?, "
             "last_error = ?, updated_at = ? WHERE notification_id = ? "
             "RETURNING project, subscription_id) "
@@ -193,7 +162,7 @@ class PostgresDeliveryStore:
     ) -> list[tuple[str, str]]:
         """See :meth:`engine.delivery.store.DeliveryStore.requeue`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "UPDATE delivery_notification SET state = 'pending', attempts = 0, "
             f"next_attempt_at = 0, updated_at = ? WHERE {where} "
             "RETURNING project, subscription_id",
@@ -210,7 +179,7 @@ class PostgresDeliveryStore:
     ) -> int:
         """See :meth:`engine.delivery.store.DeliveryStore.discard`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? "
             f"WHERE {where} RETURNING notification_id",
             time.time(),
@@ -221,13 +190,13 @@ class PostgresDeliveryStore:
     async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
         """See :meth:`engine.delivery.store.DeliveryStore.set_heartbeat`."""
         if period is None:
-            await self._execute(
+            await self._db.execute(
                 "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?",
                 project,
                 subscription_id,
             )
             return
-        await self._execute(
+        await self._db.execute(
             "INSERT INTO delivery_heartbeat (project, subscription_id, period) VALUES (?, ?, ?) "
             "ON CONFLICT (project, subscription_id) DO UPDATE SET period = excluded.period",
             project,
@@ -237,12 +206,14 @@ class PostgresDeliveryStore:
 
     async def heartbeats(self) -> list[tuple[str, str, float]]:
         """See :meth:`engine.delivery.store.DeliveryStore.heartbeats`."""
-        rows = await self._fetch("SELECT project, subscription_id, period FROM delivery_heartbeat")
+        rows = await self._db.fetch(
+            "SELECT project, subscription_id, period FROM delivery_heartbeat"
+        )
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     async def purge(self, before: datetime) -> int:
         """See :meth:`engine.delivery.store.DeliveryStore.purge`."""
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') "
             "AND updated_at < ? RETURNING notification_id",
             before.timestamp(),
@@ -252,7 +223,7 @@ class PostgresDeliveryStore:
     # -- reads -----------------------------------------------------------------------------
 
     async def _select(self, sql: str, *args: object) -> list[Delivery]:
-        return [row_to_delivery(r) for r in await self._fetch(sql, *args)]
+        return [row_to_delivery(r) for r in await self._db.fetch(sql, *args)]
 
     async def get(self, project: str, notification_id: str) -> Delivery | None:
         """See :meth:`engine.delivery.store.DeliveryStore.get`."""
@@ -278,7 +249,7 @@ class PostgresDeliveryStore:
 
     async def pending_subscriptions(self) -> list[tuple[str, str]]:
         """See :meth:`engine.delivery.store.DeliveryStore.pending_subscriptions`."""
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "SELECT DISTINCT project, subscription_id FROM delivery_notification "
             "WHERE state = 'pending'"
         )
@@ -286,7 +257,7 @@ class PostgresDeliveryStore:
 
     async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
         """See :meth:`engine.delivery.store.DeliveryStore.counters`."""
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "SELECT last_number, dead_streak FROM delivery_counter "
             "WHERE project = ? AND subscription_id = ?",
             project,

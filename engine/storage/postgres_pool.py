@@ -1,0 +1,100 @@
+"""A small connection pool on the datastore's PostgreSQL database, for the engine's side stores
+(delivery bookkeeping, bot cron claims): open with its tables, run statements, close.
+
+The PostgreSQL counterpart of :mod:`engine.storage.sqlite_file`; the datastore itself uses
+:mod:`engine.storage.postgres`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from engine.storage.sql import numbered
+
+__all__ = ["PostgresPool"]
+
+
+class PostgresPool:
+    """A pool whose tables are created on open, under an advisory lock so that processes
+    starting together do not race.
+
+    Args:
+        dsn: PostgreSQL connection string.
+        schema: Idempotent statements run on open.
+        lock: Advisory lock id of the store.
+        size: Most connections.
+        name: How errors name the store (``"delivery store"``).
+        error: The exception type connection and database errors are translated into.
+        search_path: Schema holding the tables (created if missing); the default when None.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: Sequence[str],
+        lock: int,
+        size: int,
+        name: str,
+        error: type[Exception],
+        search_path: str | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._lock = lock
+        self._size = size
+        self._name = name
+        self._error = error
+        self._search_path = search_path
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        """Connect and create the tables."""
+        settings = {"search_path": self._search_path} if self._search_path else None
+        try:
+            if self._search_path:
+                conn = await asyncpg.connect(self._dsn)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._search_path}"')
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._size, server_settings=settings
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock)
+                for statement in self._schema:
+                    await conn.execute(statement)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise self._error(f"{self._name}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the pool (no error if it is not open)."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> Any:
+        """The asyncpg pool, for transactions spanning several statements."""
+        if self._pool is None:
+            raise self._error(f"{self._name} is not open")
+        return self._pool
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        """Rows of a query (``?`` or ``$n`` placeholders)."""
+        try:
+            rows: list[Any] = await self.pool.fetch(numbered(sql), *args)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise self._error(f"{self._name}: {exc}") from exc
+        return rows
+
+    async def execute(self, sql: str, *args: object) -> str:
+        """Run a statement (``?`` or ``$n`` placeholders); its status text."""
+        try:
+            return str(await self.pool.execute(numbered(sql), *args))
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise self._error(f"{self._name}: {exc}") from exc
