@@ -13,6 +13,9 @@ DB_PASS=${FHIRBOTS_PG_PASSWORD:-fhirbots}
 DB_NAME=${FHIRBOTS_PG_DB:-fhirbots_test}
 START_TIMEOUT=${FHIRBOTS_PG_START_TIMEOUT:-60}
 
+# The postgres user may not be allowed into the caller's folder (a private temporary checkout).
+cd /
+
 die() { echo "postgres/setup.sh: $*" >&2; exit 1; }
 
 if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
