@@ -54,6 +54,7 @@ async def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     engine = Engine(settings)
     await engine.open()
+    engine.validator.warm()
     try:
         boot = await engine.bootstrap()
         if boot.token_path is not None:

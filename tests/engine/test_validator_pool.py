@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from engine.validator_pool import BulkValidator
@@ -25,3 +26,17 @@ async def test_pool_and_in_process_agree() -> None:
     assert remote == local
     assert [bool(p) for p in local[:4]] == [False, True, True, False]
     assert local[1][0].path == "Patient.birthDate"
+
+
+async def test_warm_starts_every_worker_before_the_first_batch() -> None:
+    pooled = BulkValidator(processes=2, threshold=4)
+    assert pooled.warm() == []  # not started: nothing to warm
+    pooled.start()
+    try:
+        ready = await asyncio.gather(*(asyncio.wrap_future(f) for f in pooled.warm()))
+        assert len(ready) == 2
+        assert pooled._pool is not None
+        assert len(pooled._pool._processes) == 2  # both spawned, each past its initializer
+        assert await pooled.validate_many(items()) == await BulkValidator(1).validate_many(items())
+    finally:
+        pooled.close()
