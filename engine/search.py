@@ -15,7 +15,7 @@ from typing import Any
 from engine.errors import BadRequest
 from engine.storage.model import StoredResource
 from engine.storage.port import Storage
-from engine.storage.search_index import compile_count, compile_search
+from engine.storage.search_index import PROJECT_KEY, compile_count, compile_search
 from engine.storage.sql import RESOURCE_COLUMNS, Dialect
 from schemas.validation import fhir_model
 from subscriptions.search import (
@@ -187,11 +187,11 @@ class SearchService:
             return set()
         marks = ", ".join("?" for _ in ids)
         sql_text = (
-            "SELECT ref_type, ref_id FROM search_reference"
-            f" WHERE project = ? AND resource_type = ? AND param = ? AND resource_id IN ({marks})"
-            " AND ref_type IS NOT NULL AND ref_id IS NOT NULL"
+            "SELECT s.ref_type, s.ref_id FROM resources r JOIN search_reference s ON s.res = r.key"
+            f" WHERE r.project = ? AND r.resource_type = ? AND r.id IN ({marks})"
+            " AND s.param = ? AND s.ref_type IS NOT NULL AND s.ref_id IS NOT NULL"
         )
-        rows = await self._storage.search_rows(sql_text, [project, source_type, param, *ids])
+        rows = await self._storage.search_rows(sql_text, [project, source_type, *ids, param])
         return {(t, i) for t, i in rows if target is None or t == target}
 
     async def _referrers(
@@ -204,9 +204,9 @@ class SearchService:
         for target_type, ids in by_type.items():
             marks = ", ".join("?" for _ in ids)
             sql_text = (
-                "SELECT resource_type, resource_id FROM search_reference"
-                " WHERE project = ? AND resource_type = ? AND param = ? AND ref_type = ?"
-                f" AND ref_id IN ({marks})"
+                "SELECT r.resource_type, r.id FROM search_reference s JOIN resources r"
+                f" ON r.key = s.res WHERE s.proj = {PROJECT_KEY} AND s.resource_type = ?"
+                f" AND s.param = ? AND s.ref_type = ? AND s.ref_id IN ({marks})"
             )
             rows = await self._storage.search_rows(
                 sql_text, [project, source_type, param, target_type, *ids]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.events import CausationLink, ChangeEvent
 
@@ -13,6 +13,7 @@ __all__ = [
     "CreateOp",
     "DeleteOp",
     "HistoryPage",
+    "IndexOwner",
     "OutboxRow",
     "StoredResource",
     "UpdateOp",
@@ -119,3 +120,12 @@ class ApiKeyRecord:
     name: str
     admin: bool
     created: datetime = field(compare=False)
+
+
+class IndexOwner(NamedTuple):
+    """Whose search index rows: the integer keys of the resource and of its project, and the
+    resource's type (the columns every index row starts with)."""
+
+    resource: int
+    project: int
+    resource_type: str

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
+    IndexOwner,
     OutboxRow,
     StoredResource,
     WriteContext,
@@ -109,13 +110,12 @@ class SearchIndexer(Protocol):
     def statements(
         self,
         dialect: str,
-        project: str,
-        resource_type: str,
-        resource_id: str,
+        owner: IndexOwner,
         resource: dict[str, Any] | None,
         *,
         indexed_before: bool = True,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """Statements (``?`` placeholders) and their parameter rows that replace the index rows
-        of one resource; ``resource`` is None when it was deleted (remove its rows only).
+        of one resource (``owner``: its key, its project's key and its type); ``resource`` is
+        None when it was deleted (remove its rows only).
         ``indexed_before`` False (a resource never stored) lets it skip removing old rows."""

@@ -20,6 +20,7 @@ from engine.storage import sql
 from engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
+    IndexOwner,
     OutboxRow,
     StoredResource,
     WriteContext,
@@ -76,8 +77,16 @@ class PostgresStorage:
             # Serialises schema creation between processes starting at once.
             await conn.execute("SELECT pg_advisory_lock(7311)")
             try:
+                has_resources = await conn.fetchval("SELECT to_regclass('resources') IS NOT NULL")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+                )
+                version = await conn.fetchval("SELECT max(version) FROM schema_version")
+                sql.check_schema_version(version or 0, has_resources)
                 for statement in statements:
                     await conn.execute(statement)
+                if version is None:
+                    await conn.execute("INSERT INTO schema_version VALUES ($1)", sql.SCHEMA_VERSION)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(7311)")
 
@@ -131,15 +140,19 @@ class PostgresStorage:
             stored.deleted,
             content,
         )
-        await conn.execute(sql.numbered(sql.UPSERT_CURRENT), *values)
+        resource_key, project_key = await conn.fetchrow(sql.numbered(sql.UPSERT_CURRENT), *values)
+        if project_key is None:  # the first write of a project never registered
+            await conn.execute(
+                sql.numbered(sql.INSERT_PROJECT), project, project, datetime.now(UTC)
+            )
+            project_key = await conn.fetchval(sql.numbered(sql.SELECT_PROJECT_KEY), project)
         await conn.execute(sql.numbered(sql.INSERT_HISTORY), *values)
         await conn.execute(
             sql.numbered(sql.INSERT_OUTBOX), event.key, event.model_dump_json(), event.time
         )
         if self._indexer is not None:
-            for statement, rows in self._indexer.statements(
-                "postgres", project, stored.resource_type, stored.id, stored.content
-            ):
+            owner = IndexOwner(resource_key, project_key, stored.resource_type)
+            for statement, rows in self._indexer.statements("postgres", owner, stored.content):
                 if rows:
                     await conn.executemany(sql.numbered(statement), rows)
         return result
@@ -198,11 +211,7 @@ class PostgresStorage:
 
     async def ensure_project(self, project: str, name: str) -> bool:
         status = await self.pool.execute(
-            "INSERT INTO projects (id, name, created) VALUES ($1, $2, $3)"
-            " ON CONFLICT (id) DO NOTHING",
-            project,
-            name,
-            datetime.now(UTC),
+            sql.numbered(sql.INSERT_PROJECT), project, name, datetime.now(UTC)
         )
         return bool(status.endswith(" 1"))
 

@@ -2,7 +2,8 @@
 
 One table per value kind (``search_string``, ``search_token``, ``search_reference``,
 ``search_date``, ``search_number``, ``search_quantity``, ``search_uri``); every row carries
-``project, resource_type, resource_id, param``. The rows of a resource are exactly the entries
+``res, proj, resource_type, param``: the integer keys of its resource and project, which keep
+rows and index entries narrow. The rows of a resource are exactly the entries
 :func:`subscriptions.search.entries_for` computes, and the SQL conditions mirror the
 in-memory tests of :mod:`subscriptions.search.matcher` one for one, so a SQL search and
 :func:`subscriptions.search.matches` agree (the differential test checks it).
@@ -19,7 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.storage.sql import RESOURCE_COLUMNS
+from engine.storage.model import IndexOwner
+from engine.storage.sql import RESOURCE_COLUMNS, SELECT_PROJECT_KEY
 from subscriptions.search import SearchQuery, default_registry
 from subscriptions.search.entries import composite_groups, entries_for
 from subscriptions.search.errors import UnsupportedSearchError
@@ -41,6 +43,7 @@ from subscriptions.search.registry import Registry
 
 __all__ = [
     "GROUP_COLUMN",
+    "PROJECT_KEY",
     "TABLES",
     "IndexRows",
     "SqlSearchIndexer",
@@ -71,9 +74,12 @@ GROUP_COLUMN = "grp"
 
 _COLUMN_TYPES: dict[Dialect, dict[str, str]] = {
     # Dates are microseconds since the epoch: integer comparison, identical in both engines.
-    "sqlite": {"date": "INTEGER", "number": "REAL", "text": "TEXT"},
-    "postgres": {"date": "BIGINT", "number": "DOUBLE PRECISION", "text": "TEXT"},
+    "sqlite": {"date": "INTEGER", "number": "REAL", "text": "TEXT", "key": "INTEGER"},
+    "postgres": {"date": "BIGINT", "number": "DOUBLE PRECISION", "text": "TEXT", "key": "BIGINT"},
 }
+
+PROJECT_KEY = f"({SELECT_PROJECT_KEY})"
+"""The integer key of the project whose id is the parameter (index rows carry the key)."""
 
 _LOOKUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "string": ("value_norm",),
@@ -84,7 +90,7 @@ _LOOKUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "quantity": ("low",),
     "uri": ("uri",),
 }
-"""Columns after ``(project, resource_type, param)`` in each table's lookup index."""
+"""Columns after ``(proj, resource_type, param)`` in each table's lookup index."""
 
 _SORT_COLUMNS: dict[str, tuple[str, str]] = {
     "string": ("MIN(s.value_norm)", "MAX(s.value_norm)"),
@@ -115,22 +121,23 @@ def index_ddl(dialect: Dialect) -> list[str]:
         Idempotent DDL statements, tables first.
     """
     statements: list[str] = []
+    key = _COLUMN_TYPES[dialect]["key"]
     for kind, columns in TABLES.items():
         table = f"search_{kind}"
         cols = ", ".join(f"{c} {_column_type(dialect, kind, c)}" for c in columns)
+        # res and proj are the integer keys of the owning resource and its project: a row
+        # and its index entries are a few bytes of key, not two UUIDs and a type name.
         statements.append(
-            f"CREATE TABLE IF NOT EXISTS {table} (project TEXT NOT NULL, "
-            f"resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL, "
+            f"CREATE TABLE IF NOT EXISTS {table} (res {key} NOT NULL, proj {key} NOT NULL, "
+            f"resource_type TEXT NOT NULL, param TEXT NOT NULL, "
             f"{cols}, {GROUP_COLUMN} INTEGER)"
         )
-        statements.append(
-            f"CREATE INDEX IF NOT EXISTS {table}_owner ON {table} "
-            "(project, resource_type, resource_id, param)"
-        )
+        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_owner ON {table} (res, param)")
+        # Ends with res: a lookup finds its resources in the index alone.
         lookup = ", ".join(_LOOKUP_COLUMNS[kind])
         statements.append(
             f"CREATE INDEX IF NOT EXISTS {table}_lookup ON {table} "
-            f"(project, resource_type, param, {lookup})"
+            f"(proj, resource_type, param, {lookup}, res)"
         )
     return statements
 
@@ -187,16 +194,14 @@ def index_rows(
 
 
 def delete_statements() -> list[str]:
-    """DELETE statements of the index tables, parameters ``project, resource_type,
-    resource_id``."""
-    where = "project = ? AND resource_type = ? AND resource_id = ?"
-    return [f"DELETE FROM search_{kind} WHERE {where}" for kind in TABLES]
+    """DELETE statements of the index tables, parameter the resource's key."""
+    return [f"DELETE FROM search_{kind} WHERE res = ?" for kind in TABLES]
 
 
 def insert_statement(kind: str) -> str:
-    """INSERT statement of one table, parameters ``project, resource_type, resource_id,
-    param, *TABLES[kind], group``."""
-    columns = ("project", "resource_type", "resource_id", "param", *TABLES[kind], GROUP_COLUMN)
+    """INSERT statement of one table, parameters ``*IndexOwner, param, *TABLES[kind],
+    group``."""
+    columns = ("res", "proj", "resource_type", "param", *TABLES[kind], GROUP_COLUMN)
     marks = ", ".join("?" for _ in columns)
     return f"INSERT INTO search_{kind} ({', '.join(columns)}) VALUES ({marks})"
 
@@ -218,9 +223,7 @@ class SqlSearchIndexer:
     def statements(
         self,
         dialect: str,
-        project: str,
-        resource_type: str,
-        resource_id: str,
+        owner: IndexOwner,
         resource: dict[str, Any] | None,
         *,
         indexed_before: bool = True,
@@ -233,16 +236,17 @@ class SqlSearchIndexer:
         SQLite (in process) gets a DELETE per table and an INSERT per table with rows;
         PostgreSQL one statement doing all of it, so a write costs one more round trip.
         """
-        owner = (project, resource_type, resource_id)
         rows = (
-            index_rows(resource_type, resource, self._registry)
+            index_rows(owner.resource_type, resource, self._registry)
             if resource is not None
             else IndexRows()
         )
         if dialect == "postgres":
             return [(_PG_REPLACE, [_pg_replace_params(owner, rows)])]
         out: list[tuple[str, list[tuple[Any, ...]]]] = (
-            [(statement, [owner]) for statement in delete_statements()] if indexed_before else []
+            [(statement, [(owner.resource,)]) for statement in delete_statements()]
+            if indexed_before
+            else []
         )
         for table, table_rows in rows.rows.items():
             out.append((insert_statement(table), [(*owner, *row) for row in table_rows]))
@@ -262,8 +266,7 @@ def _pg_replace_statement() -> str:
     """One statement that replaces a resource's rows in every table: the DELETEs and the
     INSERTs (from ``unnest`` of one array per column) run on the same snapshot, so the
     DELETEs see only the old rows. One round trip per write."""
-    where = "project = ? AND resource_type = ? AND resource_id = ?"
-    ctes = [f"d_{kind} AS (DELETE FROM search_{kind} WHERE {where})" for kind in TABLES]
+    ctes = [f"d_{kind} AS (DELETE FROM search_{kind} WHERE res = ?)" for kind in TABLES]
     for kind, columns in TABLES.items():
         names = ", ".join(("param", *columns, GROUP_COLUMN))
         arrays = ", ".join(
@@ -274,7 +277,7 @@ def _pg_replace_statement() -> str:
             ]
         )
         ctes.append(
-            f"i_{kind} AS (INSERT INTO search_{kind} (project, resource_type, resource_id, "
+            f"i_{kind} AS (INSERT INTO search_{kind} (res, proj, resource_type, "
             f"{names}) SELECT ?, ?, ?, u.* FROM unnest({arrays}) AS u)"
         )
     return f"WITH {', '.join(ctes)} SELECT 1"
@@ -283,8 +286,8 @@ def _pg_replace_statement() -> str:
 _PG_REPLACE = _pg_replace_statement()
 
 
-def _pg_replace_params(owner: tuple[str, str, str], rows: IndexRows) -> tuple[Any, ...]:
-    params: list[Any] = [*owner * len(TABLES)]
+def _pg_replace_params(owner: IndexOwner, rows: IndexRows) -> tuple[Any, ...]:
+    params: list[Any] = [owner.resource] * len(TABLES)
     for kind, columns in TABLES.items():
         table_rows = rows.rows.get(kind, [])
         params.extend(owner)
@@ -465,28 +468,15 @@ class _Compiler:
                 if self.dialect == "sqlite"
                 else rest
             )
-            return (
-                f"EXISTS (SELECT 1 {pinned} AND {s}.resource_type = {outer}.resource_type "
-                f"AND {s}.resource_id = {outer}.id)"
-            )
-        if resource_type is not None:
-            return self.member(f"{outer}.id", f"{s}.resource_id", rest)
-        if self.dialect == "postgres":
-            return self.member(
-                f"({outer}.resource_type || '/' || {outer}.id)",
-                f"{s}.resource_type || '/' || {s}.resource_id",
-                rest,
-            )
-        return self.member(
-            f"({outer}.resource_type, {outer}.id)", f"{s}.resource_type, {s}.resource_id", rest
-        )
+            return f"EXISTS (SELECT 1 {pinned} AND {s}.res = {outer}.key)"
+        return self.member(f"{outer}.key", f"{s}.res", rest)
 
     def index_rows(
         self, kind: str, code: str, resource_type: str | None
     ) -> tuple[str, str, list[Any]]:
         """``(alias, FROM/WHERE text, params)`` of the index rows of parameter ``code``."""
         s = self.alias("s")
-        where = f"{s}.project = ? AND {s}.param = ?"
+        where = f"{s}.proj = {PROJECT_KEY} AND {s}.param = ?"
         params: list[Any] = [self.project, code]
         if resource_type is not None:
             where += f" AND {s}.resource_type = ?"
@@ -537,9 +527,7 @@ class _Compiler:
                 if index:
                     alias = self.alias("c")
                     joins.append(
-                        f"JOIN search_{kind} {alias} ON {alias}.project = {first}.project "
-                        f"AND {alias}.resource_type = {first}.resource_type "
-                        f"AND {alias}.resource_id = {first}.resource_id "
+                        f"JOIN search_{kind} {alias} ON {alias}.res = {first}.res "
                         f"AND {alias}.{GROUP_COLUMN} = {first}.{GROUP_COLUMN} "
                         f"AND {alias}.param = ?"
                     )
@@ -553,15 +541,18 @@ class _Compiler:
             params.extend([*join_params, *body_params, *condition_params])
         return f"({' OR '.join(alternatives)})", params
 
-    def _live(self, column: str, clause: Clause, resource_type: str) -> tuple[str, list[Any]]:
-        """``column`` is the id of a live ``resource_type`` resource matching ``clause``."""
+    def _live(
+        self, column: str, clause: Clause, resource_type: str, *, by: str = "id"
+    ) -> tuple[str, list[Any]]:
+        """``column`` is the ``by`` (``id`` or ``key``) of a live ``resource_type`` resource
+        matching ``clause``."""
         t = self.alias("t")
         inner, inner_params = self.clause(clause, resource_type, t)
         sql = (
             f"FROM resources {t} WHERE {t}.project = ? AND {t}.resource_type = ? "
             f"AND NOT {t}.deleted AND {inner}"
         )
-        return self.member(column, f"{t}.id", sql), [
+        return self.member(column, f"{t}.{by}", sql), [
             self.project,
             resource_type,
             *inner_params,
@@ -582,7 +573,7 @@ class _Compiler:
         if resource_type is None:
             raise UnsupportedSearchError("_has needs a resource type", param=clause.name)
         s, body, params = self.index_rows("reference", clause.reference.code, clause.source_type)
-        sources, source_params = self._live(f"{s}.resource_id", clause.inner, clause.source_type)
+        sources, source_params = self._live(f"{s}.res", clause.inner, clause.source_type, by="key")
         rest = f"{body} AND {s}.ref_type = ? AND {sources}"
         sql = self.member(f"{outer}.id", f"{s}.ref_id", rest)
         return sql, [*params, resource_type, *source_params]
@@ -590,16 +581,19 @@ class _Compiler:
 
 def _where(query: SearchQuery, project: str, dialect: Dialect) -> tuple[str, list[Any]]:
     compiler = _Compiler(project, dialect)
-    conditions = ["r.project = ?", "NOT r.deleted"]
-    params: list[Any] = [project]
-    if query.resource_type is not None:
-        conditions.append("r.resource_type = ?")
-        params.append(query.resource_type)
     ordered = sorted(query.clauses, key=_selectivity_rank)
     # When an equality (reference, token, ...) yields few candidates, the other clauses are
     # checked per candidate, so a broad clause (a date range) never materialises all its rows.
     # When the best clause is itself a range, intersecting the lists is cheaper.
     narrow = bool(ordered) and _selectivity_rank(ordered[0]) <= _NARROW_RANK
+    # SQLite, without statistics, would rather walk every resource of the type in index order
+    # (saving the sort) than look up the few candidates by key; "+" keeps it off that index.
+    off_index = "+" if narrow and dialect == "sqlite" else ""
+    conditions = [f"{off_index}r.project = ?", "NOT r.deleted"]
+    params: list[Any] = [project]
+    if query.resource_type is not None:
+        conditions.append(f"{off_index}r.resource_type = ?")
+        params.append(query.resource_type)
     for position, clause in enumerate(ordered):
         compiler.narrow_list = narrow and position == 0
         compiler.correlated = narrow and position > 0
@@ -645,15 +639,14 @@ def _order_by(
             raise UnsupportedSearchError(f"cannot sort by {key.param.code!r}", param="_sort")
         agg = _SORT_COLUMNS[kind][1 if key.descending else 0]
         k = f"k{number}"
-        where = "s.project = ? AND s.param = ?"
+        where = f"s.proj = {PROJECT_KEY} AND s.param = ?"
         join_params.extend([project, key.param.code])
         if query.resource_type is not None:
             where += " AND s.resource_type = ?"
             join_params.append(query.resource_type)
         joins.append(
-            f"LEFT JOIN (SELECT s.resource_type, s.resource_id, {agg} AS v "
-            f"FROM search_{kind} s WHERE {where} GROUP BY s.resource_type, s.resource_id) {k} "
-            f"ON {k}.resource_type = r.resource_type AND {k}.resource_id = r.id"
+            f"LEFT JOIN (SELECT s.res, {agg} AS v "
+            f"FROM search_{kind} s WHERE {where} GROUP BY s.res) {k} ON {k}.res = r.key"
         )
         text_sort = kind in {"string", "token", "uri"}
         keys.append(f"{k}.v IS NULL")

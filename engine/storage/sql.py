@@ -12,15 +12,19 @@ from typing import Any, Literal
 
 __all__ = [
     "BUMP_GENERATION",
-    "DELETE_CURRENT",
     "INSERT_HISTORY",
     "INSERT_OUTBOX",
+    "INSERT_PROJECT",
     "RESOURCE_COLUMNS",
+    "SCHEMA_VERSION",
     "SELECT_CURRENT",
     "SELECT_GENERATION",
+    "SELECT_PROJECT_KEY",
     "SELECT_VERSION",
     "UPSERT_CURRENT",
     "Dialect",
+    "IncompatibleSchema",
+    "check_schema_version",
     "history_query",
     "numbered",
     "schema",
@@ -37,31 +41,61 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "bool": "INTEGER",
         "time": "TEXT",
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "key": "INTEGER PRIMARY KEY",
+        "natural_key": "UNIQUE",
     },
     "postgres": {
         "json": "JSONB",
         "bool": "BOOLEAN",
         "time": "TIMESTAMPTZ",
         "serial": "BIGSERIAL PRIMARY KEY",
+        "key": "BIGSERIAL UNIQUE",
+        "natural_key": "PRIMARY KEY",
     },
 }
 
 
+SCHEMA_VERSION = 2
+"""Version of the tables :func:`schema` makes (2: integer keys for the search index). Kept in
+``PRAGMA user_version`` on SQLite and the ``schema_version`` table on PostgreSQL."""
+
+
+class IncompatibleSchema(RuntimeError):
+    """The database was made by a version of fhirbots with other tables."""
+
+
+def check_schema_version(found: int, has_resources: bool) -> None:
+    """Refuse a database whose tables another schema version made (an empty one is fine).
+
+    Raises:
+        IncompatibleSchema: naming both versions and what to do.
+    """
+    if has_resources and found != SCHEMA_VERSION:
+        raise IncompatibleSchema(
+            f"the database has schema version {found}, this fhirbots needs {SCHEMA_VERSION}:"
+            " start on a new data dir or database and load the data again (fhirbots load)"
+        )
+
+
 def schema(dialect: Dialect) -> list[str]:
-    """CREATE statements of the core tables (idempotent)."""
+    """CREATE statements of the core tables (idempotent).
+
+    Projects and resources have an integer ``key`` besides their natural key: the search
+    index tables refer to them by it, so their rows and B-trees stay narrow."""
     t = _TYPES[dialect]
     return [
         f"""CREATE TABLE IF NOT EXISTS projects (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, created {t["time"]} NOT NULL)""",
+            key {t["key"]}, id TEXT NOT NULL {t["natural_key"]}, name TEXT NOT NULL,
+            created {t["time"]} NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS api_keys (
             id TEXT PRIMARY KEY, project TEXT NOT NULL REFERENCES projects(id),
             name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, admin {t["bool"]} NOT NULL,
             created {t["time"]} NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS resources (
-            project TEXT NOT NULL, resource_type TEXT NOT NULL, id TEXT NOT NULL,
+            key {t["key"]}, project TEXT NOT NULL, resource_type TEXT NOT NULL, id TEXT NOT NULL,
             version_id INTEGER NOT NULL, last_updated {t["time"]} NOT NULL,
             deleted {t["bool"]} NOT NULL, content {t["json"]},
-            PRIMARY KEY (project, resource_type, id))""",
+            {t["natural_key"]} (project, resource_type, id))""",
         "CREATE INDEX IF NOT EXISTS resources_updated ON resources "
         "(project, resource_type, last_updated)",
         f"""CREATE TABLE IF NOT EXISTS resource_history (
@@ -84,6 +118,10 @@ def schema(dialect: Dialect) -> list[str]:
     ]
 
 
+INSERT_PROJECT = (
+    "INSERT INTO projects (id, name, created) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+SELECT_PROJECT_KEY = "SELECT key FROM projects WHERE id = ?"
 SELECT_CURRENT = (
     f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE project = ? AND resource_type = ? AND id = ?"
 )
@@ -96,8 +134,10 @@ UPSERT_CURRENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, resource_type, id) DO UPDATE SET"
     " version_id = excluded.version_id, last_updated = excluded.last_updated,"
     " deleted = excluded.deleted, content = excluded.content"
+    " RETURNING key, (SELECT key FROM projects WHERE id = resources.project)"
 )
-DELETE_CURRENT = "DELETE FROM resources WHERE project = ? AND resource_type = ? AND id = ?"
+"""Returns the resource's key and its project's key (the owner of its search index rows); the
+project's is NULL for a project not yet registered (see :data:`INSERT_PROJECT`)."""
 INSERT_HISTORY = (
     "INSERT INTO resource_history"
     " (project, resource_type, id, version_id, last_updated, deleted, content)"

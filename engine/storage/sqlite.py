@@ -225,11 +225,17 @@ class SqliteStorage:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self._path)
         try:
+            has_resources = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'resources'"
+            ).fetchone()
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            sql.check_schema_version(version, has_resources is not None)
             statements = sql.schema("sqlite")
             if self._indexer is not None:
                 statements += self._indexer.ddl("sqlite")
             for statement in statements:
                 conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
         finally:
             conn.close()
         writer = _Writer(self._path, self._indexer, process=self._writer_process)

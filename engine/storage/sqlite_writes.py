@@ -26,6 +26,7 @@ import orjson
 from engine.storage import sql
 from engine.storage.model import (
     ApiKeyRecord,
+    IndexOwner,
     StoredResource,
     WriteContext,
     WriteOp,
@@ -129,7 +130,10 @@ class _Writes:
             int(stored.deleted),
             _dump(stored.content),
         )
-        conn.execute(sql.UPSERT_CURRENT, values)
+        resource_key, project_key = conn.execute(sql.UPSERT_CURRENT, values).fetchone()
+        if project_key is None:  # the first write of a project never registered
+            self.ensure_project(project, project)
+            project_key = conn.execute(sql.SELECT_PROJECT_KEY, (project,)).fetchone()[0]
         conn.execute(sql.INSERT_HISTORY, values)
         conn.execute(
             sql.INSERT_OUTBOX,
@@ -138,9 +142,7 @@ class _Writes:
         if self.indexer is not None:
             for statement, rows in self.indexer.statements(
                 "sqlite",
-                project,
-                stored.resource_type,
-                stored.id,
+                IndexOwner(resource_key, project_key, stored.resource_type),
                 stored.content,
                 indexed_before=current is not None,
             ):
@@ -149,8 +151,7 @@ class _Writes:
 
     def ensure_project(self, project: str, name: str) -> bool:
         cursor = self.conn.execute(
-            "INSERT INTO projects (id, name, created) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (project, name, format_instant(datetime.now(UTC))),
+            sql.INSERT_PROJECT, (project, name, format_instant(datetime.now(UTC)))
         )
         return cursor.rowcount == 1
 

@@ -19,10 +19,11 @@ import pytest
 import pytest_asyncio
 
 from engine.storage import sql
+from engine.storage.model import IndexOwner
 from engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search, index_ddl
 from subscriptions.search import parse_search
 from tests.conftest import postgres_dsn
-from tests.engine.storage.test_search_index import PROJECT, RESOURCES, SEARCH_CASES
+from tests.engine.storage.test_search_index import PROJECT, PROJECT_ROW, RESOURCES, SEARCH_CASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 async def _store(
     conn: asyncpg.Connection, resource: dict[str, Any] | None, rtype: str, rid: str
 ) -> None:
-    await conn.execute(
+    keys = await conn.fetchrow(
         sql.numbered(sql.UPSERT_CURRENT),
         PROJECT,
         rtype,
@@ -40,7 +41,8 @@ async def _store(
         resource is None,
         json.dumps(resource),
     )
-    for statement, rows in SqlSearchIndexer().statements("postgres", PROJECT, rtype, rid, resource):
+    owner = IndexOwner(keys[0], keys[1], rtype)
+    for statement, rows in SqlSearchIndexer().statements("postgres", owner, resource):
         await conn.executemany(sql.numbered(statement), rows)
 
 
@@ -57,6 +59,7 @@ async def conn() -> AsyncIterator[asyncpg.Connection]:
     try:
         for statement in [*sql.schema("postgres"), *index_ddl("postgres")]:
             await connection.execute(statement)
+        await connection.execute(sql.numbered(PROJECT_ROW), PROJECT, PROJECT, datetime.now(UTC))
         for resource in RESOURCES:
             await _store(connection, resource, resource["resourceType"], resource["id"])
         yield connection
@@ -82,15 +85,17 @@ async def test_sort_paging_and_count(conn: asyncpg.Connection) -> None:
     assert await ids(conn, "Patient?_count=2&_offset=2") == ["pat-c"]
     assert await ids(conn, "Patient?_offset=1") == ["pat-b", "pat-c"]
     assert await ids(conn, "_id=obs-1,pat-a") == ["obs-1", "pat-a"]
-    text, params = compile_count(parse_search("Patient?gender=female").query, project=PROJECT)
+    text, params = compile_count(
+        parse_search("Patient?gender=female").query, project=PROJECT, dialect="postgres"
+    )
     assert await conn.fetchval(sql.numbered(text), *params) == 2
 
 
 async def test_delete_removes_index_rows(conn: asyncpg.Connection) -> None:
     vs = RESOURCES[-1]
     await _store(conn, None, "ValueSet", vs["id"])
-    assert (
-        await conn.fetchval("SELECT COUNT(*) FROM search_uri WHERE resource_id = $1", "vs-1") == 0
-    )
+    owned = "SELECT COUNT(*) FROM search_uri s JOIN resources r ON r.key = s.res WHERE r.id = $1"
+    assert await conn.fetchval(owned, "vs-1") == 0
     await _store(conn, vs, "ValueSet", vs["id"])
     assert await ids(conn, "ValueSet?url=http://acme.org/fhir/ValueSet/123") == ["vs-1"]
+    assert await conn.fetchval(owned, "vs-1") > 0

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from engine.storage import sql
+from engine.storage.model import IndexOwner
 from engine.storage.search_index import (
     TABLES,
     SqlSearchIndexer,
@@ -91,21 +92,31 @@ RESOURCES: list[dict[str, Any]] = [
 ]
 
 
+PROJECT_ROW = "INSERT INTO projects (id, name, created) VALUES (?, ?, ?)"
+
+
 def _store(conn: sqlite3.Connection, resource: dict[str, Any] | None, rid: str, rtype: str) -> None:
     indexer = SqlSearchIndexer()
-    conn.execute(
+    keys = conn.execute(
         sql.UPSERT_CURRENT,
         (PROJECT, rtype, rid, 1, "2024-01-01", int(resource is None), json.dumps(resource)),
-    )
-    for statement, rows in indexer.statements("sqlite", PROJECT, rtype, rid, resource):
+    ).fetchone()
+    for statement, rows in indexer.statements("sqlite", IndexOwner(*keys, rtype), resource):
         conn.executemany(statement, rows)
+
+
+def _database() -> sqlite3.Connection:
+    """An in-memory database with the schema (made twice: the DDL is idempotent) and PROJECT."""
+    connection = sqlite3.connect(":memory:")
+    for statement in [*sql.schema("sqlite"), *index_ddl("sqlite"), *index_ddl("sqlite")]:
+        connection.execute(statement)
+    connection.execute(PROJECT_ROW, (PROJECT, PROJECT, "2024-01-01"))
+    return connection
 
 
 @pytest.fixture
 def conn() -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(":memory:")
-    for statement in [*sql.schema("sqlite"), *index_ddl("sqlite"), *index_ddl("sqlite")]:
-        connection.execute(statement)
+    connection = _database()
     for resource in RESOURCES:
         _store(connection, resource, resource["id"], resource["resourceType"])
     yield connection
@@ -225,10 +236,9 @@ def test_update_replaces_rows_and_delete_removes_them(conn: sqlite3.Connection) 
     assert ids(conn, "Patient?gender=female") == ["pat-a", "pat-b", "pat-c"]
     _store(conn, None, "pat-b", "Patient")
     assert ids(conn, "Patient?gender=female") == ["pat-a", "pat-c"]
-    rows = conn.execute("SELECT COUNT(*) FROM search_token WHERE resource_id = 'pat-b'").fetchone()[
-        0
-    ]
-    assert rows == 0
+    owned = "SELECT COUNT(*) FROM search_token s JOIN resources r ON r.key = s.res WHERE r.id = ?"
+    assert conn.execute(owned, ("pat-a",)).fetchone()[0] > 0
+    assert conn.execute(owned, ("pat-b",)).fetchone()[0] == 0
 
 
 def test_sqlite_agrees_with_the_matcher_on_synthea(shared_dir: Path) -> None:
@@ -241,9 +251,7 @@ def test_sqlite_agrees_with_the_matcher_on_synthea(shared_dir: Path) -> None:
     )
 
     resources = [r for bundle in synthea_bundles(shared_dir)[:3] for r in bundle]
-    connection = sqlite3.connect(":memory:")
-    for statement in [*sql.schema("sqlite"), *index_ddl("sqlite")]:
-        connection.execute(statement)
+    connection = _database()
     for resource in resources:
         _store(connection, resource, resource["id"], resource["resourceType"])
     for query in generate_queries(resources, 120):

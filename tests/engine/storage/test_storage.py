@@ -162,3 +162,13 @@ async def test_config_writes_bump_the_generation_every_event_carries(storage: St
     assert after.event is not None and after.event.config_generation == 1
     [other] = await storage.apply("p2", [UpdateOp("Patient", "g", patient("B"))], CTX)
     assert other.event is not None and other.event.config_generation == 0
+
+
+async def test_a_write_registers_its_project(storage: Storage) -> None:
+    await storage.apply("unregistered", [CreateOp(patient("A"))], CTX)
+    assert not await storage.ensure_project("unregistered", "Named later")
+    assert await storage.search_rows(
+        "SELECT COUNT(*) FROM search_string s JOIN resources r ON r.key = s.res"
+        " WHERE r.project = ? AND s.param = ?",
+        ["unregistered", "family"],
+    ) == [(1,)]

@@ -1,0 +1,58 @@
+"""A database made by another schema version is refused at open, with what to do."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from engine.storage import sql
+from engine.storage.postgres import PostgresStorage
+from engine.storage.search_index import SqlSearchIndexer
+from engine.storage.sqlite import SqliteStorage
+from tests.conftest import postgres_dsn, reset_postgres
+
+
+async def test_sqlite_refuses_another_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = SqliteStorage(path, indexer=SqlSearchIndexer())
+    await store.open()
+    await store.close()
+    await store.open()  # its own version: fine
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sql.SCHEMA_VERSION
+        conn.execute("PRAGMA user_version = 1")
+    with pytest.raises(sql.IncompatibleSchema, match="schema version 1, this fhirbots needs"):
+        await SqliteStorage(path, indexer=SqlSearchIndexer()).open()
+
+
+async def test_sqlite_refuses_tables_made_before_versions(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the first schema kept no version
+        conn.execute("CREATE TABLE resources (project TEXT, resource_type TEXT, id TEXT)")
+    with pytest.raises(sql.IncompatibleSchema, match="schema version 0"):
+        await SqliteStorage(path).open()
+
+
+@pytest.mark.integration
+async def test_postgres_refuses_another_schema_version() -> None:
+    dsn = postgres_dsn()
+    await reset_postgres(dsn)
+    store = PostgresStorage(dsn, indexer=SqlSearchIndexer())
+    await store.open()
+    await store.close()
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT version FROM schema_version") == sql.SCHEMA_VERSION
+        await conn.execute("UPDATE schema_version SET version = 1")
+    finally:
+        await conn.close()
+    store = PostgresStorage(dsn, indexer=SqlSearchIndexer())
+    with pytest.raises(sql.IncompatibleSchema, match="schema version 1"):
+        await store.open()
+    await store.close()
