@@ -1,4 +1,5 @@
-"""A database made by another schema version is refused at open, with what to do."""
+"""PostgreSQL and SQLite open-time settings: schema versions (a database made by another version
+is refused, saying what to do) and how PostgreSQL plans searches."""
 
 from __future__ import annotations
 
@@ -56,3 +57,17 @@ async def test_postgres_refuses_another_schema_version() -> None:
     with pytest.raises(sql.IncompatibleSchema, match="schema version 1"):
         await store.open()
     await store.close()
+
+
+@pytest.mark.integration
+async def test_postgres_plans_each_search_with_its_values() -> None:
+    """Searches run on connections that never switch to a generic plan; writes keep theirs."""
+    dsn = postgres_dsn()
+    await reset_postgres(dsn)
+    store = PostgresStorage(dsn, indexer=SqlSearchIndexer())
+    await store.open()
+    try:
+        assert await store.search_rows("SHOW plan_cache_mode", []) == [("force_custom_plan",)]
+        assert await store.pool.fetchval("SHOW plan_cache_mode") == "auto"
+    finally:
+        await store.close()
