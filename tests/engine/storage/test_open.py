@@ -38,11 +38,16 @@ async def test_sqlite_refuses_tables_made_before_versions(tmp_path: Path) -> Non
         await SqliteStorage(path).open()
 
 
-@pytest.mark.integration
-async def test_postgres_refuses_another_schema_version() -> None:
+async def _empty_postgres() -> tuple[str, PostgresStorage]:
+    """The test database, emptied, and a storage on it (not open)."""
     dsn = postgres_dsn()
     await reset_postgres(dsn)
-    store = PostgresStorage(dsn, indexer=SqlSearchIndexer())
+    return dsn, PostgresStorage(dsn, indexer=SqlSearchIndexer())
+
+
+@pytest.mark.integration
+async def test_postgres_refuses_another_schema_version() -> None:
+    dsn, store = await _empty_postgres()
     await store.open()
     await store.close()
     await store.open()
@@ -62,9 +67,7 @@ async def test_postgres_refuses_another_schema_version() -> None:
 @pytest.mark.integration
 async def test_postgres_plans_each_search_with_its_values() -> None:
     """Searches run on connections that never switch to a generic plan; writes keep theirs."""
-    dsn = postgres_dsn()
-    await reset_postgres(dsn)
-    store = PostgresStorage(dsn, indexer=SqlSearchIndexer())
+    _, store = await _empty_postgres()
     await store.open()
     try:
         assert await store.search_rows("SHOW plan_cache_mode", []) == [("force_custom_plan",)]
