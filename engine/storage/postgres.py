@@ -51,6 +51,12 @@ def _to_stored(row: asyncpg.Record) -> StoredResource:
     )
 
 
+def _opened(pool: asyncpg.Pool | None) -> asyncpg.Pool:
+    if pool is None:
+        raise RuntimeError("storage is not open")
+    return pool
+
+
 class PostgresStorage:
     """The storage port on PostgreSQL."""
 
@@ -64,10 +70,8 @@ class PostgresStorage:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The connection pool (open only)."""
-        if self._pool is None:
-            raise RuntimeError("storage is not open")
-        return self._pool
+        """The connection pool of writes and reads (open only)."""
+        return _opened(self._pool)
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
@@ -211,9 +215,7 @@ class PostgresStorage:
 
     @property
     def _searches(self) -> asyncpg.Pool:
-        if self._search_pool is None:
-            raise RuntimeError("storage is not open")
-        return self._search_pool
+        return _opened(self._search_pool)
 
     async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
         rows = await self._searches.fetch(sql.numbered(sql_text), *params)

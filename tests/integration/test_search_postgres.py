@@ -23,7 +23,7 @@ from engine.storage.model import IndexOwner
 from engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search, index_ddl
 from subscriptions.search import parse_search
 from tests.conftest import postgres_dsn
-from tests.engine.storage.test_search_index import PROJECT, PROJECT_ROW, RESOURCES, SEARCH_CASES
+from tests.engine.storage.test_search_index import PROJECT, RESOURCES, SEARCH_CASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -59,7 +59,9 @@ async def conn() -> AsyncIterator[asyncpg.Connection]:
     try:
         for statement in [*sql.schema("postgres"), *index_ddl("postgres")]:
             await connection.execute(statement)
-        await connection.execute(sql.numbered(PROJECT_ROW), PROJECT, PROJECT, datetime.now(UTC))
+        await connection.execute(
+            sql.numbered(sql.INSERT_PROJECT), PROJECT, PROJECT, datetime.now(UTC)
+        )
         for resource in RESOURCES:
             await _store(connection, resource, resource["resourceType"], resource["id"])
         yield connection

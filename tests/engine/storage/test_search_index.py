@@ -92,9 +92,6 @@ RESOURCES: list[dict[str, Any]] = [
 ]
 
 
-PROJECT_ROW = "INSERT INTO projects (id, name, created) VALUES (?, ?, ?)"
-
-
 def _store(conn: sqlite3.Connection, resource: dict[str, Any] | None, rid: str, rtype: str) -> None:
     indexer = SqlSearchIndexer()
     keys = conn.execute(
@@ -110,7 +107,7 @@ def _database() -> sqlite3.Connection:
     connection = sqlite3.connect(":memory:")
     for statement in [*sql.schema("sqlite"), *index_ddl("sqlite"), *index_ddl("sqlite")]:
         connection.execute(statement)
-    connection.execute(PROJECT_ROW, (PROJECT, PROJECT, "2024-01-01"))
+    connection.execute(sql.INSERT_PROJECT, (PROJECT, PROJECT, "2024-01-01"))
     return connection
 
 
