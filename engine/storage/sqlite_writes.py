@@ -63,6 +63,10 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    # Each write of a group runs in a SAVEPOINT, whose journal of the pages it changes would
+    # otherwise be a temporary file made, written and deleted by every group commit: in memory
+    # it cut the writer's CPU per create by about a third (most of it system time).
+    conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 
 
@@ -190,13 +194,38 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
 def commit_group(
     conn: sqlite3.Connection, indexer: SearchIndexer | None, requests: Sequence[Request]
 ) -> list[Outcome]:
-    """Run ``requests`` in one transaction, each in its own SAVEPOINT: one that fails rolls
-    back alone, and all of them share one commit.
+    """Run ``requests`` in one transaction with one commit; a write that fails rolls back alone.
+
+    A group first runs without savepoints: inside one, SQLite keeps a copy of every page it
+    changes, which cost the writer about a fifth of its time per resource, and nearly every
+    group succeeds whole. If a write fails, that attempt is rolled back and the group runs
+    again with each write in its own SAVEPOINT (:func:`_commit_isolated`), so the failing
+    write rolls back alone and the others commit.
 
     Raises:
         sqlite3.Error: the transaction itself failed (nothing was written).
     """
     writes = _Writes(conn, indexer)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [_FUNCTIONS[name](writes, *args) for name, args in requests]
+        except Exception:  # some write failed: none of this attempt is kept
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return _commit_isolated(conn, writes, requests)
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return [(result, None) for result in results]
+
+
+def _commit_isolated(
+    conn: sqlite3.Connection, writes: _Writes, requests: Sequence[Request]
+) -> list[Outcome]:
+    """The group again, each write in its own SAVEPOINT: the failing ones roll back alone."""
     outcomes: list[Outcome] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
