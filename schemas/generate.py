@@ -2,7 +2,8 @@
 
 Run ``python -m schemas.generate`` after changing a payload model and commit the result;
 ``python -m schemas.generate --check`` exits with status 1 when the files are out of date
-(a test does the same check).
+(a test does the same check). ``--resource-types`` writes the names of the R4B resource types
+(``schemas/json/r4b-resource-types.json``) from the installed fhir.resources models.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from schemas.events import ChangeEvent
 from schemas.executions import BotExecutionRecord
 from schemas.notifications import Notification
 from schemas.subscriptions import SuppressedNotification
+from schemas.validation import RESOURCE_TYPES_FILE, r4b_model_types
 
 __all__ = ["JSON_DIR", "JSON_SCHEMA_DIALECT", "PAYLOADS", "main", "render", "schema_for"]
 
@@ -79,7 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate topic payload JSON Schemas.")
     parser.add_argument("--check", action="store_true", help="only report differences")
     parser.add_argument("--out", type=Path, default=JSON_DIR, help="target folder")
+    parser.add_argument(
+        "--resource-types",
+        action="store_true",
+        help="write the names of the R4B resource types instead (after a fhir.resources upgrade)",
+    )
     args = parser.parse_args(argv)
+    if args.resource_types:
+        write_resource_types()
+        return 0
     files = render()
     problems = _differences(args.out, files)
     if args.check:
@@ -94,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.unlink()
     print(f"wrote {len(files)} schemas to {args.out}")
     return 0
+
+
+def write_resource_types() -> None:
+    """Write the names of the R4B resource types (``schemas.validation.R4B_RESOURCE_TYPES``)."""
+    types = r4b_model_types()
+    RESOURCE_TYPES_FILE.write_text(json.dumps(types, indent=0) + "\n", encoding="utf-8")
+    print(f"wrote {len(types)} resource types to {RESOURCE_TYPES_FILE}")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pkgutil
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import fhir.resources.R4B as r4b
-
-from schemas.validation import CUSTOM_TYPES, is_known_type
+from schemas.validation import CUSTOM_TYPES, R4B_RESOURCE_TYPES
 
 __all__ = ["capability_statement", "resource_types"]
 
@@ -24,7 +21,7 @@ _INTERACTIONS = [
     "history-type",
     "create",
 ]
-_NOT_RESOURCES = {"Resource", "DomainResource", "Element", "BackboneElement"}
+_ABSTRACT = {"Resource", "DomainResource"}
 
 STARTED = datetime.now(UTC).date().isoformat()
 """The statement describes this process: it is dated when the process started."""
@@ -37,20 +34,10 @@ def _software_version() -> str:
         return "unknown"
 
 
-def _camel_types() -> list[str]:
-    found: list[str] = []
-    for module in pkgutil.iter_modules(r4b.__path__):
-        mod = __import__(f"fhir.resources.R4B.{module.name}", fromlist=["*"])
-        for attr in dir(mod):
-            if attr.lower() == module.name and attr not in _NOT_RESOURCES and is_known_type(attr):
-                found.append(attr)
-    return found
-
-
 @cache
 def resource_types() -> tuple[str, ...]:
     """Every resource type the datastore accepts: R4B resources and custom types."""
-    return tuple(sorted(set(_camel_types()) | set(CUSTOM_TYPES)))
+    return tuple(sorted((R4B_RESOURCE_TYPES - _ABSTRACT) | set(CUSTOM_TYPES)))
 
 
 def capability_statement(

@@ -43,7 +43,14 @@ from engine.storage.model import (
 )
 from engine.storage.planner import format_instant, op_target
 from engine.storage.port import SearchIndexer
-from engine.storage.sqlite_writes import Outcome, Request, commit_group, connect, row_to_stored
+from engine.storage.sqlite_writes import (
+    Outcome,
+    Request,
+    commit_group,
+    connect,
+    connect_writer,
+    row_to_stored,
+)
 
 __all__ = ["SqliteStorage", "WriterStopped"]
 
@@ -158,7 +165,7 @@ class _Writer(threading.Thread):
         return reply
 
     def run(self) -> None:
-        conn = None if self._process_mode else connect(self._path)
+        conn, checkpointer = (None, None) if self._process_mode else connect_writer(self._path)
         try:
             while True:
                 first = self.jobs.get()
@@ -186,7 +193,11 @@ class _Writer(threading.Thread):
                     continue
                 for job, (result, error) in zip(batch, outcomes, strict=True):
                     job.settle(result, error)
+                if checkpointer is not None:
+                    checkpointer.committed()
         finally:
+            if checkpointer is not None:
+                checkpointer.close()
             if conn is not None:
                 conn.close()
             self._stop_process()

@@ -10,6 +10,7 @@ import pytest
 from schemas import topics
 from schemas.events import CausationLink, ChangeEvent
 from schemas.generate import JSON_DIR, PAYLOADS, main, render, schema_for
+from schemas.validation import R4B_RESOURCE_TYPES, RESOURCE_TYPES_FILE, r4b_model_types
 
 
 def test_checked_in_schemas_are_up_to_date() -> None:
@@ -76,3 +77,10 @@ def test_check_mode_reports_and_write_mode_repairs(
     assert main(["--out", str(tmp_path)]) == 0
     assert main(["--check", "--out", str(tmp_path)]) == 0
     assert not (tmp_path / "old.topic.v0.schema.json").exists()
+
+
+def test_checked_in_resource_types_are_the_installed_models() -> None:
+    on_disk = json.loads(RESOURCE_TYPES_FILE.read_text(encoding="utf-8"))
+    assert on_disk == r4b_model_types(), "run `python -m schemas.generate --resource-types`"
+    assert {"Patient", "Observation", "SubscriptionTopic", "Bundle"} <= R4B_RESOURCE_TYPES
+    assert "HumanName" not in R4B_RESOURCE_TYPES  # a data type, not a resource
