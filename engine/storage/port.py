@@ -95,7 +95,8 @@ class Storage(Protocol):
         """Unpublished change events in commit order."""
 
     async def outbox_mark_published(self, seqs: Sequence[int]) -> None:
-        """Mark outbox rows as published."""
+        """Mark outbox rows as published: the first ones :meth:`outbox_pending` returned (SQLite
+        keeps only the highest number published, so it takes every row up to it as marked)."""
 
     async def outbox_purge(self, older_than: datetime) -> int:
         """Delete published rows older than ``older_than``; returns how many."""

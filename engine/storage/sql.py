@@ -21,6 +21,9 @@ __all__ = [
     "SELECT_GENERATION",
     "SELECT_PROJECT_KEY",
     "SELECT_VERSION",
+    "SQLITE_OUTBOX_MARK",
+    "SQLITE_OUTBOX_PENDING",
+    "SQLITE_OUTBOX_PURGE",
     "UPSERT_CURRENT",
     "Dialect",
     "IncompatibleSchema",
@@ -112,10 +115,40 @@ def schema(dialect: Dialect) -> list[str]:
             created {t["time"]} NOT NULL, published {t["bool"]} NOT NULL DEFAULT {
             "0" if dialect == "sqlite" else "FALSE"
         })""",
-        "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE NOT published",
+        *_outbox_progress(dialect),
         """CREATE TABLE IF NOT EXISTS config_generations (
             project TEXT PRIMARY KEY, generation BIGINT NOT NULL)""",
     ]
+
+
+def _outbox_progress(dialect: Dialect) -> list[str]:
+    """How the relay's progress is kept.
+
+    PostgreSQL marks each published row: outbox sequence numbers are taken at insert, so a row
+    may commit after one with a higher number. SQLite commits one write transaction at a time,
+    so sequence order is commit order and one number, the highest published, says it all: a
+    mark is one small row written, not every published row (and its payload) written again.
+    """
+    if dialect == "postgres":
+        return ["CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE NOT published"]
+    return [
+        "DROP INDEX IF EXISTS outbox_pending",
+        """CREATE TABLE IF NOT EXISTS outbox_published (
+            id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)""",
+        # Tables from before kept progress in outbox.published: a prefix of the rows.
+        "INSERT INTO outbox_published (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM outbox"
+        " WHERE published ON CONFLICT (id) DO NOTHING",
+    ]
+
+
+SQLITE_OUTBOX_PENDING = (
+    "SELECT seq, key, payload FROM outbox"
+    " WHERE seq > (SELECT seq FROM outbox_published) ORDER BY seq LIMIT ?"
+)
+SQLITE_OUTBOX_MARK = "UPDATE outbox_published SET seq = MAX(seq, ?)"
+SQLITE_OUTBOX_PURGE = (
+    "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox_published) AND created < ?"
+)
 
 
 INSERT_PROJECT = (

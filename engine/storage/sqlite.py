@@ -407,10 +407,7 @@ class SqliteStorage:
 
     async def outbox_pending(self, limit: int) -> list[OutboxRow]:
         def work(conn: sqlite3.Connection) -> list[OutboxRow]:
-            rows = conn.execute(
-                "SELECT seq, key, payload FROM outbox WHERE NOT published ORDER BY seq LIMIT ?",
-                (limit,),
-            ).fetchall()
+            rows = conn.execute(sql.SQLITE_OUTBOX_PENDING, (limit,)).fetchall()
             return [OutboxRow(int(s), k, p.encode()) for s, k, p in rows]
 
         return await self._read(work)

@@ -229,13 +229,11 @@ class _Writes:
         return record
 
     def outbox_mark_published(self, seqs: Sequence[int]) -> None:
-        self.conn.executemany("UPDATE outbox SET published = 1 WHERE seq = ?", [(s,) for s in seqs])
+        if seqs:
+            self.conn.execute(sql.SQLITE_OUTBOX_MARK, (max(seqs),))
 
     def outbox_purge(self, older_than: str) -> int:
-        cursor = self.conn.execute(
-            "DELETE FROM outbox WHERE published AND created < ?", (older_than,)
-        )
-        return cursor.rowcount
+        return self.conn.execute(sql.SQLITE_OUTBOX_PURGE, (older_than,)).rowcount
 
 
 Request = tuple[str, tuple[Any, ...]]

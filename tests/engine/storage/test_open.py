@@ -4,16 +4,20 @@ is refused, saying what to do) and how PostgreSQL plans searches."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from engine.storage import sql
+from engine.storage.model import CreateOp, WriteContext
 from engine.storage.postgres import PostgresStorage
 from engine.storage.search_index import SqlSearchIndexer
 from engine.storage.sqlite import SqliteStorage
 from tests.conftest import postgres_dsn, reset_postgres
+
+CTX = WriteContext(author="ApiKey/k1")
 
 
 async def test_sqlite_refuses_another_schema_version(tmp_path: Path) -> None:
@@ -36,6 +40,29 @@ async def test_sqlite_refuses_tables_made_before_versions(tmp_path: Path) -> Non
         conn.execute("CREATE TABLE resources (project TEXT, resource_type TEXT, id TEXT)")
     with pytest.raises(sql.IncompatibleSchema, match="schema version 0"):
         await SqliteStorage(path).open()
+
+
+async def test_sqlite_relay_progress_carries_over_from_per_row_marks(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = SqliteStorage(path)
+    await store.open()
+    for family in ("A", "B", "C"):
+        await store.apply(
+            "p1", [CreateOp({"resourceType": "Patient", "name": [{"family": family}]})], CTX
+        )
+    await store.close()
+    with sqlite3.connect(path) as conn:  # as tables from before kept it: a flag per row
+        conn.execute("DROP TABLE outbox_published")
+        conn.execute("UPDATE outbox SET published = 1 WHERE seq <= 2")
+    await store.open()
+    try:
+        assert [r.seq for r in await store.outbox_pending(10)] == [3]
+        await store.outbox_mark_published([3])
+        assert await store.outbox_pending(10) == []
+        # Purging removes published rows older than the cut-off, and only those.
+        assert await store.outbox_purge(datetime.now(UTC) + timedelta(seconds=1)) == 3
+    finally:
+        await store.close()
 
 
 async def _empty_postgres() -> tuple[str, PostgresStorage]:
