@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from engine.storage import sql
 from engine.storage.model import CreateOp, UpdateOp, WriteContext, WriteOp
 from engine.storage.planner import op_target
 from engine.storage.search_index import SqlSearchIndexer
-from engine.storage.sqlite_writes import Request, commit_group, connect
+from engine.storage.sqlite_writes import Request, commit_group, connect, connect_writer
 
 CTX = WriteContext(author="ApiKey/k1")
 INDEXER = SqlSearchIndexer()
@@ -73,3 +74,23 @@ def test_a_failing_write_rolls_back_alone(conn: sqlite3.Connection) -> None:
     assert conn.execute("SELECT COUNT(*) FROM resources").fetchone()[0] == 3
     assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 3
     assert not conn.in_transaction
+
+
+def test_the_checkpointer_copies_commits_into_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    writer, checkpointer = connect_writer(path)
+    try:
+        writer.execute("CREATE TABLE blobs (body TEXT)")
+        writer.execute("BEGIN IMMEDIATE")
+        writer.executemany("INSERT INTO blobs VALUES (?)", [("x" * 4000,) for _ in range(500)])
+        writer.execute("COMMIT")
+        # 2 MB sit in the WAL: the writer itself checkpoints only past 20,000 pages.
+        assert path.stat().st_size < 1_000_000
+        checkpointer.committed()
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 2_000_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.stat().st_size >= 2_000_000
+    finally:
+        checkpointer.close()
+        writer.close()
