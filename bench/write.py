@@ -3,7 +3,11 @@
 Prints single creates per second with one and eight concurrent clients (p50/p99 latency),
 and resources per second through transaction Bundles (the Synthea sample bundles).
 
-    python bench/write.py [--seconds 10] [--postgres DSN]
+    python bench/write.py [--seconds 10] [--postgres DSN] [--repeat N]
+
+With ``--repeat N`` every server is started N times and a summary gives each figure's median
+and range: on the 2-core benchmark machine the same build can measure a third apart from one
+server start to the next, so compare builds by medians of interleaved runs, not single runs.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
@@ -96,29 +102,50 @@ async def transactions(
     return total / elapsed
 
 
+Figures = dict[str, float]
+"""One run's rates by name (``single creates, 8 client(s)``, ``transaction bundles``)."""
+
+
 async def run(
     label: str, server: Server, seconds: float, bundles: list[bytes], counts: list[int]
-) -> None:
+) -> Figures:
+    figures: Figures = {}
     await single_creates(server, 8, 1.0)  # warm-up: models built, connections open
     for clients in (1, 8):
         rate, p50, p99 = await single_creates(server, clients, seconds)
+        name = f"single creates, {clients} client(s)"
+        figures[name] = rate
         print(
-            f"{label:<14} single creates, {clients} client(s): {rate:8.0f}/s  "
-            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
+            f"{label:<14} {name}: {rate:8.0f}/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
             flush=True,
         )
     rate = await transactions(server, bundles, counts)
+    figures["transaction bundles"] = rate
     print(
         f"{label:<14} transaction bundles: {rate:8.0f} resources/s "
         f"({sum(counts)} resources in {len(bundles)} bundles)",
         flush=True,
     )
+    return figures
+
+
+def summary(runs: dict[str, list[Figures]]) -> None:
+    """Median and range of every figure over the repeated runs."""
+    print("\nmedian (min - max) over runs:")
+    for label, results in runs.items():
+        for name in results[0]:
+            values = [figures[name] for figures in results]
+            print(
+                f"{label:<14} {name:<28} {statistics.median(values):8.0f}  "
+                f"({min(values):.0f} - {max(values):.0f}, {len(values)} runs)"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--postgres", default=os.environ.get("FHIRBOTS_TEST_DATABASE_URL"))
+    parser.add_argument("--repeat", type=int, default=1, help="server starts per engine and mode")
     args = parser.parse_args()
     files = sorted((SHARED / "fhir-samples" / "synthea-r4").glob("*.json"))
     bundles = [f.read_bytes() for f in files]
@@ -128,13 +155,19 @@ def main() -> None:
         engines.append(("postgres", args.postgres))
     else:
         print("postgres: skipped (pass --postgres DSN or set FHIRBOTS_TEST_DATABASE_URL)")
-    for name, dsn in engines:
-        # api: the API and the outbox relay (`serve --api-only`); full: the matcher, the
-        # dispatcher and the bot runtime in the same process too (plain `serve`).
-        for api_only in (True, False):
-            label = f"{name}/{'api' if api_only else 'full'}"
-            with running_server(database_url=dsn, api_only=api_only) as server:
-                asyncio.run(run(label, server, args.seconds, bundles, counts))
+    runs: dict[str, list[Figures]] = defaultdict(list)
+    for _ in range(args.repeat):
+        for name, dsn in engines:
+            # api: the API and the outbox relay (`serve --api-only`); full: the matcher, the
+            # dispatcher and the bot runtime in the same process too (plain `serve`).
+            for api_only in (True, False):
+                label = f"{name}/{'api' if api_only else 'full'}"
+                with running_server(database_url=dsn, api_only=api_only) as server:
+                    runs[label].append(
+                        asyncio.run(run(label, server, args.seconds, bundles, counts))
+                    )
+    if args.repeat > 1:
+        summary(runs)
 
 
 if __name__ == "__main__":
