@@ -268,9 +268,11 @@ def commit_group(
         conn.execute("BEGIN IMMEDIATE")
         try:
             results = [_FUNCTIONS[name](writes, *args) for name, args in requests]
-        except Exception:  # some write failed: none of this attempt is kept
+        except Exception as exc:  # some write failed: none of this attempt is kept
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if len(requests) == 1:  # the rollback was that write's own: nothing to run again
+                return [(None, exc)]
             return _commit_isolated(conn, writes, requests)
         conn.execute("COMMIT")
     except sqlite3.Error:
