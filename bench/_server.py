@@ -44,7 +44,7 @@ def running_server(
         cmd = [
             sys.executable,
             "-m",
-            "engine.cli",
+            "fhirbots.engine.cli.main",
             "serve",
             "--data-dir",
             data_dir,

@@ -28,10 +28,10 @@ from pathlib import Path
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine.runtime import Engine
-from engine.settings import Settings
-from engine.storage.model import WriteContext
-from schemas.notifications import ChannelSpec, Notification
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.storage.model import WriteContext
+from fhirbots.schemas.notifications import ChannelSpec, Notification
 
 PROJECT = "bench"
 
@@ -164,7 +164,7 @@ if __name__ == "__main__":
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     options = parser.parse_args()
-    from engine.logs import configure_logging
+    from fhirbots.engine.observability.logs import configure_logging
 
     configure_logging("WARNING")
     asyncio.run(main(options.iterations, options.concurrency))

@@ -45,10 +45,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings, Synchronous
-from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from engine.eventlog.port import ConsumerOptions, EventLog, OutgoingMessage, Record
-from schemas.events import ChangeEvent
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings, Synchronous
+from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
+from fhirbots.engine.eventlog.port import ConsumerOptions, EventLog, OutgoingMessage, Record
+from fhirbots.schemas.events import ChangeEvent
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FHIRBOTS_SHARED", REPO.parent / "shared"))
@@ -198,12 +198,12 @@ WRITE_TO_TOPIC_TARGET_MS = 50.0
 
 async def write_to_topic(log: EventLog, label: str) -> None:
     """Paced FHIR creates through the real write path; latency until a consumer sees each."""
-    from engine.relay import OutboxRelay
-    from engine.service import FhirService
-    from engine.storage.model import WriteContext
-    from engine.storage.search_index import SqlSearchIndexer
-    from engine.storage.sqlite import SqliteStorage
-    from schemas.topics import CHANGES
+    from fhirbots.engine.fhir.service import FhirService
+    from fhirbots.engine.stages.relay import OutboxRelay
+    from fhirbots.engine.storage.model import WriteContext
+    from fhirbots.engine.storage.search_index import SqlSearchIndexer
+    from fhirbots.engine.storage.sqlite import SqliteStorage
+    from fhirbots.schemas.topics import CHANGES
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = SqliteStorage(Path(tmp) / "fhirbots.db", indexer=SqlSearchIndexer())

@@ -219,12 +219,12 @@ async def bench(mode: str, kafka: str | None, rates: list[int], seconds: float) 
 async def bench_dispatcher(mode: str, kafka: str | None, rates: list[int], seconds: float) -> None:
     """The dispatcher alone: notifications published at a fixed rate straight onto
     ``fhir.notifications.v1`` of an in-process engine, until the rest-hook request arrives."""
-    from engine.logs import configure_logging
-    from engine.runtime import Engine
-    from engine.settings import Settings
-    from engine.storage.model import WriteContext
-    from schemas.notifications import ChannelSpec, Notification
-    from schemas.topics import NOTIFICATIONS
+    from fhirbots.engine.observability.logs import configure_logging
+    from fhirbots.engine.runtime import Engine
+    from fhirbots.engine.settings import Settings
+    from fhirbots.engine.storage.model import WriteContext
+    from fhirbots.schemas.notifications import ChannelSpec, Notification
+    from fhirbots.schemas.topics import NOTIFICATIONS
 
     configure_logging("WARNING")
     receiver = Receiver()

@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.eventlog.port import OutgoingMessage, Record
-from engine.stages.matcher import MatcherStage
-from schemas.events import ChangeEvent
-from subscriptions.search import default_registry
+from fhirbots.engine.eventlog.port import OutgoingMessage, Record
+from fhirbots.engine.stages.matcher import MatcherStage
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.subscriptions.search import default_registry
 
 SHARED = Path(os.environ.get("FHIRBOTS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BATCH = 500
@@ -242,7 +242,7 @@ class Store:
         self.resources = resources
 
     async def search(self, _sql: str, _params: Sequence[Any]) -> list[Any]:
-        from engine.storage.model import StoredResource
+        from fhirbots.engine.storage.model import StoredResource
 
         now = datetime.now(UTC)
         return [

@@ -23,10 +23,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-from bots.executor import ExecutionRequest, ProcessBotExecutor
-from bots.policy import SandboxPolicy
-from bots.testing import InMemoryFhirGateway, make_bot
-from schemas.bot import Bot
+from fhirbots.bots.executor import ExecutionRequest, ProcessBotExecutor
+from fhirbots.bots.policy import SandboxPolicy
+from fhirbots.bots.testing import InMemoryFhirGateway, make_bot
+from fhirbots.schemas.bot import Bot
 
 TRIVIAL = "def handler(fhir, event):\n    return event.input\n"
 

@@ -33,10 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.storage.model import CreateOp, WriteContext
-from engine.storage.port import Storage
-from engine.storage.search_index import SqlSearchIndexer, compile_search, index_rows
-from subscriptions.search import SearchQuery, matches, parse_search
+from fhirbots.engine.storage.model import CreateOp, WriteContext
+from fhirbots.engine.storage.port import Storage
+from fhirbots.engine.storage.search_index import SqlSearchIndexer, compile_search, index_rows
+from fhirbots.subscriptions.search import SearchQuery, matches, parse_search
 
 SHARED = Path(os.environ.get("FHIRBOTS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SEED = 7
@@ -292,7 +292,7 @@ async def main() -> None:
     bench_match(resources)
     bench_subscriptions(resources, args.subscriptions)
     bench_index(resources)
-    from engine.storage.sqlite import SqliteStorage
+    from fhirbots.engine.storage.sqlite import SqliteStorage
 
     with tempfile.TemporaryDirectory() as folder:
         indexer = SqlSearchIndexer()
@@ -300,7 +300,7 @@ async def main() -> None:
             "sqlite", SqliteStorage(Path(folder) / "bench.db", indexer=indexer), bundles
         )
     if args.postgres:
-        from engine.storage.postgres import PostgresStorage
+        from fhirbots.engine.storage.postgres import PostgresStorage
 
         await reset_postgres(args.postgres)
         await bench_sql("postgres", PostgresStorage(args.postgres, indexer=indexer), bundles)

@@ -2,16 +2,16 @@
 
 Public API (importable from ``bots``)::
 
-    compile_bot, CompiledBot              deploy-time checks (bots.compile)
-    SandboxPolicy                         limits and allow-lists (bots.policy)
-    CronSchedule                          Bot.cronString schedules (bots.cron)
-    BotExecutor, ProcessBotExecutor,      running bots (bots.executor)
+    compile_bot, CompiledBot              deploy-time checks (fhirbots.bots.compile)
+    SandboxPolicy                         limits and allow-lists (fhirbots.bots.policy)
+    CronSchedule                          Bot.cronString schedules (fhirbots.bots.cron)
+    BotExecutor, ProcessBotExecutor,      running bots (fhirbots.bots.executor)
     ExecutionRequest, ExecutionResult
-    FhirGateway, CallContext              the port for a bot's FHIR calls (bots.gateway)
-    BotError, BotCompileError, ...        exceptions (bots.errors)
+    FhirGateway, CallContext              the port for a bot's FHIR calls (fhirbots.bots.gateway)
+    BotError, BotCompileError, ...        exceptions (fhirbots.bots.errors)
 
-The local harness lives in :mod:`bots.testing`. Names are loaded on first use, so that worker
-processes, which import this package, do not load the engine-side modules.
+The local harness lives in :mod:`fhirbots.bots.testing`. Names are loaded on first use, so that
+worker processes, which import this package, do not load the engine-side modules.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bots.compile import CompiledBot, compile_bot
-    from bots.cron import CronSchedule
-    from bots.errors import (
+    from fhirbots.bots.compile import CompiledBot, compile_bot
+    from fhirbots.bots.cron import CronSchedule
+    from fhirbots.bots.errors import (
         AccessDeniedError,
         BotCompileError,
         BotError,
@@ -32,9 +32,14 @@ if TYPE_CHECKING:
         FhirGatewayError,
         PolicyError,
     )
-    from bots.executor import BotExecutor, ExecutionRequest, ExecutionResult, ProcessBotExecutor
-    from bots.gateway import CallContext, FhirGateway
-    from bots.policy import SandboxPolicy
+    from fhirbots.bots.executor import (
+        BotExecutor,
+        ExecutionRequest,
+        ExecutionResult,
+        ProcessBotExecutor,
+    )
+    from fhirbots.bots.gateway import CallContext, FhirGateway
+    from fhirbots.bots.policy import SandboxPolicy
 
 __all__ = [
     "AccessDeniedError",
@@ -58,24 +63,24 @@ __all__ = [
 ]
 
 _HOMES = {
-    "CompiledBot": "bots.compile",
-    "compile_bot": "bots.compile",
-    "AccessDeniedError": "bots.errors",
-    "BotCompileError": "bots.errors",
-    "BotError": "bots.errors",
-    "CompileProblem": "bots.errors",
-    "ExecutorError": "bots.errors",
-    "FhirGatewayError": "bots.errors",
-    "PolicyError": "bots.errors",
-    "BotExecutor": "bots.executor",
-    "ExecutionRequest": "bots.executor",
-    "ExecutionResult": "bots.executor",
-    "ProcessBotExecutor": "bots.executor",
-    "CallContext": "bots.gateway",
-    "FhirGateway": "bots.gateway",
-    "SandboxPolicy": "bots.policy",
-    "CronSchedule": "bots.cron",
-    "CronError": "bots.errors",
+    "CompiledBot": "fhirbots.bots.compile",
+    "compile_bot": "fhirbots.bots.compile",
+    "AccessDeniedError": "fhirbots.bots.errors",
+    "BotCompileError": "fhirbots.bots.errors",
+    "BotError": "fhirbots.bots.errors",
+    "CompileProblem": "fhirbots.bots.errors",
+    "ExecutorError": "fhirbots.bots.errors",
+    "FhirGatewayError": "fhirbots.bots.errors",
+    "PolicyError": "fhirbots.bots.errors",
+    "BotExecutor": "fhirbots.bots.executor",
+    "ExecutionRequest": "fhirbots.bots.executor",
+    "ExecutionResult": "fhirbots.bots.executor",
+    "ProcessBotExecutor": "fhirbots.bots.executor",
+    "CallContext": "fhirbots.bots.gateway",
+    "FhirGateway": "fhirbots.bots.gateway",
+    "SandboxPolicy": "fhirbots.bots.policy",
+    "CronSchedule": "fhirbots.bots.cron",
+    "CronError": "fhirbots.bots.errors",
 }
 
 

@@ -16,8 +16,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from bots._protocol import HEADER, ChannelClosedError, FrameTooLargeError, decode, encode
-from bots.policy import SandboxPolicy
+import fhirbots
+from fhirbots.bots._protocol import HEADER, ChannelClosedError, FrameTooLargeError, decode, encode
+from fhirbots.bots.policy import SandboxPolicy
 
 __all__ = ["STARTUP_TIMEOUT_SECONDS", "WorkerLostError", "WorkerProcess"]
 
@@ -25,9 +26,11 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 """A cold interpreter imports the sandbox in well under a second; a loaded 2-core CI host
 can be 50x slower, and a worker that takes longer is broken."""
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(fhirbots.__file__).parent.parent)
 
-_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from bots._worker import main; main()"
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from fhirbots.bots._worker import main; main()"
+)
 """``-I`` drops the current directory from sys.path; the package root is passed explicitly."""
 
 

@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
-from bots._modules import ModuleProxy
-from bots.compile import BOT_API_MODULE
+from fhirbots.bots._modules import ModuleProxy
+from fhirbots.bots.compile import BOT_API_MODULE
 
 __all__ = [
     "BOT_MODULE_NAME",

@@ -1,6 +1,6 @@
 """A bot worker process: runs restricted bot code on behalf of the engine.
 
-Started by :mod:`bots._pool` as a fresh interpreter (``python -I``, empty environment, no
+Started by :mod:`fhirbots.bots._pool` as a fresh interpreter (``python -I``, empty environment, no
 inherited file descriptors but its channel). It receives its policy, applies resource limits
 to itself, pre-imports the allowed modules, says ``ready`` and then serves executions one at a
 time. Compiled code is cached by source digest. FHIR calls travel back over the channel; the
@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from bots._modules import build_proxies
-from bots._protocol import ChannelClosedError, encode, read_frame, write_frame
-from bots._sandbox import (
+from fhirbots.bots._modules import build_proxies
+from fhirbots.bots._protocol import ChannelClosedError, encode, read_frame, write_frame
+from fhirbots.bots._sandbox import (
     MAX_ERROR_CHARS,
     BotEvent,
     BotFhirClient,
@@ -34,9 +34,9 @@ from bots._sandbox import (
     SandboxNamespace,
     json_default,
 )
-from bots.compile import BOT_FILENAME, HANDLER_NAME, compile_bot
-from bots.errors import BotCompileError
-from bots.policy import SandboxPolicy
+from fhirbots.bots.compile import BOT_FILENAME, HANDLER_NAME, compile_bot
+from fhirbots.bots.errors import BotCompileError
+from fhirbots.bots.policy import SandboxPolicy
 
 __all__ = ["Worker", "main", "policy_from_message"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bots.executor import ExecutionRequest, ExecutionResult
+from fhirbots.bots.executor import ExecutionRequest, ExecutionResult
 
 __all__ = ["MAX_AUDIT_TEXT", "audit_event"]
 

@@ -4,7 +4,7 @@
 item, iteration and write access go through the sandbox's guard functions), and applies this
 project's own rules on top: only allow-listed modules may be imported, dangerous builtins
 cannot be named, and a top-level ``def handler(fhir, event)`` must exist. Every refusal is a
-:class:`bots.errors.CompileProblem` with line, column and message.
+:class:`fhirbots.bots.errors.CompileProblem` with line, column and message.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 from RestrictedPython.transformer import RestrictingNodeTransformer
 
-from bots.errors import BotCompileError, CompileProblem
-from bots.policy import SandboxPolicy
+from fhirbots.bots.errors import BotCompileError, CompileProblem
+from fhirbots.bots.policy import SandboxPolicy
 
 __all__ = [
     "BOT_API_MODULE",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bots.errors import CronError
+from fhirbots.bots.errors import CronError
 
 __all__ = ["CronSchedule"]
 

@@ -1,8 +1,8 @@
 """Exceptions raised by the bots package.
 
 Failures of *user code* (a bot that raises, times out or runs out of memory) are never
-exceptions: they are :class:`bots.executor.ExecutionResult` values. The exceptions below are
-for the people and code around a bot: a deploy that is refused, a FHIR call that fails, an
+exceptions: they are :class:`fhirbots.bots.executor.ExecutionResult` values. The exceptions below
+are for the people and code around a bot: a deploy that is refused, a FHIR call that fails, an
 executor used after it was closed.
 
 Tree::
@@ -33,7 +33,7 @@ __all__ = [
 
 
 class BotError(Exception):
-    """Root of every exception raised by :mod:`bots`."""
+    """Root of every exception raised by :mod:`fhirbots.bots`."""
 
 
 class CompileProblem(tuple[int, int, str]):
@@ -120,7 +120,7 @@ class ExecutorError(BotError):
 
 
 class PolicyError(BotError, ValueError):
-    """A :class:`bots.policy.SandboxPolicy` was built with impossible values."""
+    """A :class:`fhirbots.bots.policy.SandboxPolicy` was built with impossible values."""
 
 
 class CronError(BotError, ValueError):

@@ -3,9 +3,10 @@
 ``await executor.execute(request)`` always returns an :class:`ExecutionResult`; a bot that
 raises, loops, exhausts memory or kills its worker yields a result with the matching status,
 never an exception. :class:`ProcessBotExecutor` keeps a pool of pre-warmed worker processes
-(see :mod:`bots._worker`), sends each bot's code to a worker once, answers the bot's FHIR calls
-through a :class:`bots.gateway.FhirGateway` after checking its access scopes, and replaces any
-worker that timed out, died or ran out of memory.
+(see :mod:`fhirbots.bots._worker`), sends each bot's code to a worker once, answers the bot's FHIR
+calls
+through a :class:`fhirbots.bots.gateway.FhirGateway` after checking its access scopes, and replaces
+any worker that timed out, died or ran out of memory.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from bots import _metrics
-from bots._pool import WorkerLostError, WorkerProcess
-from bots._protocol import FrameTooLargeError
-from bots.errors import ExecutorError, FhirGatewayError
-from bots.gateway import CallContext, FhirGateway
-from bots.policy import EffectiveLimits, SandboxPolicy
-from bots.scopes import check_call
-from schemas.bot import AuditEventTrigger, Bot
-from schemas.events import CausationLink, ChangeEvent
+from fhirbots.bots import _metrics
+from fhirbots.bots._pool import WorkerLostError, WorkerProcess
+from fhirbots.bots._protocol import FrameTooLargeError
+from fhirbots.bots.errors import ExecutorError, FhirGatewayError
+from fhirbots.bots.gateway import CallContext, FhirGateway
+from fhirbots.bots.policy import EffectiveLimits, SandboxPolicy
+from fhirbots.bots.scopes import check_call
+from fhirbots.schemas.bot import AuditEventTrigger, Bot
+from fhirbots.schemas.events import CausationLink, ChangeEvent
 
 __all__ = [
     "BotExecutor",
@@ -47,7 +48,7 @@ ExecutionStatus = Literal["success", "error", "timeout", "killed", "memory"]
 RESPAWN_DELAY_SECONDS = 1.0
 """Pause before retrying a worker that failed to start, so a broken host is not hammered."""
 
-_log = structlog.get_logger("bots.executor")
+_log = structlog.get_logger("fhirbots.bots.executor")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,11 @@
 """The port through which the engine performs a bot's FHIR calls.
 
 A bot's ``fhir.read(...)`` travels from its worker to the engine, which checks the bot's
-access scopes (:mod:`bots.scopes`) and then calls a :class:`FhirGateway`. The engine provides
-the real adapter (its datastore, inside the bot's project);
-:class:`bots.testing.InMemoryFhirGateway` is a dict-backed one for tests and bot authors.
+access scopes (:mod:`fhirbots.bots.scopes`) and then calls a :class:`FhirGateway`. The engine
+provides the real adapter (its datastore, inside the bot's project);
+:class:`fhirbots.bots.testing.InMemoryFhirGateway` is a dict-backed one for tests and bot authors.
 
-Gateways raise :class:`bots.errors.FhirGatewayError` for failures the bot should see (not
+Gateways raise :class:`fhirbots.bots.errors.FhirGatewayError` for failures the bot should see (not
 found, invalid, conflict); the bot receives them as a ``FhirError`` it can catch.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas.events import CausationLink
+from fhirbots.schemas.events import CausationLink
 
 __all__ = ["CallContext", "FhirGateway"]
 

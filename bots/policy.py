@@ -1,8 +1,8 @@
 """The sandbox policy: what bot code may import and how much it may consume.
 
 A :class:`SandboxPolicy` is frozen data, built once at the entry point and passed to
-:func:`bots.compile.compile_bot` and :class:`bots.executor.ProcessBotExecutor`. Change it with
-the copy-builders (``policy.with_timeout(30)``), never by mutation.
+:func:`fhirbots.bots.compile.compile_bot` and :class:`fhirbots.bots.executor.ProcessBotExecutor`.
+Change it with the copy-builders (``policy.with_timeout(30)``), never by mutation.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from bots.errors import PolicyError
+from fhirbots.bots.errors import PolicyError
 
 __all__ = ["DEFAULT_ALLOWED_MODULES", "MIB", "EffectiveLimits", "SandboxPolicy"]
 
@@ -34,7 +34,8 @@ DEFAULT_ALLOWED_MODULES: frozenset[str] = frozenset(
     }
 )
 """Pure computation modules without file, process or network access. Bots see them through
-proxies that hide submodules and the few members that reach further (see :mod:`bots._modules`)."""
+proxies that hide submodules and the few members that reach further (see
+:mod:`fhirbots.bots._modules`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """Access-scope checks for a bot's FHIR calls, made by the engine before the gateway runs.
 
 :func:`check_call` validates the shape of a call coming from a worker and refuses anything
-outside the bot's ``access`` scopes with :class:`bots.errors.AccessDeniedError`. A transaction
-is checked entry by entry, so a bot cannot smuggle a write through a Bundle.
+outside the bot's ``access`` scopes with :class:`fhirbots.bots.errors.AccessDeniedError`. A
+transaction is checked entry by entry, so a bot cannot smuggle a write through a Bundle.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from bots.errors import AccessDeniedError, FhirGatewayError
-from schemas.bot import Bot
+from fhirbots.bots.errors import AccessDeniedError, FhirGatewayError
+from fhirbots.schemas.bot import Bot
 
 __all__ = ["FHIR_METHODS", "check_call", "required_permissions"]
 

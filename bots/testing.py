@@ -2,7 +2,7 @@
 
 In a pytest test::
 
-    from bots.testing import BotHarness
+    from fhirbots.bots.testing import BotHarness
 
     async def test_flags_high_potassium():
         async with BotHarness() as harness:
@@ -26,12 +26,12 @@ from typing import Any
 
 import jsonpatch
 
-from bots.compile import compile_bot
-from bots.errors import FhirGatewayError
-from bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
-from bots.gateway import CallContext
-from bots.policy import SandboxPolicy
-from schemas.bot import AccessScope, Bot
+from fhirbots.bots.compile import compile_bot
+from fhirbots.bots.errors import FhirGatewayError
+from fhirbots.bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
+from fhirbots.bots.gateway import CallContext
+from fhirbots.bots.policy import SandboxPolicy
+from fhirbots.schemas.bot import AccessScope, Bot
 
 __all__ = ["BotHarness", "InMemoryFhirGateway", "make_bot", "run_bot"]
 
@@ -60,7 +60,7 @@ def _token_matches(element: Any, wanted: str) -> bool:
 
 
 class InMemoryFhirGateway:
-    """A dict-backed :class:`bots.gateway.FhirGateway` for tests and local runs.
+    """A dict-backed :class:`fhirbots.bots.gateway.FhirGateway` for tests and local runs.
 
     Search is deliberately small: ``_id``, ``_count``, ``identifier``, the token parameters
     ``code``/``status``/``category``, the references ``subject``/``patient``/``encounter``,
@@ -249,7 +249,7 @@ def make_bot(
     secret: Iterable[str] = (),
     **fields: Any,
 ) -> Bot:
-    """A :class:`schemas.bot.Bot` around ``source`` for local runs.
+    """A :class:`fhirbots.schemas.bot.Bot` around ``source`` for local runs.
 
     Args:
         source: the bot's Python source.
@@ -308,13 +308,14 @@ class BotHarness:
     ) -> ExecutionResult:
         """Run ``bot`` (a Bot or its source) on ``input``.
 
-        Source is first checked with :func:`bots.compile.compile_bot`, so a refused bot raises
-        :class:`bots.errors.BotCompileError` with its problems, as a deploy would.
+        Source is first checked with :func:`fhirbots.bots.compile.compile_bot`, so a refused bot
+        raises
+        :class:`fhirbots.bots.errors.BotCompileError` with its problems, as a deploy would.
 
         Args:
             bot: the bot or its source.
             input: ``event.input``.
-            **request: other :class:`bots.executor.ExecutionRequest` fields (``secrets``,
+            **request: other :class:`fhirbots.bots.executor.ExecutionRequest` fields (``secrets``,
                 ``requester``, ``content_type``...).
         """
         if isinstance(bot, str):
@@ -338,7 +339,7 @@ def run_bot(
         input: ``event.input``.
         gateway: the in-memory store to use (pass one to inspect it afterwards).
         policy: sandbox policy; defaults to one worker.
-        **request: other :class:`bots.executor.ExecutionRequest` fields.
+        **request: other :class:`fhirbots.bots.executor.ExecutionRequest` fields.
     """
 
     async def once() -> ExecutionResult:

@@ -1,5 +1,5 @@
 """The engine's exception tree. Every error a client sees is one of these, rendered once as an
-OperationOutcome by :mod:`engine.api.outcome`.
+OperationOutcome by :mod:`fhirbots.engine.fhir.outcome`.
 
     FhirError                      (500, base)
     ├── BadRequest                 (400) malformed JSON, bad parameters, bad Bundle

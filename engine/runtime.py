@@ -15,28 +15,28 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 
-from engine.api.app import create_app
-from engine.api.context import Services
-from engine.api.search import searchset
-from engine.api.subscriptions import install as install_subscriptions
-from engine.auth import Authenticator, generate_key, hash_key
-from engine.bots.api import install as install_bots
-from engine.bots.runtime import BotRuntime
-from engine.delivery.dispatcher import Dispatcher
-from engine.errors import BadRequest
-from engine.eventlog.factory import create_event_log
-from engine.eventlog.port import EventLog, TopicSpec
-from engine.relay import OutboxRelay
-from engine.search import SearchService
-from engine.service import FhirService
-from engine.settings import Settings
-from engine.stages.matcher import MatcherStage, service_error_marker
-from engine.storage.factory import create_storage
-from engine.storage.port import Storage
-from engine.storage.search_index import SqlSearchIndexer
-from engine.validator_pool import BulkValidator
-from schemas.topics import CHANGES
-from subscriptions.loop_guard import LoopGuardPolicy
+from fhirbots.engine.api.app import create_app
+from fhirbots.engine.automation.runtime import BotRuntime
+from fhirbots.engine.errors import BadRequest
+from fhirbots.engine.eventlog.factory import create_event_log
+from fhirbots.engine.eventlog.port import EventLog, TopicSpec
+from fhirbots.engine.fhir.search import SearchService
+from fhirbots.engine.fhir.searchset import searchset
+from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.fhir.validator_pool import BulkValidator
+from fhirbots.engine.operations.bots import install as install_bots
+from fhirbots.engine.operations.subscriptions import install as install_subscriptions
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.stages.dispatcher import Dispatcher
+from fhirbots.engine.stages.matcher import MatcherStage, service_error_marker
+from fhirbots.engine.stages.relay import OutboxRelay
+from fhirbots.engine.storage.factory import create_storage
+from fhirbots.engine.storage.port import Storage
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.web.auth import Authenticator, generate_key, hash_key
+from fhirbots.engine.web.context import Services
+from fhirbots.schemas.topics import CHANGES
+from fhirbots.subscriptions.loop_guard import LoopGuardPolicy
 
 __all__ = ["DEFAULT_PROJECT", "Bootstrap", "Engine"]
 
@@ -136,8 +136,8 @@ class Engine:
         without, the API still lists and requeues dead letters, which a running dispatcher
         picks up.
         """
-        from engine.api.delivery import delivery_routes
-        from engine.delivery.factory import open_dispatcher
+        from fhirbots.engine.operations.delivery import delivery_routes
+        from fhirbots.engine.stages.dispatcher import open_dispatcher
 
         event_log = await self._open_event_log()
         self.dispatcher = await open_dispatcher(

@@ -1,7 +1,7 @@
 """Frozen pydantic models of the events that travel on the engine's topics.
 
 Every topic payload is one of these models serialised as JSON. Topic names carry a version
-suffix (see :mod:`schemas.topics`); a breaking change to a model gets a new topic version.
+suffix (see :mod:`fhirbots.schemas.topics`); a breaking change to a model gets a new topic version.
 """
 
 from __future__ import annotations

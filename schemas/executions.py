@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import CausationLink
+from fhirbots.schemas.events import CausationLink
 
 __all__ = ["BotExecutionRecord", "ExecutionTrigger"]
 

@@ -1,7 +1,7 @@
 """Generates the JSON Schemas of the topic payloads into ``schemas/json/<topic>.schema.json``.
 
-Run ``python -m schemas.generate`` after changing a payload model and commit the result;
-``python -m schemas.generate --check`` exits with status 1 when the files are out of date
+Run ``python -m fhirbots.schemas.generate`` after changing a payload model and commit the result;
+``python -m fhirbots.schemas.generate --check`` exits with status 1 when the files are out of date
 (a test does the same check). ``--resource-types`` writes the names of the R4B resource types
 (``schemas/json/r4b-resource-types.json``) from the installed fhir.resources models.
 """
@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas import topics
-from schemas.events import ChangeEvent
-from schemas.executions import BotExecutionRecord
-from schemas.notifications import Notification
-from schemas.subscriptions import SuppressedNotification
-from schemas.validation import RESOURCE_TYPES_FILE, r4b_model_types
+from fhirbots.schemas import topics
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.schemas.executions import BotExecutionRecord
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.subscriptions import SuppressedNotification
+from fhirbots.schemas.validation import RESOURCE_TYPES_FILE, r4b_model_types
 
 __all__ = ["JSON_DIR", "JSON_SCHEMA_DIALECT", "PAYLOADS", "main", "render", "schema_for"]
 
@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def write_resource_types() -> None:
-    """Write the names of the R4B resource types (``schemas.validation.R4B_RESOURCE_TYPES``)."""
+    """Write the names of the R4B resource types
+    (``fhirbots.schemas.validation.R4B_RESOURCE_TYPES``)."""
     types = r4b_model_types()
     RESOURCE_TYPES_FILE.write_text(json.dumps(types, indent=0) + "\n", encoding="utf-8")
     print(f"wrote {len(types)} resource types to {RESOURCE_TYPES_FILE}")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import CausationLink, Interaction
+from fhirbots.schemas.events import CausationLink, Interaction
 
 __all__ = ["ChannelSpec", "ContentLevel", "Notification"]
 

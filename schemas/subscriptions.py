@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import CausationLink, Interaction
+from fhirbots.schemas.events import CausationLink, Interaction
 
 __all__ = ["SuppressedNotification"]
 

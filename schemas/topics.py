@@ -12,18 +12,19 @@ __all__ = [
 ]
 
 CHANGES = "fhir.changes.v1"
-"""Every committed create, update and delete (payload: :class:`schemas.events.ChangeEvent`)."""
+"""Every committed create, update and delete (payload:
+:class:`fhirbots.schemas.events.ChangeEvent`)."""
 
 NOTIFICATIONS = "fhir.notifications.v1"
 """One message per (subscription, change event) that matched, keyed by subscription id."""
 
 SUPPRESSED = "fhir.suppressed.v1"
 """Notifications the loop guard withheld, with the causation chain (payload:
-:class:`schemas.subscriptions.SuppressedNotification`), keyed by subscription."""
+:class:`fhirbots.schemas.subscriptions.SuppressedNotification`), keyed by subscription."""
 
 BOT_EXECUTIONS = "bots.executions.v1"
 """One record per bot execution, whatever triggered it (payload:
-:class:`schemas.executions.BotExecutionRecord`), keyed by ``project/Bot/<id>``."""
+:class:`fhirbots.schemas.executions.BotExecutionRecord`), keyed by ``project/Bot/<id>``."""
 
 DEADLETTER_SUFFIX = ".deadletter"
 """A message that cannot be decoded or handled goes to its topic's dead-letter twin."""

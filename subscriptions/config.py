@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from subscriptions.definitions import parse_subscription, parse_topic
-from subscriptions.errors import CriteriaError
-from subscriptions.index import SubscriptionIndex
-from subscriptions.model import SubscriptionSpec, Topic
+from fhirbots.subscriptions.definitions import parse_subscription, parse_topic
+from fhirbots.subscriptions.errors import CriteriaError
+from fhirbots.subscriptions.index import SubscriptionIndex
+from fhirbots.subscriptions.model import SubscriptionSpec, Topic
 
 __all__ = ["Problem", "ProjectConfig", "build_config"]
 

@@ -1,13 +1,13 @@
-"""Subscription and SubscriptionTopic resources -> :mod:`subscriptions.model` objects.
+"""Subscription and SubscriptionTopic resources -> :mod:`fhirbots.subscriptions.model` objects.
 
 Parsing is validation: anything the engine could not evaluate raises a
-:class:`~subscriptions.errors.CriteriaError` naming the element, so a Subscription is refused
-when it is written (422) rather than ignored at match time.
+:class:`~fhirbots.subscriptions.errors.CriteriaError` naming the element, so a Subscription is
+refused when it is written (422) rather than ignored at match time.
 
 Recognised forms:
 
 * R4 ``Subscription.criteria`` search strings (``Observation?code=...``), evaluated with the
-  search semantics of :mod:`subscriptions.search`;
+  search semantics of :mod:`fhirbots.subscriptions.search`;
 * Medplum's extensions: ``fhir-path-criteria-expression`` (a FHIRPath criterion with
   ``%previous``/``%current``) and ``subscription-supported-interaction`` (repeatable);
 * the R4 Subscriptions Backport IG: ``criteria`` names a SubscriptionTopic canonical, filters in
@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from schemas.events import Interaction
-from schemas.notifications import ChannelSpec, ContentLevel
-from subscriptions.errors import CriteriaError, EvaluationError
-from subscriptions.fhirpath import compile_fhirpath, evaluate_fhirpath
-from subscriptions.model import (
+from fhirbots.schemas.events import Interaction
+from fhirbots.schemas.notifications import ChannelSpec, ContentLevel
+from fhirbots.subscriptions.errors import CriteriaError, EvaluationError
+from fhirbots.subscriptions.fhirpath import compile_fhirpath, evaluate_fhirpath
+from fhirbots.subscriptions.model import (
     ALL_INTERACTIONS,
     CRITERIA_ERROR_URL,
     DEFAULT_INTERACTIONS,
@@ -35,7 +35,12 @@ from subscriptions.model import (
     Topic,
     TopicTrigger,
 )
-from subscriptions.search import SearchError, check_in_memory, default_registry, parse_search
+from fhirbots.subscriptions.search import (
+    SearchError,
+    check_in_memory,
+    default_registry,
+    parse_search,
+)
 
 __all__ = [
     "BACKPORT",

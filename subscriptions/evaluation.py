@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import ChangeEvent
-from subscriptions.errors import SubscriptionError
-from subscriptions.fhirpath import evaluate_fhirpath
-from subscriptions.model import Criterion, SubscriptionSpec, Topic, TopicTrigger
-from subscriptions.search import matches
-from subscriptions.search.matcher import clause_matches
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.subscriptions.errors import SubscriptionError
+from fhirbots.subscriptions.fhirpath import evaluate_fhirpath
+from fhirbots.subscriptions.model import Criterion, SubscriptionSpec, Topic, TopicTrigger
+from fhirbots.subscriptions.search import matches
+from fhirbots.subscriptions.search.matcher import clause_matches
 
 __all__ = ["MAX_VALUE_CHARS", "Verdict", "evaluate", "subject_of"]
 

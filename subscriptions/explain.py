@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import ChangeEvent
-from subscriptions.config import ProjectConfig
-from subscriptions.evaluation import evaluate
-from subscriptions.loop_guard import LoopGuardPolicy
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.subscriptions.config import ProjectConfig
+from fhirbots.subscriptions.evaluation import evaluate
+from fhirbots.subscriptions.loop_guard import LoopGuardPolicy
 
 __all__ = ["Explanation", "explain", "to_parameters"]
 

@@ -18,7 +18,7 @@ from fhirpathpy.models import models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from subscriptions.errors import CriteriaError, EvaluationError
+from fhirbots.subscriptions.errors import CriteriaError, EvaluationError
 
 __all__ = [
     "CompiledPath",

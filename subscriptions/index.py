@@ -6,7 +6,7 @@ id or ``_id``, with no ``:not``/``:text`` modifier) is filed under each value of
 the others sit in the bucket's *unkeyed* list. For an event the index extracts, once per
 indexed parameter, the values the resource has and looks them up, so the cost per event grows
 with the subscriptions that can match it, not with all of them. Candidates are then evaluated
-fully (:func:`subscriptions.evaluation.evaluate`): the index only ever narrows.
+fully (:func:`fhirbots.subscriptions.evaluation.evaluate`): the index only ever narrows.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import ChangeEvent, Interaction
-from subscriptions.evaluation import subject_of
-from subscriptions.model import ALL_INTERACTIONS, Criterion, SubscriptionSpec, Topic
-from subscriptions.search import SearchParamDef
-from subscriptions.search.entries import ENTRY_BUILDERS
-from subscriptions.search.extraction import Extractor
-from subscriptions.search.query import ParamClause, ReferenceValue, TokenValue
+from fhirbots.schemas.events import ChangeEvent, Interaction
+from fhirbots.subscriptions.evaluation import subject_of
+from fhirbots.subscriptions.model import ALL_INTERACTIONS, Criterion, SubscriptionSpec, Topic
+from fhirbots.subscriptions.search import SearchParamDef
+from fhirbots.subscriptions.search.entries import ENTRY_BUILDERS
+from fhirbots.subscriptions.search.extraction import Extractor
+from fhirbots.subscriptions.search.query import ParamClause, ReferenceValue, TokenValue
 
 __all__ = ["IndexKey", "SubscriptionIndex", "index_key"]
 

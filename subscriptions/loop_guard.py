@@ -3,7 +3,7 @@
 A change written by a bot execution carries its causation chain (the bot executions that led
 to it, oldest first). A notification that would start a bot already present in the chain more
 than ``max_depth`` times is not produced; it becomes a
-:class:`~schemas.subscriptions.SuppressedNotification` record instead.
+:class:`~fhirbots.schemas.subscriptions.SuppressedNotification` record instead.
 
 With the default depth of 5 a bot can be re-triggered by its own (or a downstream bot's)
 writes five times in one chain; the sixth trigger is suppressed.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schemas.events import CausationLink
+from fhirbots.schemas.events import CausationLink
 
 __all__ = ["DEFAULT_MAX_DEPTH", "LoopGuardPolicy"]
 

@@ -1,10 +1,11 @@
 """The matcher: a change event and a project's configuration -> notifications.
 
-Pure: no I/O. For each candidate the index offers, :func:`~subscriptions.evaluation.evaluate`
-decides; a match becomes a :class:`~schemas.notifications.Notification` (id derived from the
-subscription and the event, so a re-processed event yields the same id), unless the loop guard
-withholds it (a :class:`~schemas.subscriptions.SuppressedNotification`). A subscription that
-fails at run time is reported in ``failures`` and skipped; the others go on.
+Pure: no I/O. For each candidate the index offers,
+:func:`~fhirbots.subscriptions.evaluation.evaluate`
+decides; a match becomes a :class:`~fhirbots.schemas.notifications.Notification` (id derived from
+the subscription and the event, so a re-processed event yields the same id), unless the loop guard
+withholds it (a :class:`~fhirbots.schemas.subscriptions.SuppressedNotification`). A subscription
+that fails at run time is reported in ``failures`` and skipped; the others go on.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from schemas.events import ChangeEvent
-from schemas.notifications import Notification
-from schemas.subscriptions import SuppressedNotification
-from subscriptions.config import ProjectConfig
-from subscriptions.evaluation import evaluate, subject_of
-from subscriptions.loop_guard import LoopGuardPolicy
-from subscriptions.model import SubscriptionSpec
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.subscriptions import SuppressedNotification
+from fhirbots.subscriptions.config import ProjectConfig
+from fhirbots.subscriptions.evaluation import evaluate, subject_of
+from fhirbots.subscriptions.loop_guard import LoopGuardPolicy
+from fhirbots.subscriptions.model import SubscriptionSpec
 
 __all__ = ["NOTIFICATION_NAMESPACE", "Failure", "MatchOutcome", "match_event", "notification_id"]
 

@@ -1,7 +1,7 @@
 """Parsed subscriptions and topics: what the matcher evaluates, decided once per version.
 
-:mod:`subscriptions.definitions` turns Subscription and SubscriptionTopic resources into these
-frozen objects; the index and the matcher never look at the resources again.
+:mod:`fhirbots.subscriptions.definitions` turns Subscription and SubscriptionTopic resources into
+these frozen objects; the index and the matcher never look at the resources again.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from schemas.events import Interaction
-from schemas.notifications import ChannelSpec
-from subscriptions.search import SearchQuery
+from fhirbots.schemas.events import Interaction
+from fhirbots.schemas.notifications import ChannelSpec
+from fhirbots.subscriptions.search import SearchQuery
 
 __all__ = [
     "ALL_INTERACTIONS",

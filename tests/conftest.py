@@ -44,3 +44,8 @@ async def reset_postgres(dsn: str) -> None:
         await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     finally:
         await conn.close()
+
+
+pytest_plugins = ["tests.engine.scenarios.delivery", "tests.engine.scenarios.bots"]
+"""Scenario fixtures shared by tests in several folders (a receiver, a dispatcher harness, an
+engine with a project), kept in one place."""

@@ -9,13 +9,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from engine.api import fhir, search
-from engine.api.context import PRINCIPAL, SERVICES, TRACEPARENT_KEY, Services
-from engine.api.http import fhir_response
-from engine.api.outcome import outcome_for
-from engine.auth import Authenticator
-from engine.errors import FhirError, MethodNotAllowed, NotFound
-from engine.tracing import TRACEPARENT, child_traceparent, trace_id_of
+from fhirbots.engine.api import fhir, search
+from fhirbots.engine.errors import FhirError, MethodNotAllowed, NotFound
+from fhirbots.engine.fhir.outcome import outcome_for
+from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent, trace_id_of
+from fhirbots.engine.web.auth import Authenticator
+from fhirbots.engine.web.context import PRINCIPAL, SERVICES, TRACEPARENT_KEY, Services
+from fhirbots.engine.web.http import fhir_response
 
 __all__ = ["AUTHENTICATOR", "OPEN_PATHS", "create_app"]
 

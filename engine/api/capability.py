@@ -7,7 +7,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from schemas.validation import CUSTOM_TYPES, R4B_RESOURCE_TYPES
+from fhirbots.schemas.validation import CUSTOM_TYPES, R4B_RESOURCE_TYPES
 
 __all__ = ["capability_statement", "resource_types"]
 

@@ -1,5 +1,5 @@
 """Handlers of the FHIR REST interactions (everything but search, which lives in
-:mod:`engine.api.search`)."""
+:mod:`fhirbots.engine.api.search`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.api.capability import capability_statement
-from engine.api.context import principal, services, write_context
-from engine.api.http import base_url, fhir_response, prefer, read_json, version_headers
-from engine.api.outcome import operation_outcome
-from engine.bundles import process_bundle
-from engine.errors import BadRequest, Issue
-from engine.storage.model import HistoryPage, StoredResource, WriteResult
-from engine.storage.planner import format_instant
+from fhirbots.engine.api.capability import capability_statement
+from fhirbots.engine.errors import BadRequest, Issue
+from fhirbots.engine.fhir.bundles import process_bundle
+from fhirbots.engine.fhir.outcome import operation_outcome
+from fhirbots.engine.storage.model import HistoryPage, StoredResource, WriteResult
+from fhirbots.engine.storage.planner import format_instant
+from fhirbots.engine.web.context import principal, services, write_context
+from fhirbots.engine.web.http import base_url, fhir_response, prefer, read_json, version_headers
 
 __all__ = ["routes"]
 

@@ -6,21 +6,15 @@ Results are ``searchset`` Bundles with ``self``/``next``/``previous`` links (``_
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlencode
-
 from aiohttp import web
 
-from engine.api.context import principal, services
-from engine.api.http import base_url, fhir_response, prefer
-from engine.api.outcome import operation_outcome
-from engine.errors import Issue, UnsupportedMediaType
-from engine.search import SearchResult, shape
-from engine.service import check_type
+from fhirbots.engine.errors import UnsupportedMediaType
+from fhirbots.engine.fhir.searchset import searchset
+from fhirbots.engine.fhir.service import check_type
+from fhirbots.engine.web.context import principal, services
+from fhirbots.engine.web.http import base_url, fhir_response, prefer
 
-__all__ = ["routes", "searchset"]
-
-_PAGING = ("_count", "_offset")
+__all__ = ["routes"]
 
 
 async def _pairs(request: web.Request) -> list[tuple[str, str]]:
@@ -31,49 +25,6 @@ async def _pairs(request: web.Request) -> list[tuple[str, str]]:
         form = await request.post()
         pairs += [(k, str(v)) for k, v in form.items()]
     return pairs
-
-
-def searchset(
-    base: str, path: str, pairs: list[tuple[str, str]], result: SearchResult
-) -> dict[str, Any]:
-    """The ``searchset`` Bundle of a result; links repeat the request's parameters."""
-    query = result.query
-    count = query.count or 0
-    kept = [(k, v) for k, v in pairs if k not in _PAGING]
-
-    def link(relation: str, offset: int) -> dict[str, str]:
-        params = urlencode([*kept, ("_count", str(count)), ("_offset", str(offset))])
-        return {"relation": relation, "url": f"{base}{path}?{params}"}
-
-    links = [link("self", query.offset)]
-    if (
-        count
-        and len(result.matches) == count
-        and (result.total is None or query.offset + count < result.total)
-    ):
-        links.append(link("next", query.offset + count))
-    if query.offset > 0 and count:
-        links.append(link("previous", max(0, query.offset - count)))
-    entries: list[dict[str, Any]] = []
-    for mode, group in (("match", result.matches), ("include", result.included)):
-        for stored in group:
-            assert stored.content is not None
-            entries.append(
-                {
-                    "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
-                    "resource": shape(stored.content, query) if mode == "match" else stored.content,
-                    "search": {"mode": mode},
-                }
-            )
-    if result.warnings:
-        issues = [Issue(w, severity="warning", code="not-supported") for w in result.warnings]
-        entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if result.total is not None:
-        bundle["total"] = result.total
-    bundle["link"] = links
-    bundle["entry"] = entries
-    return bundle
 
 
 async def _search(request: web.Request, resource_type: str | None) -> web.Response:

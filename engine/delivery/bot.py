@@ -1,7 +1,7 @@
 """The ``Bot/<id>`` endpoint: the notification is handed to the bot executor.
 
 The dispatcher depends only on the :class:`BotInvoker` protocol; the bots integration
-implements it on top of :class:`bots.executor.BotExecutor`. Until one is configured, a
+implements it on top of :class:`fhirbots.bots.executor.BotExecutor`. Until one is configured, a
 notification for a bot fails like an unreachable endpoint (retried, then dead-lettered) so
 nothing is lost and it can be replayed once bots run.
 """
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.notifications import Notification
+from fhirbots.schemas.notifications import Notification
 
 __all__ = ["BOT_ENDPOINT", "BotInvocation", "BotInvoker", "bot_id_of"]
 

@@ -1,10 +1,10 @@
 """Errors of notification delivery. One root, translated at the API boundary.
 
-    DeliveryError                 base of everything raised by :mod:`engine.delivery`
+    DeliveryError                 base of everything raised by :mod:`fhirbots.engine.delivery`
     ├── EndpointRefused           the endpoint is not allowed (scheme, address, network)
     └── DeliveryStoreError        the delivery store failed (database error)
 
-Failed deliveries themselves are values (:class:`engine.delivery.attempt.AttemptResult`),
+Failed deliveries themselves are values (:class:`fhirbots.engine.delivery.attempt.AttemptResult`),
 never exceptions: an endpoint that answers 500 or times out is recorded, not raised.
 """
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from engine.delivery import metrics
-from engine.delivery.attempt import AttemptResult
-from engine.delivery.lifecycle import Lifecycle, attempt_audit_event
-from engine.delivery.marker import DeliveredMarker
-from engine.delivery.policy import DeliveryDefaults
-from engine.delivery.sender import Sender, channel_name
-from engine.delivery.store import Delivery, DeliveryStore
-from engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
+from fhirbots.engine.delivery import metrics
+from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.delivery.lifecycle import Lifecycle, attempt_audit_event
+from fhirbots.engine.delivery.marker import DeliveredMarker
+from fhirbots.engine.delivery.policy import DeliveryDefaults
+from fhirbots.engine.delivery.sender import Sender, channel_name
+from fhirbots.engine.delivery.store import Delivery, DeliveryStore
+from fhirbots.engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
 
 __all__ = ["IDLE_SECONDS", "PAGE", "QUEUE_LIMIT", "Lane", "LaneContext"]
 
@@ -38,7 +38,7 @@ QUEUE_LIMIT = 1000
 IDLE_SECONDS = 30.0
 """A lane with nothing to do ends after this long (the next notification starts a new one)."""
 
-_log = structlog.get_logger("engine.delivery")
+_log = structlog.get_logger("fhirbots.engine.delivery")
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Any
 
 import structlog
 
-from engine.delivery.attempt import AttemptResult
-from engine.delivery.store import Delivery
-from engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
-from engine.errors import FhirError
-from engine.service import FhirService
-from engine.storage.model import CreateOp, UpdateOp, WriteContext
-from subscriptions.model import CRITERIA_ERROR_URL
+from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.delivery.store import Delivery
+from fhirbots.engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
+from fhirbots.engine.errors import FhirError
+from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.storage.model import CreateOp, UpdateOp, WriteContext
+from fhirbots.subscriptions.model import CRITERIA_ERROR_URL
 
 __all__ = ["AUTHOR", "Lifecycle", "attempt_audit_event", "transition_audit_event"]
 
@@ -38,7 +38,7 @@ OUTCOME_SUCCESS = "0"
 OUTCOME_MINOR = "4"
 OUTCOME_SERIOUS = "8"
 
-_log = structlog.get_logger("engine.delivery")
+_log = structlog.get_logger("fhirbots.engine.delivery")
 
 
 def _now() -> str:

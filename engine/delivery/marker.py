@@ -15,15 +15,15 @@ import contextlib
 
 import structlog
 
-from engine.delivery.errors import DeliveryError
-from engine.delivery.store import DeliveryStore
+from fhirbots.engine.delivery.errors import DeliveryError
+from fhirbots.engine.delivery.store import DeliveryStore
 
 __all__ = ["DeliveredMarker"]
 
 RETRY_SECONDS = 0.5
 """Pause before retrying a failed commit of marks (the marks are kept)."""
 
-_log = structlog.get_logger("engine.delivery")
+_log = structlog.get_logger("fhirbots.engine.delivery")
 
 
 class DeliveredMarker:

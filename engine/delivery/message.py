@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import time
 
-from engine.delivery.attempt import AttemptResult
-from engine.eventlog.errors import EventLogError
-from engine.eventlog.port import EventLog
+from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.eventlog.errors import EventLogError
+from fhirbots.engine.eventlog.port import EventLog
 
 __all__ = ["MESSAGE_TOPIC", "MessageChannel"]
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
-from engine.delivery.store import Delivery
+from fhirbots.engine.delivery.store import Delivery
 
 __all__ = [
     "FHIR_JSON",

@@ -1,7 +1,7 @@
 """Per-subscription delivery policy, read from the Subscription resource once and cached.
 
-The defaults come from :class:`engine.settings.Settings`; a Subscription overrides them with
-extensions (Medplum's URLs are accepted, so Subscriptions written for Medplum work unchanged):
+The defaults come from :class:`fhirbots.engine.settings.Settings`; a Subscription overrides them
+with extensions (Medplum's URLs are accepted, so Subscriptions written for Medplum work unchanged):
 
 * attempts: ``https://medplum.com/fhir/StructureDefinition/subscription-max-attempts``
   (valueInteger);
@@ -141,7 +141,7 @@ class SuccessCodes:
 
 @dataclass(frozen=True)
 class DeliveryDefaults:
-    """Engine-wide delivery settings (built from :class:`engine.settings.Settings`).
+    """Engine-wide delivery settings (built from :class:`fhirbots.engine.settings.Settings`).
 
     Attributes:
         timeout: Seconds a request may take.

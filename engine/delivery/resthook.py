@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from engine.delivery.attempt import AttemptResult
-from engine.delivery.errors import EndpointRefused
-from engine.delivery.policy import DeliveryPolicy
-from engine.delivery.safety import EndpointGuard
+from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.delivery.errors import EndpointRefused
+from fhirbots.engine.delivery.policy import DeliveryPolicy
+from fhirbots.engine.delivery.safety import EndpointGuard
 
 __all__ = [
     "HEADER_EVENT_NUMBER",

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from engine.delivery.errors import EndpointRefused
+from fhirbots.engine.delivery.errors import EndpointRefused
 
 __all__ = ["EndpointGuard"]
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import orjson
 
-from engine.delivery.attempt import AttemptResult
-from engine.delivery.bot import BotInvoker, bot_id_of
-from engine.delivery.message import MessageChannel
-from engine.delivery.payload import body_for, notification_bundle
-from engine.delivery.resthook import (
+from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.delivery.bot import BotInvoker, bot_id_of
+from fhirbots.engine.delivery.message import MessageChannel
+from fhirbots.engine.delivery.payload import body_for, notification_bundle
+from fhirbots.engine.delivery.resthook import (
     HEADER_EVENT_NUMBER,
     HEADER_NOTIFICATION_ID,
     HEADER_SUBSCRIPTION,
     RestHookChannel,
 )
-from engine.delivery.store import Delivery
-from engine.delivery.subscriptions import SubscriptionInfo
-from engine.delivery.websocket import WebSocketHub
-from engine.tracing import TRACEPARENT, child_traceparent
+from fhirbots.engine.delivery.store import Delivery
+from fhirbots.engine.delivery.subscriptions import SubscriptionInfo
+from fhirbots.engine.delivery.websocket import WebSocketHub
+from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent
 
 __all__ = ["Sender", "channel_name"]
 

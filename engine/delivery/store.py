@@ -1,7 +1,8 @@
 """The delivery store port: event numbers, the notification log, attempts and dead letters.
 
-Two adapters: :class:`engine.delivery.store_sqlite.SqliteDeliveryStore` (a file of its own in
-the data dir) and :class:`engine.delivery.store_postgres.PostgresDeliveryStore` (tables of
+Two adapters: :class:`fhirbots.engine.delivery.store_sqlite.SqliteDeliveryStore` (a file of its own
+in
+the data dir) and :class:`fhirbots.engine.delivery.store_postgres.PostgresDeliveryStore` (tables of
 its own in the datastore's database). Both keep one row per notification:
 
 * ``accept`` gives a new notification its subscription's next event number in the same
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from schemas.notifications import Notification
+from fhirbots.schemas.notifications import Notification
 
 __all__ = [
     "Accepted",

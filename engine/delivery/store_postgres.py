@@ -14,16 +14,16 @@ from datetime import datetime
 
 import asyncpg
 
-from engine.delivery.errors import DeliveryStoreError
-from engine.delivery.store import Accepted, Delivery, SubscriptionCounters
-from engine.delivery.store_sql import (
+from fhirbots.engine.delivery.errors import DeliveryStoreError
+from fhirbots.engine.delivery.store import Accepted, Delivery, SubscriptionCounters
+from fhirbots.engine.delivery.store_sql import (
     COLUMNS,
     SCHEMA,
     dead_filter,
     row_to_delivery,
 )
-from engine.storage.postgres_pool import PostgresPool
-from schemas.notifications import Notification
+from fhirbots.engine.storage.postgres_pool import PostgresPool
+from fhirbots.schemas.notifications import Notification
 
 __all__ = ["PostgresDeliveryStore"]
 
@@ -35,7 +35,7 @@ SCHEMA_LOCK = 0x6668_6264
 
 
 class PostgresDeliveryStore:
-    """:class:`engine.delivery.store.DeliveryStore` on PostgreSQL.
+    """:class:`fhirbots.engine.delivery.store.DeliveryStore` on PostgreSQL.
 
     Args:
         dsn: PostgreSQL connection string.
@@ -64,7 +64,7 @@ class PostgresDeliveryStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
-        """See :meth:`engine.delivery.store.DeliveryStore.accept`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.accept`."""
         if not notifications:
             return []
         now = time.time()
@@ -110,7 +110,7 @@ class PostgresDeliveryStore:
     async def record_failure(
         self, notification_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None:
-        """See :meth:`engine.delivery.store.DeliveryStore.record_failure`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.record_failure`."""
         await self._db.execute(
             "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
             "last_error = ?, updated_at = ? WHERE notification_id = ?",
@@ -122,7 +122,7 @@ class PostgresDeliveryStore:
         )
 
     async def mark_delivered(self, delivered: Sequence[tuple[str, int]]) -> None:
-        """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.mark_delivered`."""
         if not delivered:
             return
         await self._db.execute(
@@ -139,7 +139,7 @@ class PostgresDeliveryStore:
         )
 
     async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:
-        """See :meth:`engine.delivery.store.DeliveryStore.mark_dead`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.mark_dead`."""
         rows = await self._db.fetch(
             "WITH dead AS (UPDATE delivery_notification SET state = 'dead', attempts = ?, "
             "last_error = ?, updated_at = ? WHERE notification_id = ? "
@@ -160,7 +160,7 @@ class PostgresDeliveryStore:
         notification_ids: Sequence[str] | None = None,
         subscription_id: str | None = None,
     ) -> list[tuple[str, str]]:
-        """See :meth:`engine.delivery.store.DeliveryStore.requeue`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.requeue`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
         rows = await self._db.fetch(
             "UPDATE delivery_notification SET state = 'pending', attempts = 0, "
@@ -177,7 +177,7 @@ class PostgresDeliveryStore:
         notification_ids: Sequence[str] | None = None,
         subscription_id: str | None = None,
     ) -> int:
-        """See :meth:`engine.delivery.store.DeliveryStore.discard`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.discard`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
         rows = await self._db.fetch(
             f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? "
@@ -188,7 +188,7 @@ class PostgresDeliveryStore:
         return len(rows)
 
     async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
-        """See :meth:`engine.delivery.store.DeliveryStore.set_heartbeat`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.set_heartbeat`."""
         if period is None:
             await self._db.execute(
                 "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?",
@@ -205,14 +205,14 @@ class PostgresDeliveryStore:
         )
 
     async def heartbeats(self) -> list[tuple[str, str, float]]:
-        """See :meth:`engine.delivery.store.DeliveryStore.heartbeats`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.heartbeats`."""
         rows = await self._db.fetch(
             "SELECT project, subscription_id, period FROM delivery_heartbeat"
         )
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     async def purge(self, before: datetime) -> int:
-        """See :meth:`engine.delivery.store.DeliveryStore.purge`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.purge`."""
         rows = await self._db.fetch(
             "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') "
             "AND updated_at < ? RETURNING notification_id",
@@ -226,7 +226,7 @@ class PostgresDeliveryStore:
         return [row_to_delivery(r) for r in await self._db.fetch(sql, *args)]
 
     async def get(self, project: str, notification_id: str) -> Delivery | None:
-        """See :meth:`engine.delivery.store.DeliveryStore.get`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.get`."""
         found = await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification "
             "WHERE notification_id = ? AND project = ?",
@@ -238,7 +238,7 @@ class PostgresDeliveryStore:
     async def pending(
         self, project: str, subscription_id: str, *, limit: int = 100
     ) -> list[Delivery]:
-        """See :meth:`engine.delivery.store.DeliveryStore.pending`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending`."""
         return await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending' "
             "AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?",
@@ -248,7 +248,7 @@ class PostgresDeliveryStore:
         )
 
     async def pending_subscriptions(self) -> list[tuple[str, str]]:
-        """See :meth:`engine.delivery.store.DeliveryStore.pending_subscriptions`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending_subscriptions`."""
         rows = await self._db.fetch(
             "SELECT DISTINCT project, subscription_id FROM delivery_notification "
             "WHERE state = 'pending'"
@@ -256,7 +256,7 @@ class PostgresDeliveryStore:
         return [(r[0], r[1]) for r in rows]
 
     async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
-        """See :meth:`engine.delivery.store.DeliveryStore.counters`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.counters`."""
         rows = await self._db.fetch(
             "SELECT last_number, dead_streak FROM delivery_counter "
             "WHERE project = ? AND subscription_id = ?",
@@ -276,7 +276,7 @@ class PostgresDeliveryStore:
         last: int | None = None,
         limit: int = 100,
     ) -> list[Delivery]:
-        """See :meth:`engine.delivery.store.DeliveryStore.events`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.events`."""
         return await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
             "AND subscription_id = ? AND event_number >= ? AND event_number <= ? "
@@ -289,7 +289,7 @@ class PostgresDeliveryStore:
         )
 
     async def last_event(self, project: str, subscription_id: str) -> Delivery | None:
-        """See :meth:`engine.delivery.store.DeliveryStore.last_event`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.last_event`."""
         found = await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
             "AND subscription_id = ? ORDER BY event_number DESC LIMIT 1",
@@ -301,7 +301,7 @@ class PostgresDeliveryStore:
     async def dead_letters(
         self, project: str, subscription_id: str | None = None, *, limit: int = 100
     ) -> list[Delivery]:
-        """See :meth:`engine.delivery.store.DeliveryStore.dead_letters`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.dead_letters`."""
         where, args = dead_filter(project, None, subscription_id)
         return await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE {where} "

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.delivery.store import Delivery, DeliveryState
-from schemas.notifications import Notification
+from fhirbots.engine.delivery.store import Delivery, DeliveryState
+from fhirbots.schemas.notifications import Notification
 
 __all__ = [
     "COLUMNS",

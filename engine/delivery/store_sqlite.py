@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from engine.delivery.errors import DeliveryStoreError
-from engine.delivery.store import Accepted, Delivery, SubscriptionCounters
-from engine.delivery.store_sql import COLUMNS, SCHEMA, dead_filter, row_to_delivery
-from engine.storage.sqlite_file import SqliteFile
-from schemas.notifications import Notification
+from fhirbots.engine.delivery.errors import DeliveryStoreError
+from fhirbots.engine.delivery.store import Accepted, Delivery, SubscriptionCounters
+from fhirbots.engine.delivery.store_sql import COLUMNS, SCHEMA, dead_filter, row_to_delivery
+from fhirbots.engine.storage.sqlite_file import SqliteFile
+from fhirbots.schemas.notifications import Notification
 
 __all__ = ["DELIVERY_DB", "SqliteDeliveryStore"]
 
@@ -27,7 +27,7 @@ _T = TypeVar("_T")
 
 
 class SqliteDeliveryStore:
-    """:class:`engine.delivery.store.DeliveryStore` in one SQLite file.
+    """:class:`fhirbots.engine.delivery.store.DeliveryStore` in one SQLite file.
 
     Args:
         path: The database file (created with its folder).
@@ -72,7 +72,7 @@ class SqliteDeliveryStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
-        """See :meth:`engine.delivery.store.DeliveryStore.accept`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.accept`."""
         if not notifications:
             return []
         return await self._call(self._transaction, lambda db: self._accept(db, notifications))
@@ -117,7 +117,7 @@ class SqliteDeliveryStore:
     async def record_failure(
         self, notification_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None:
-        """See :meth:`engine.delivery.store.DeliveryStore.record_failure`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.record_failure`."""
         await self._call(
             self._db.execute,
             "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
@@ -126,7 +126,7 @@ class SqliteDeliveryStore:
         )
 
     async def mark_delivered(self, delivered: Sequence[tuple[str, int]]) -> None:
-        """See :meth:`engine.delivery.store.DeliveryStore.mark_delivered`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.mark_delivered`."""
         if not delivered:
             return
 
@@ -151,7 +151,7 @@ class SqliteDeliveryStore:
         await self._call(self._transaction, run)
 
     async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:
-        """See :meth:`engine.delivery.store.DeliveryStore.mark_dead`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.mark_dead`."""
 
         def run(db: sqlite3.Connection) -> int:
             row = db.execute(
@@ -176,7 +176,7 @@ class SqliteDeliveryStore:
         notification_ids: Sequence[str] | None = None,
         subscription_id: str | None = None,
     ) -> list[tuple[str, str]]:
-        """See :meth:`engine.delivery.store.DeliveryStore.requeue`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.requeue`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
 
         def run(db: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -196,7 +196,7 @@ class SqliteDeliveryStore:
         notification_ids: Sequence[str] | None = None,
         subscription_id: str | None = None,
     ) -> int:
-        """See :meth:`engine.delivery.store.DeliveryStore.discard`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.discard`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
 
         def run(db: sqlite3.Connection) -> int:
@@ -210,7 +210,7 @@ class SqliteDeliveryStore:
         return await self._call(self._transaction, run)
 
     async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
-        """See :meth:`engine.delivery.store.DeliveryStore.set_heartbeat`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.set_heartbeat`."""
         if period is None:
             sql = "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?"
             args: tuple[object, ...] = (project, subscription_id)
@@ -224,7 +224,7 @@ class SqliteDeliveryStore:
         await self._call(self._db.execute, sql, args)
 
     async def heartbeats(self) -> list[tuple[str, str, float]]:
-        """See :meth:`engine.delivery.store.DeliveryStore.heartbeats`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.heartbeats`."""
         rows = await self._call(
             lambda: self._db.execute(
                 "SELECT project, subscription_id, period FROM delivery_heartbeat"
@@ -233,7 +233,7 @@ class SqliteDeliveryStore:
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     async def purge(self, before: datetime) -> int:
-        """See :meth:`engine.delivery.store.DeliveryStore.purge`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.purge`."""
 
         def run(db: sqlite3.Connection) -> int:
             cursor = db.execute(
@@ -252,7 +252,7 @@ class SqliteDeliveryStore:
         return [row_to_delivery(r) for r in rows]
 
     async def get(self, project: str, notification_id: str) -> Delivery | None:
-        """See :meth:`engine.delivery.store.DeliveryStore.get`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.get`."""
         found = await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification "
             "WHERE notification_id = ? AND project = ?",
@@ -263,7 +263,7 @@ class SqliteDeliveryStore:
     async def pending(
         self, project: str, subscription_id: str, *, limit: int = 100
     ) -> list[Delivery]:
-        """See :meth:`engine.delivery.store.DeliveryStore.pending`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending`."""
         return await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending' "
             "AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?",
@@ -271,7 +271,7 @@ class SqliteDeliveryStore:
         )
 
     async def pending_subscriptions(self) -> list[tuple[str, str]]:
-        """See :meth:`engine.delivery.store.DeliveryStore.pending_subscriptions`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending_subscriptions`."""
         rows = await self._call(
             lambda: self._db.execute(
                 "SELECT DISTINCT project, subscription_id FROM delivery_notification "
@@ -281,7 +281,7 @@ class SqliteDeliveryStore:
         return [(r[0], r[1]) for r in rows]
 
     async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
-        """See :meth:`engine.delivery.store.DeliveryStore.counters`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.counters`."""
         row = await self._call(
             lambda: self._db.execute(
                 "SELECT last_number, dead_streak FROM delivery_counter "
@@ -302,7 +302,7 @@ class SqliteDeliveryStore:
         last: int | None = None,
         limit: int = 100,
     ) -> list[Delivery]:
-        """See :meth:`engine.delivery.store.DeliveryStore.events`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.events`."""
         return await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
             "AND subscription_id = ? AND event_number >= ? AND event_number <= ? "
@@ -311,7 +311,7 @@ class SqliteDeliveryStore:
         )
 
     async def last_event(self, project: str, subscription_id: str) -> Delivery | None:
-        """See :meth:`engine.delivery.store.DeliveryStore.last_event`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.last_event`."""
         found = await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
             "AND subscription_id = ? ORDER BY event_number DESC LIMIT 1",
@@ -322,7 +322,7 @@ class SqliteDeliveryStore:
     async def dead_letters(
         self, project: str, subscription_id: str | None = None, *, limit: int = 100
     ) -> list[Delivery]:
-        """See :meth:`engine.delivery.store.DeliveryStore.dead_letters`."""
+        """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.dead_letters`."""
         where, args = dead_filter(project, None, subscription_id)
         return await self._select(
             f"SELECT {COLUMNS} FROM delivery_notification WHERE {where} "

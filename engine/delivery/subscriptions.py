@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine.delivery.policy import DeliveryDefaults, DeliveryPolicy, policy_for
-from engine.storage.port import Storage
-from schemas.notifications import ChannelSpec
+from fhirbots.engine.delivery.policy import DeliveryDefaults, DeliveryPolicy, policy_for
+from fhirbots.engine.storage.port import Storage
+from fhirbots.schemas.notifications import ChannelSpec
 
 __all__ = [
     "BACKPORT_CONTENT_URL",

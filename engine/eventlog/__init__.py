@@ -1,22 +1,22 @@
 """The event log: a partitioned, durable message log with consumer groups.
 
-The port (:mod:`engine.eventlog.port`) has two adapters: the embedded SQLite log
-(:mod:`engine.eventlog.embedded`) and Apache Kafka (:mod:`engine.eventlog.kafka`);
+The port (:mod:`fhirbots.engine.eventlog.port`) has two adapters: the embedded SQLite log
+(:mod:`fhirbots.engine.eventlog.embedded`) and Apache Kafka (:mod:`fhirbots.engine.eventlog.kafka`);
 :func:`create_event_log` picks one. Kafka-side stream processing runs in
-:mod:`engine.eventlog.faust_app`.
+:mod:`fhirbots.engine.eventlog.faust_app`.
 """
 
 from __future__ import annotations
 
-from engine.eventlog.errors import (
+from fhirbots.engine.eventlog.errors import (
     BrokerError,
     EventLogClosed,
     EventLogError,
     InvalidTopic,
     TopicNotFound,
 )
-from engine.eventlog.factory import create_event_log
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.factory import create_event_log
+from fhirbots.engine.eventlog.port import (
     ConsumerHandle,
     ConsumerOptions,
     EventLog,

@@ -1,7 +1,7 @@
 """Embedded adapter: a durable, partitioned log in one SQLite file in the data dir.
 
-Same semantics as Kafka for the engine's purposes (see :mod:`engine.eventlog.port`): keys map
-to partitions with Kafka's partitioner, offsets are per partition, consumer groups share
+Same semantics as Kafka for the engine's purposes (see :mod:`fhirbots.engine.eventlog.port`): keys
+map to partitions with Kafka's partitioner, offsets are per partition, consumer groups share
 partitions between members and commit offsets after each handled batch, retention trims by
 age and size. Consumers in this process are woken the moment a publish commits; members in
 other processes sharing the file notice within ``poll_interval``.
@@ -23,9 +23,9 @@ from typing import Literal, TypeVar
 
 import structlog
 
-from engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic
-from engine.eventlog.metrics import PUBLISHED, REBALANCES
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic
+from fhirbots.engine.eventlog.metrics import PUBLISHED, REBALANCES
+from fhirbots.engine.eventlog.port import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PARTITIONS,
     ConsumerOptions,
@@ -37,14 +37,14 @@ from engine.eventlog.port import (
     TopicSpec,
     Validator,
 )
-from engine.eventlog.processing import (
+from fhirbots.engine.eventlog.processing import (
     TRANSIENT_RETRY_SECONDS,
     BatchProcessor,
     dead_letter_sink,
     pause,
 )
-from engine.eventlog.sqlite_store import SqliteLogStore
-from schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
+from fhirbots.engine.eventlog.sqlite_store import SqliteLogStore
+from fhirbots.schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
 
 __all__ = ["EmbeddedConsumer", "EmbeddedEventLog", "EmbeddedSettings", "Synchronous"]
 
@@ -90,7 +90,7 @@ class EmbeddedSettings:
 
 
 class EmbeddedEventLog:
-    """The :class:`engine.eventlog.port.EventLog` on SQLite.
+    """The :class:`fhirbots.engine.eventlog.port.EventLog` on SQLite.
 
     Args:
         settings: Where the file is and how consumers behave.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
-from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from engine.eventlog.port import EventLog, TopicSpec
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
+from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
+from fhirbots.engine.eventlog.port import EventLog, TopicSpec
 
 __all__ = ["create_event_log"]
 

@@ -5,7 +5,7 @@ each record with a :class:`StageContext` and returns the messages to publish. Pe
 (for example the event counter of a subscription) lives in a faust table backed by a
 changelog topic, so a restarted or rebalanced worker continues the count where it stopped.
 
-Run a stage in its own process with :mod:`engine.eventlog.faust_worker` (it stops within
+Run a stage in its own process with :mod:`fhirbots.engine.eventlog.faust_worker` (it stops within
 seconds of SIGTERM).
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import faust
 import structlog
 
-from engine.eventlog.port import DEFAULT_PARTITIONS, OutgoingMessage, Record
+from fhirbots.engine.eventlog.port import DEFAULT_PARTITIONS, OutgoingMessage, Record
 
 __all__ = [
     "FaustSettings",

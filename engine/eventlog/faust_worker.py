@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m engine.eventlog.faust_worker --bootstrap 127.0.0.1:9092 \\
+    python -m fhirbots.engine.eventlog.faust_worker --bootstrap 127.0.0.1:9092 \\
         --app-id fhirbots-matcher --data-dir data/faust --stage my.module:stage
 
-The worker stops within seconds of SIGTERM; see :mod:`engine.eventlog.faust_app`.
+The worker stops within seconds of SIGTERM; see :mod:`fhirbots.engine.eventlog.faust_app`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from engine.eventlog.errors import EventLogError
-from engine.eventlog.faust_app import FaustSettings, Stage, run_worker
-from engine.eventlog.port import DEFAULT_PARTITIONS
+from fhirbots.engine.eventlog.errors import EventLogError
+from fhirbots.engine.eventlog.faust_app import FaustSettings, Stage, run_worker
+from fhirbots.engine.eventlog.port import DEFAULT_PARTITIONS
 
 __all__ = ["StageSpecError", "load_stage", "main"]
 

@@ -1,4 +1,4 @@
-"""Kafka adapter: the :class:`engine.eventlog.port.EventLog` on Apache Kafka via aiokafka.
+"""Kafka adapter: the :class:`fhirbots.engine.eventlog.port.EventLog` on Apache Kafka via aiokafka.
 
 The producer is idempotent with ``acks=all``, so ``publish_many`` returns only when every
 in-sync replica has the messages and retries never duplicate or reorder a key. Consumers use
@@ -21,10 +21,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic, TopicNotFound
-from engine.eventlog.metrics import PUBLISHED, REBALANCES
-from engine.eventlog.partitioner import partition_for
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.errors import BrokerError, EventLogClosed, InvalidTopic, TopicNotFound
+from fhirbots.engine.eventlog.metrics import PUBLISHED, REBALANCES
+from fhirbots.engine.eventlog.partitioner import partition_for
+from fhirbots.engine.eventlog.port import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PARTITIONS,
     ConsumerOptions,
@@ -36,13 +36,13 @@ from engine.eventlog.port import (
     TopicSpec,
     Validator,
 )
-from engine.eventlog.processing import (
+from fhirbots.engine.eventlog.processing import (
     TRANSIENT_RETRY_SECONDS,
     BatchProcessor,
     dead_letter_sink,
     pause,
 )
-from schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
+from fhirbots.schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
 
 __all__ = ["KafkaConsumerHandle", "KafkaEventLog", "KafkaSettings"]
 
@@ -250,7 +250,7 @@ class KafkaEventLog:
     async def publish_many(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[Record]:
         """Publish messages; returns when all are acknowledged (per-key order kept).
 
-        Messages are placed with :func:`engine.eventlog.partitioner.partition_for` (Kafka's
+        Messages are placed with :func:`fhirbots.engine.eventlog.partitioner.partition_for` (Kafka's
         own partitioner) and sent as one record batch per partition, which is several times
         faster than one ``send`` per message.
         """

@@ -1,7 +1,7 @@
 """The event-log port: what every stage needs from a partitioned, durable message log.
 
-Two adapters implement it: :class:`engine.eventlog.embedded.EmbeddedEventLog` (SQLite in the
-data dir, one machine) and :class:`engine.eventlog.kafka.KafkaEventLog` (Apache Kafka).
+Two adapters implement it: :class:`fhirbots.engine.eventlog.embedded.EmbeddedEventLog` (SQLite in
+the data dir, one machine) and :class:`fhirbots.engine.eventlog.kafka.KafkaEventLog` (Apache Kafka).
 
 Semantics shared by both (checked by one contract test suite):
 
@@ -12,7 +12,7 @@ Semantics shared by both (checked by one contract test suite):
 * At-least-once: a batch's offsets are committed only after the handler returned. A handler
   that raises gets the same batch again (with back-off); a crash replays the uncommitted tail.
 * A record whose payload fails the consumer's ``validate`` callable is a *poison message*:
-  it is copied to the topic's dead-letter twin (:func:`schemas.topics.deadletter_topic`)
+  it is copied to the topic's dead-letter twin (:func:`fhirbots.schemas.topics.deadletter_topic`)
   with the error in headers, and consumption goes on.
 """
 
@@ -76,7 +76,7 @@ class OutgoingMessage:
 
     Attributes:
         key: Partition key; every message with this key goes to the same partition, in order.
-        value: The payload (usually a JSON-serialised model from :mod:`schemas`).
+        value: The payload (usually a JSON-serialised model from :mod:`fhirbots.schemas`).
         headers: Extra (name, value) pairs, e.g. a W3C ``traceparent``.
     """
 
@@ -134,7 +134,7 @@ class TopicSpec:
     """A topic to create on start.
 
     Attributes:
-        name: Topic name (with its version suffix, see :mod:`schemas.topics`).
+        name: Topic name (with its version suffix, see :mod:`fhirbots.schemas.topics`).
         partitions: Partition count; the upper bound of parallel consumers in one group.
         retention: Retention limits.
     """

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from engine.eventlog.errors import TopicNotFound
-from engine.eventlog.metrics import BATCH_SECONDS, CONSUMED, DEADLETTERED, HANDLER_FAILURES
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.errors import TopicNotFound
+from fhirbots.engine.eventlog.metrics import BATCH_SECONDS, CONSUMED, DEADLETTERED, HANDLER_FAILURES
+from fhirbots.engine.eventlog.port import (
     HEADER_ERROR,
     HEADER_ERROR_TYPE,
     HEADER_SOURCE_OFFSET,
@@ -25,7 +25,7 @@ from engine.eventlog.port import (
     RetryPolicy,
     Validator,
 )
-from schemas.topics import deadletter_topic
+from fhirbots.schemas.topics import deadletter_topic
 
 __all__ = [
     "TRANSIENT_RETRY_SECONDS",

@@ -1,8 +1,8 @@
 """The embedded log's storage: synchronous SQLite operations, each one transaction.
 
 :class:`SqliteLogStore` is used from a single worker thread by
-:class:`engine.eventlog.embedded.EmbeddedEventLog`. Several processes may open the same file:
-WAL mode lets readers run beside the writer, ``BEGIN IMMEDIATE`` serialises writers and the
+:class:`fhirbots.engine.eventlog.embedded.EmbeddedEventLog`. Several processes may open the same
+file: WAL mode lets readers run beside the writer, ``BEGIN IMMEDIATE`` serialises writers and the
 busy timeout makes a writer wait for another process instead of failing.
 
 Tables: ``topics`` (partition count, retention), ``partitions`` (next offset and first
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import orjson
 
-from engine.eventlog.errors import BrokerError, InvalidTopic, TopicNotFound
-from engine.eventlog.partitioner import partition_for
-from engine.eventlog.port import Headers, OutgoingMessage, Record, Retention
+from fhirbots.engine.eventlog.errors import BrokerError, InvalidTopic, TopicNotFound
+from fhirbots.engine.eventlog.partitioner import partition_for
+from fhirbots.engine.eventlog.port import Headers, OutgoingMessage, Record, Retention
 
 __all__ = ["Member", "SqliteLogStore", "StoredTopic", "assign_partitions"]
 

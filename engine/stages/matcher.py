@@ -1,10 +1,11 @@
 """The matcher stage runner: ``fhir.changes.v1`` -> ``fhir.notifications.v1``.
 
-I/O around the pure matcher (:func:`subscriptions.matching.match_event`):
+I/O around the pure matcher (:func:`fhirbots.subscriptions.matching.match_event`):
 
 * consumes change events in a consumer group (undecodable records are dead-lettered by the
   event log's ``validate`` hook);
-* keeps each project's :class:`~subscriptions.config.ProjectConfig` in memory and reloads it
+* keeps each project's :class:`~fhirbots.subscriptions.config.ProjectConfig` in memory and reloads
+it
   from the datastore *before* matching an event whose ``config_generation`` is larger than the
   loaded one, so a Subscription or SubscriptionTopic change takes effect for the very next
   event in every matcher process, with no polling and no query per event;
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client import Counter, Histogram
 
-from engine.errors import FhirError
-from engine.eventlog.port import (
+from fhirbots.engine.errors import FhirError
+from fhirbots.engine.eventlog.port import (
     ConsumerHandle,
     ConsumerOptions,
     EventLog,
@@ -37,16 +38,16 @@ from engine.eventlog.port import (
     Record,
     TopicSpec,
 )
-from engine.service import FhirService
-from engine.storage.model import WriteContext
-from engine.storage.port import Storage
-from engine.storage.sql import RESOURCE_COLUMNS
-from schemas.events import ChangeEvent
-from schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED
-from subscriptions.config import ProjectConfig, build_config
-from subscriptions.loop_guard import LoopGuardPolicy
-from subscriptions.matching import Failure, match_event
-from subscriptions.model import CRITERIA_ERROR_URL
+from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.storage.model import WriteContext
+from fhirbots.engine.storage.port import Storage
+from fhirbots.engine.storage.sql import RESOURCE_COLUMNS
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED
+from fhirbots.subscriptions.config import ProjectConfig, build_config
+from fhirbots.subscriptions.loop_guard import LoopGuardPolicy
+from fhirbots.subscriptions.matching import Failure, match_event
+from fhirbots.subscriptions.model import CRITERIA_ERROR_URL
 
 __all__ = [
     "MATCHER_AUTHOR",

@@ -1,1 +1,2 @@
-"""Datastore: one port (:class:`engine.storage.port.Storage`), two adapters (SQLite, PostgreSQL)."""
+"""Datastore: one port (:class:`fhirbots.engine.storage.port.Storage`), two adapters (SQLite,
+PostgreSQL)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.settings import Settings
-from engine.storage.port import SearchIndexer, Storage
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.storage.port import SearchIndexer, Storage
 
 __all__ = ["create_storage"]
 
@@ -11,10 +11,10 @@ __all__ = ["create_storage"]
 def create_storage(settings: Settings, *, indexer: SearchIndexer | None = None) -> Storage:
     """PostgreSQL when ``database_url`` is set, the embedded SQLite file otherwise."""
     if settings.database_url:
-        from engine.storage.postgres import PostgresStorage
+        from fhirbots.engine.storage.postgres import PostgresStorage
 
         return PostgresStorage(settings.database_url, indexer=indexer)
-    from engine.storage.sqlite import SqliteStorage
+    from fhirbots.engine.storage.sqlite import SqliteStorage
 
     return SqliteStorage(
         settings.sqlite_path, indexer=indexer, writer_process=settings.sqlite_writer_process

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from schemas.events import CausationLink, ChangeEvent
+from fhirbots.schemas.events import CausationLink, ChangeEvent
 
 __all__ = [
     "ApiKeyRecord",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.errors import BadRequest, PreconditionFailed
-from engine.storage.model import (
+from fhirbots.engine.errors import BadRequest, PreconditionFailed
+from fhirbots.engine.storage.model import (
     CreateOp,
     DeleteOp,
     StoredResource,
@@ -24,7 +24,7 @@ from engine.storage.model import (
     WriteOp,
     WriteResult,
 )
-from schemas.events import ChangeEvent, Interaction
+from fhirbots.schemas.events import ChangeEvent, Interaction
 
 __all__ = ["format_instant", "new_id", "op_target", "plan_write"]
 

@@ -1,7 +1,7 @@
 """The storage port: everything the engine asks of a datastore.
 
-Adapters: :mod:`engine.storage.sqlite` (embedded default) and :mod:`engine.storage.postgres`.
-Both pass the same test suite (``tests/engine/storage``).
+Adapters: :mod:`fhirbots.engine.storage.sqlite` (embedded default) and
+:mod:`fhirbots.engine.storage.postgres`. Both pass the same test suite (``tests/engine/storage``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from engine.storage.model import (
+from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
     IndexOwner,
@@ -72,7 +72,7 @@ class Storage(Protocol):
 
     async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
         """Run a compiled search query (``?`` placeholders) selecting
-        :data:`engine.storage.sql.RESOURCE_COLUMNS` of ``resources r``."""
+        :data:`fhirbots.engine.storage.sql.RESOURCE_COLUMNS` of ``resources r``."""
 
     async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run a read-only query over the search index; plain rows."""

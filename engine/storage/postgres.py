@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from engine.errors import Conflict, FhirError
-from engine.storage import sql
-from engine.storage.model import (
+from fhirbots.engine.errors import Conflict, FhirError
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
     IndexOwner,
@@ -27,9 +27,9 @@ from engine.storage.model import (
     WriteOp,
     WriteResult,
 )
-from engine.storage.planner import op_target, plan_write
-from engine.storage.port import SearchIndexer
-from schemas.events import CONFIG_TYPES
+from fhirbots.engine.storage.planner import op_target, plan_write
+from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.schemas.events import CONFIG_TYPES
 
 __all__ = ["PostgresStorage"]
 

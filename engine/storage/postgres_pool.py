@@ -1,8 +1,8 @@
 """A small connection pool on the datastore's PostgreSQL database, for the engine's side stores
 (delivery bookkeeping, bot cron claims): open with its tables, run statements, close.
 
-The PostgreSQL counterpart of :mod:`engine.storage.sqlite_file`; the datastore itself uses
-:mod:`engine.storage.postgres`.
+The PostgreSQL counterpart of :mod:`fhirbots.engine.storage.sqlite_file`; the datastore itself uses
+:mod:`fhirbots.engine.storage.postgres`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.storage.sql import numbered
+from fhirbots.engine.storage.sql import numbered
 
 __all__ = ["PostgresPool"]
 

@@ -4,12 +4,12 @@ One table per value kind (``search_string``, ``search_token``, ``search_referenc
 ``search_date``, ``search_number``, ``search_quantity``, ``search_uri``); every row carries
 ``res, proj, resource_type, param``: the integer keys of its resource and project, which keep
 rows and index entries narrow. The rows of a resource are exactly the entries
-:func:`subscriptions.search.entries_for` computes, and the SQL conditions mirror the
-in-memory tests of :mod:`subscriptions.search.matcher` one for one, so a SQL search and
-:func:`subscriptions.search.matches` agree (the differential test checks it).
+:func:`fhirbots.subscriptions.search.entries_for` computes, and the SQL conditions mirror the
+in-memory tests of :mod:`fhirbots.subscriptions.search.matcher` one for one, so a SQL search and
+:func:`fhirbots.subscriptions.search.matches` agree (the differential test checks it).
 
 Statements use ``?`` placeholders in both dialects; the PostgreSQL adapter numbers them
-(``engine.storage.sql.numbered``) for asyncpg.
+(``fhirbots.engine.storage.sql.numbered``) for asyncpg.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.storage.model import IndexOwner
-from engine.storage.sql import RESOURCE_COLUMNS, SELECT_PROJECT_KEY
-from subscriptions.search import SearchQuery, default_registry
-from subscriptions.search.entries import composite_groups, entries_for
-from subscriptions.search.errors import UnsupportedSearchError
-from subscriptions.search.query import (
+from fhirbots.engine.storage.model import IndexOwner
+from fhirbots.engine.storage.sql import RESOURCE_COLUMNS, SELECT_PROJECT_KEY
+from fhirbots.subscriptions.search import SearchQuery, default_registry
+from fhirbots.subscriptions.search.entries import composite_groups, entries_for
+from fhirbots.subscriptions.search.errors import UnsupportedSearchError
+from fhirbots.subscriptions.search.query import (
     ChainClause,
     Clause,
     CompositeClause,
@@ -39,7 +39,7 @@ from subscriptions.search.query import (
     TokenValue,
     UriValue,
 )
-from subscriptions.search.registry import Registry
+from fhirbots.subscriptions.search.registry import Registry
 
 __all__ = [
     "GROUP_COLUMN",
@@ -207,7 +207,8 @@ def insert_statement(kind: str) -> str:
 
 
 class SqlSearchIndexer:
-    """The :class:`engine.storage.port.SearchIndexer` the storage adapters call on each write.
+    """The :class:`fhirbots.engine.storage.port.SearchIndexer` the storage adapters call on each
+    write.
 
     Args:
         registry: Parameter definitions; defaults to the shipped R4 registry.
@@ -661,8 +662,8 @@ def compile_search(
 ) -> tuple[str, list[Any]]:
     """SQL selecting the page of ``resources r`` rows that match ``query``.
 
-    Selects :data:`engine.storage.sql.RESOURCE_COLUMNS`, sorted by ``_sort`` then by type and
-    id (a stable order, so ``_count``/``_offset`` paging neither repeats nor skips).
+    Selects :data:`fhirbots.engine.storage.sql.RESOURCE_COLUMNS`, sorted by ``_sort`` then by type
+    and id (a stable order, so ``_count``/``_offset`` paging neither repeats nor skips).
 
     Args:
         query: The parsed query.

@@ -3,7 +3,8 @@
 Writes go to one writer that owns the only writing connection. A thread of the engine collects
 every write waiting in its queue and has them committed together (group commit): each runs in
 its own SAVEPOINT, so one that fails rolls back alone, and all of them share one commit. The
-committing itself (:mod:`engine.storage.sqlite_writes`) runs in a writer process by default, on
+committing itself (:mod:`fhirbots.engine.storage.sqlite_writes`) runs in a writer process by
+default, on
 another core than the API; ``writer_process=False`` keeps it on the thread. Reads run on a
 small pool of threads, each with its own connection; WAL mode lets them read while the writer
 writes.
@@ -30,9 +31,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from engine.errors import FhirError
-from engine.storage import sql
-from engine.storage.model import (
+import fhirbots
+from fhirbots.engine.errors import FhirError
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
     OutboxRow,
@@ -41,9 +43,9 @@ from engine.storage.model import (
     WriteOp,
     WriteResult,
 )
-from engine.storage.planner import format_instant, op_target
-from engine.storage.port import SearchIndexer
-from engine.storage.sqlite_writes import (
+from fhirbots.engine.storage.planner import format_instant, op_target
+from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.sqlite_writes import (
     Outcome,
     Request,
     commit_group,
@@ -61,8 +63,8 @@ log = structlog.get_logger(__name__)
 MAX_GROUP = 512
 """Writes committed together at most; bounds the latency one commit adds to the first write."""
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-"""The folder holding the ``engine`` package, so the writer process imports this very code."""
+_PACKAGE_ROOT = str(Path(fhirbots.__file__).parent.parent)
+"""The folder holding the ``fhirbots`` package, so the writer process imports this very code."""
 
 READ_THREADS = 4
 """Reader connections; reads are short, so a few suffice for two cores."""
@@ -111,7 +113,8 @@ class _Writer(threading.Thread):
     def start_process(self) -> None:
         """Start the writer process (process mode); it opens its own connection.
 
-        A fresh interpreter runs :mod:`engine.storage.sqlite_writes` with one end of a socket
+        A fresh interpreter runs :mod:`fhirbots.engine.storage.sqlite_writes` with one end of a
+        socket
         pair; nothing of this process (its ``__main__``, threads or other files) is inherited.
         """
         if not self._process_mode or self._process is not None:
@@ -121,7 +124,12 @@ class _Writer(threading.Thread):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         with theirs:
             self._process = subprocess.Popen(  # noqa: S603 (our interpreter, our module)
-                [sys.executable, "-m", "engine.storage.sqlite_writes", str(theirs.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    "fhirbots.engine.storage.sqlite_writes",
+                    str(theirs.fileno()),
+                ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,

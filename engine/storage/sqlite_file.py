@@ -1,7 +1,8 @@
 """A small SQLite file served by one thread, for the engine's side stores (delivery
 bookkeeping, bot cron claims): open with its schema, run functions on its connection, close.
 
-The datastore itself uses :mod:`engine.storage.sqlite`, which needs group commit and readers.
+The datastore itself uses :mod:`fhirbots.engine.storage.sqlite`, which needs group commit and
+readers.
 """
 
 from __future__ import annotations

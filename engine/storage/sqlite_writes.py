@@ -1,7 +1,7 @@
 """The writing side of the SQLite datastore: what one group commit does, on one connection.
 
-:class:`engine.storage.sqlite.SqliteStorage` hands writes to a single writer that commits them
-in groups. The writer is a process by default (:func:`serve`), so that committing (index rows,
+:class:`fhirbots.engine.storage.sqlite.SqliteStorage` hands writes to a single writer that commits
+them in groups. The writer is a process by default (:func:`serve`), so that committing (index rows,
 change events, SQLite's own work) runs on another core than the HTTP API instead of competing
 with it for one interpreter lock; it can also be a thread of the engine's process. Both run
 :func:`commit_group` on requests that are plain, picklable values.
@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from engine.storage import sql
-from engine.storage.model import (
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     IndexOwner,
     StoredResource,
@@ -34,9 +34,9 @@ from engine.storage.model import (
     WriteOp,
     WriteResult,
 )
-from engine.storage.planner import format_instant, plan_write
-from engine.storage.port import SearchIndexer
-from schemas.events import CONFIG_TYPES
+from fhirbots.engine.storage.planner import format_instant, plan_write
+from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.schemas.events import CONFIG_TYPES
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -350,8 +350,8 @@ def serve(path: Path, channel: Connection, indexer: SearchIndexer | None) -> Non
 
 
 def main(argv: Sequence[str]) -> None:
-    """``python -m engine.storage.sqlite_writes FD``: serve the engine on the socket ``FD``;
-    its first message is ``(database path, search indexer)``."""
+    """``python -m fhirbots.engine.storage.sqlite_writes FD``: serve the engine on the socket
+    ``FD``; its first message is ``(database path, search indexer)``."""
     channel = Connection(int(argv[0]))
     try:
         path, indexer = channel.recv()

@@ -2,11 +2,11 @@
 
 Parse a search string into a typed query (:func:`parse_search`), evaluate it against one
 resource in memory (:func:`matches`), or compute the index entries a resource contributes
-(:func:`resource_entries`, used by the SQL index in ``engine.storage.search_index``).
+(:func:`resource_entries`, used by the SQL index in ``fhirbots.engine.storage.search_index``).
 """
 
-from subscriptions.search.entries import entries_for, resource_entries
-from subscriptions.search.errors import (
+from fhirbots.subscriptions.search.entries import entries_for, resource_entries
+from fhirbots.subscriptions.search.errors import (
     InvalidValueError,
     NotSupportedInMemoryError,
     SearchError,
@@ -15,10 +15,10 @@ from subscriptions.search.errors import (
     UnknownParameterError,
     UnsupportedSearchError,
 )
-from subscriptions.search.matcher import check_in_memory, matches
-from subscriptions.search.parser import ParseResult, parse_params, parse_search
-from subscriptions.search.query import SearchQuery
-from subscriptions.search.registry import Registry, SearchParamDef, default_registry
+from fhirbots.subscriptions.search.matcher import check_in_memory, matches
+from fhirbots.subscriptions.search.parser import ParseResult, parse_params, parse_search
+from fhirbots.subscriptions.search.query import SearchQuery
+from fhirbots.subscriptions.search.registry import Registry, SearchParamDef, default_registry
 
 __all__ = [
     "InvalidValueError",

@@ -1,15 +1,16 @@
 """Search parameters of the engine's custom resources (not part of FHIR R4).
 
-``Bot`` (see :mod:`schemas.bot`) is stored and searched like any resource. Its parameters are
-declared here in the registry's compact entry format, with the same modifiers the R4 spec
-allows for each type, and are added to :func:`~subscriptions.search.registry.default_registry`.
+``Bot`` (see :mod:`fhirbots.schemas.bot`) is stored and searched like any resource. Its parameters
+are declared here in the registry's compact entry format, with the same modifiers the R4 spec
+allows for each type, and are added to
+:func:`~fhirbots.subscriptions.search.registry.default_registry`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from subscriptions.search.generate_registry import SPEC_MODIFIERS
+from fhirbots.subscriptions.search.generate_registry import SPEC_MODIFIERS
 
 __all__ = ["CUSTOM_PARAMETERS", "custom_entry"]
 

@@ -1,7 +1,7 @@
 """What a resource contributes to each search parameter: typed entries per parameter code.
 
 Used at write time by the SQL index (one entry, one row) and at match time by
-:func:`~subscriptions.search.matcher.matches`, so both see the same values.
+:func:`~fhirbots.subscriptions.search.matcher.matches`, so both see the same values.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from subscriptions.search.extraction import compile_expression, compile_relative
-from subscriptions.search.registry import Registry, SearchParamDef, default_registry
-from subscriptions.search.values import (
+from fhirbots.subscriptions.search.extraction import compile_expression, compile_relative
+from fhirbots.subscriptions.search.registry import Registry, SearchParamDef, default_registry
+from fhirbots.subscriptions.search.values import (
     DateEntry,
     NumberEntry,
     QuantityEntry,
@@ -54,7 +54,7 @@ def entries_for(param: SearchParamDef, resource: dict[str, Any]) -> list[Any]:
         resource: The resource as a JSON dict.
 
     Returns:
-        Typed entries (see :mod:`subscriptions.search.values`).
+        Typed entries (see :mod:`fhirbots.subscriptions.search.values`).
     """
     builder = ENTRY_BUILDERS.get(param.type)
     if builder is None or not param.supported or param.expression is None:

@@ -20,8 +20,8 @@ import fhirpathpy
 import structlog
 from fhirpathpy.models import models
 
-from subscriptions.search.registry import split_union
-from subscriptions.search.values import reference_type
+from fhirbots.subscriptions.search.registry import split_union
+from fhirbots.subscriptions.search.values import reference_type
 
 __all__ = ["ELEMENT_ROOT", "Extractor", "compile_expression", "compile_relative", "is_fast_path"]
 

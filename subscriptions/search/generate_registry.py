@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m subscriptions.search.generate_registry path/to/search-parameters.json
+    python -m fhirbots.subscriptions.search.generate_registry path/to/search-parameters.json
 
 reads the official R4 ``SearchParameter`` Bundle and writes
 ``subscriptions/search/data/search_parameters.json``: one compact entry per parameter with its

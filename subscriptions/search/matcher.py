@@ -3,7 +3,7 @@
 ``matches(query, resource)`` is what the subscription matcher calls for each change event: no
 database, only the resource. Every parameter type, modifier, prefix and composites are
 evaluated on the same entries the SQL index stores. Chained parameters and ``_has`` need other
-resources and raise :class:`~subscriptions.search.errors.NotSupportedInMemoryError`.
+resources and raise :class:`~fhirbots.subscriptions.search.errors.NotSupportedInMemoryError`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from subscriptions.search.entries import ENTRY_BUILDERS
-from subscriptions.search.errors import NotSupportedInMemoryError
-from subscriptions.search.query import (
+from fhirbots.subscriptions.search.entries import ENTRY_BUILDERS
+from fhirbots.subscriptions.search.errors import NotSupportedInMemoryError
+from fhirbots.subscriptions.search.query import (
     ChainClause,
     Clause,
     CompositeClause,
@@ -28,7 +28,7 @@ from subscriptions.search.query import (
     TokenValue,
     UriValue,
 )
-from subscriptions.search.values import (
+from fhirbots.subscriptions.search.values import (
     DateEntry,
     NumberEntry,
     QuantityEntry,

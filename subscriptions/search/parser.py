@@ -1,9 +1,10 @@
-"""Parse a FHIR search string into a typed :class:`~subscriptions.search.query.SearchQuery`.
+"""Parse a FHIR search string into a typed
+:class:`~fhirbots.subscriptions.search.query.SearchQuery`.
 
 ``Observation?code=http://loinc.org|8867-4&date=ge2020-01&subject=Patient/1`` becomes three
 clauses, each with its values parsed for the parameter's type. Unknown parameters, modifiers
-and malformed values raise a :class:`~subscriptions.search.errors.SearchParseError` naming the
-parameter; in lenient mode (``Prefer: handling=lenient``) they are dropped and reported as
+and malformed values raise a :class:`~fhirbots.subscriptions.search.errors.SearchParseError` naming
+the parameter; in lenient mode (``Prefer: handling=lenient``) they are dropped and reported as
 warnings instead.
 """
 
@@ -17,16 +18,16 @@ from decimal import Decimal, InvalidOperation
 from typing import cast
 from urllib.parse import unquote
 
-from subscriptions.search.errors import (
+from fhirbots.subscriptions.search.errors import (
     InvalidValueError,
     SearchError,
     UnknownModifierError,
     UnknownParameterError,
     UnsupportedSearchError,
 )
-from subscriptions.search.extraction import Extractor, compile_expression, compile_relative
-from subscriptions.search.matcher import compile_predicate
-from subscriptions.search.query import (
+from fhirbots.subscriptions.search.extraction import Extractor, compile_expression, compile_relative
+from fhirbots.subscriptions.search.matcher import compile_predicate
+from fhirbots.subscriptions.search.query import (
     ChainClause,
     Clause,
     CompositeClause,
@@ -47,8 +48,13 @@ from subscriptions.search.query import (
     TokenValue,
     UriValue,
 )
-from subscriptions.search.registry import ParamType, Registry, SearchParamDef, default_registry
-from subscriptions.search.values import normalize, parse_date_range
+from fhirbots.subscriptions.search.registry import (
+    ParamType,
+    Registry,
+    SearchParamDef,
+    default_registry,
+)
+from fhirbots.subscriptions.search.values import normalize, parse_date_range
 
 __all__ = ["ParseResult", "parse_params", "parse_search", "split_escaped", "unescape"]
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from subscriptions.search.extraction import Extractor
-from subscriptions.search.registry import SearchParamDef
+from fhirbots.subscriptions.search.extraction import Extractor
+from fhirbots.subscriptions.search.registry import SearchParamDef
 
 __all__ = [
     "ChainClause",
@@ -41,7 +41,8 @@ DatePrefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 
 @dataclass(frozen=True, slots=True)
 class StringValue:
-    """A string search value (``norm`` is :func:`~subscriptions.search.values.normalize`d)."""
+    """A string search value (``norm`` is
+    :func:`~fhirbots.subscriptions.search.values.normalize`d)."""
 
     raw: str
     norm: str

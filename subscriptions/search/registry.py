@@ -1,7 +1,7 @@
 """The SearchParameter registry, loaded from the generated R4 definitions.
 
 The data file ``data/search_parameters.json`` is generated from the official R4 SearchParameter
-Bundle by :mod:`subscriptions.search.generate_registry`; nothing here is hand-written per
+Bundle by :mod:`fhirbots.subscriptions.search.generate_registry`; nothing here is hand-written per
 parameter. A parameter defined on ``Resource`` or ``DomainResource`` applies to every resource
 type. Expressions that cover several resource types (``Patient.name | Person.name``) are narrowed
 to the union members rooted at the requested type.
@@ -248,6 +248,6 @@ class Registry:
 @cache
 def default_registry() -> Registry:
     """The shipped R4 definitions plus the custom resources' parameters (loaded once)."""
-    from subscriptions.search.custom import CUSTOM_PARAMETERS
+    from fhirbots.subscriptions.search.custom import CUSTOM_PARAMETERS
 
     return Registry.from_file(extra=CUSTOM_PARAMETERS)

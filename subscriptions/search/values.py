@@ -1,7 +1,7 @@
 """Typed index values: what a resource element contributes to a search parameter.
 
-Both the SQL index (:mod:`engine.storage.search_index`) and the in-memory matcher work on these
-entries, so a resource matches in memory exactly when its rows match in SQL. One entry becomes
+Both the SQL index (:mod:`fhirbots.engine.storage.search_index`) and the in-memory matcher work on
+these entries, so a resource matches in memory exactly when its rows match in SQL. One entry becomes
 one index row.
 
 Dates become inclusive ranges of microseconds since the Unix epoch (UTC; a date-time without a

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from bots.executor import ExecutionRequest, ProcessBotExecutor
-from bots.policy import MIB, SandboxPolicy
-from bots.testing import BotHarness, InMemoryFhirGateway, make_bot
+from fhirbots.bots.executor import ExecutionRequest, ProcessBotExecutor
+from fhirbots.bots.policy import MIB, SandboxPolicy
+from fhirbots.bots.testing import BotHarness, InMemoryFhirGateway, make_bot
 
 TEST_POLICY = SandboxPolicy(
     pool_size=2,

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from bots.audit import MAX_AUDIT_TEXT, audit_event
-from bots.executor import ExecutionRequest, ExecutionResult
-from bots.testing import make_bot
+from fhirbots.bots.audit import MAX_AUDIT_TEXT, audit_event
+from fhirbots.bots.executor import ExecutionRequest, ExecutionResult
+from fhirbots.bots.testing import make_bot
 
 BOT = make_bot("def handler(fhir, event):\n    pass\n", id="b1", name="Flagger")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bots.compile import BOT_FILENAME, compile_bot
-from bots.errors import BotCompileError, CompileProblem
-from bots.policy import SandboxPolicy
+from fhirbots.bots.compile import BOT_FILENAME, compile_bot
+from fhirbots.bots.errors import BotCompileError, CompileProblem
+from fhirbots.bots.policy import SandboxPolicy
 
 GOOD = """
 import json

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bots.cron import CronSchedule
-from bots.errors import CronError
+from fhirbots.bots.cron import CronSchedule
+from fhirbots.bots.errors import CronError
 
 
 def at(text: str) -> datetime:

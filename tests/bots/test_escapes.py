@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bots.errors import BotCompileError
-from bots.executor import ExecutionRequest
-from bots.testing import BotHarness, make_bot
+from fhirbots.bots.errors import BotCompileError
+from fhirbots.bots.executor import ExecutionRequest
+from fhirbots.bots.testing import BotHarness, make_bot
 from tests.bots.conftest import assert_healthy
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")

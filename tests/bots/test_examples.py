@@ -15,8 +15,8 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from fhir.resources.R4B.task import Task
 
-from bots.gateway import CallContext
-from bots.testing import BotHarness, InMemoryFhirGateway, make_bot
+from fhirbots.bots.gateway import CallContext
+from fhirbots.bots.testing import BotHarness, InMemoryFhirGateway, make_bot
 from tests.conftest import shared_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "bots"

@@ -15,12 +15,12 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
-from bots.errors import ExecutorError
-from bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
-from bots.gateway import CallContext
-from bots.policy import SandboxPolicy
-from bots.testing import InMemoryFhirGateway, make_bot
-from schemas.events import CausationLink, ChangeEvent
+from fhirbots.bots.errors import ExecutorError
+from fhirbots.bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
+from fhirbots.bots.gateway import CallContext
+from fhirbots.bots.policy import SandboxPolicy
+from fhirbots.bots.testing import InMemoryFhirGateway, make_bot
+from fhirbots.schemas.events import CausationLink, ChangeEvent
 from tests.bots.conftest import TEST_POLICY, assert_healthy
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")

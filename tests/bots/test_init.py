@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import bots
+import fhirbots
+from fhirbots import bots
 
-REPO = Path(__file__).resolve().parents[2]
+IMPORT_ROOT = Path(fhirbots.__file__).parent.parent
 
 
 def test_exported_names_are_what_they_should_be() -> None:
@@ -19,8 +20,8 @@ def test_exported_names_are_what_they_should_be() -> None:
     for name in bots.__all__:
         value = getattr(bots, name)
         assert value.__name__ == name
-        assert value.__module__.startswith("bots.")
-    assert bots.ProcessBotExecutor.__module__ == "bots.executor"
+        assert value.__module__.startswith("fhirbots.bots.")
+    assert bots.ProcessBotExecutor.__module__ == "fhirbots.bots.executor"
     assert issubclass(bots.BotCompileError, bots.BotError)
     missing = "not_a_name"
     with pytest.raises(AttributeError):
@@ -29,11 +30,14 @@ def test_exported_names_are_what_they_should_be() -> None:
 
 def test_importing_the_package_loads_no_engine_side_modules() -> None:
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import bots, bots._worker; "
-        "print(sorted(m for m in ('structlog', 'prometheus_client', 'bots.executor', "
+        "import sys; sys.path.insert(0, sys.argv[1]); import fhirbots.bots, fhirbots.bots._worker; "
+        "print(sorted(m for m in ('structlog', 'prometheus_client', 'fhirbots.bots.executor', "
         "'pydantic') if m in sys.modules))"
     )
     out = subprocess.run(
-        [sys.executable, "-I", "-c", probe, str(REPO)], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-c", probe, str(IMPORT_ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "[]"

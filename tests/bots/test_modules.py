@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from bots._modules import HIDDEN_MEMBERS, ModuleProxy, build_proxies, build_proxy
-from bots.policy import DEFAULT_ALLOWED_MODULES
+from fhirbots.bots._modules import HIDDEN_MEMBERS, ModuleProxy, build_proxies, build_proxy
+from fhirbots.bots.policy import DEFAULT_ALLOWED_MODULES
 
 
 def test_every_default_module_has_a_proxy_without_modules_or_private_names() -> None:

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from bots.errors import BotError, PolicyError
-from bots.policy import DEFAULT_ALLOWED_MODULES, MIB, SandboxPolicy
+from fhirbots.bots.errors import BotError, PolicyError
+from fhirbots.bots.policy import DEFAULT_ALLOWED_MODULES, MIB, SandboxPolicy
 
 
 def test_defaults_are_the_documented_allow_list_and_limits() -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bots._protocol import (
+from fhirbots.bots._protocol import (
     HEADER,
     ChannelClosedError,
     FrameTooLargeError,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bots._modules import build_proxies
-from bots._sandbox import (
+from fhirbots.bots._modules import build_proxies
+from fhirbots.bots._sandbox import (
     BotEvent,
     BotFhirClient,
     FhirError,
@@ -19,7 +19,7 @@ from bots._sandbox import (
     guarded_write,
     json_default,
 )
-from bots.compile import compile_bot
+from fhirbots.bots.compile import compile_bot
 
 
 def run_in_namespace(source: str, fhir: Any = None, event: Any = None) -> tuple[Any, str]:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from bots.errors import AccessDeniedError, FhirGatewayError
-from bots.scopes import check_call, required_permissions
-from bots.testing import make_bot
+from fhirbots.bots.errors import AccessDeniedError, FhirGatewayError
+from fhirbots.bots.scopes import check_call, required_permissions
+from fhirbots.bots.testing import make_bot
 
 READER = make_bot(
     "def handler(f, e):\n    pass\n",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bots.errors import BotCompileError, FhirGatewayError
-from bots.gateway import CallContext
-from bots.testing import BotHarness, InMemoryFhirGateway, make_bot, run_bot
+from fhirbots.bots.errors import BotCompileError, FhirGatewayError
+from fhirbots.bots.gateway import CallContext
+from fhirbots.bots.testing import BotHarness, InMemoryFhirGateway, make_bot, run_bot
 
 CTX = CallContext(project="p", bot="Bot/b", execution_id="e", author="Bot/b")
 

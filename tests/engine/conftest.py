@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine.runtime import Engine
-from engine.settings import Settings
-from engine.storage.port import Storage
-from engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.storage.port import Storage
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from tests.conftest import postgres_dsn, reset_postgres
 
 
 async def open_storage(kind: str, tmp_path: Path) -> Storage:
     """A fresh, open storage of ``kind`` (sqlite, sqlite-thread or postgres), empty."""
     if kind.startswith("sqlite"):
-        from engine.storage.sqlite import SqliteStorage
+        from fhirbots.engine.storage.sqlite import SqliteStorage
 
         storage: Storage = SqliteStorage(
             tmp_path / "test.db",
@@ -26,7 +26,7 @@ async def open_storage(kind: str, tmp_path: Path) -> Storage:
             writer_process=kind != "sqlite-thread",
         )
     else:
-        from engine.storage.postgres import PostgresStorage
+        from fhirbots.engine.storage.postgres import PostgresStorage
 
         dsn = postgres_dsn()
         await reset_postgres(dsn)

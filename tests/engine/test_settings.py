@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import Settings
+from fhirbots.engine.settings import Settings
 
 
 def test_environment_overrides_defaults() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
-from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from engine.eventlog.port import EventLog, TopicSpec
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
+from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
+from fhirbots.engine.eventlog.port import EventLog, TopicSpec
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = REPO / "deploy" / "kafka" / "broker.sh"

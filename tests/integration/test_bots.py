@@ -17,13 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine.bots.tags import BOT_TAG_SYSTEM, EXECUTION_TAG_SYSTEM
-from engine.eventlog.errors import TopicNotFound
-from engine.runtime import Engine
-from engine.settings import Settings
-from schemas.events import ChangeEvent
-from schemas.executions import BotExecutionRecord
-from schemas.topics import BOT_EXECUTIONS, CHANGES
+from fhirbots.engine.automation.tags import BOT_TAG_SYSTEM, EXECUTION_TAG_SYSTEM
+from fhirbots.engine.eventlog.errors import TopicNotFound
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.schemas.executions import BotExecutionRecord
+from fhirbots.schemas.topics import BOT_EXECUTIONS, CHANGES
 from tests.conftest import REPO_ROOT, shared_path
 
 pytestmark = pytest.mark.integration

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from engine.delivery.dispatcher import Dispatcher
-from engine.delivery.store import DeliveryStore
-from engine.eventlog.port import EventLog
-from engine.runtime import Engine
-from engine.settings import Settings
-from schemas.notifications import Notification
+from fhirbots.engine.delivery.store import DeliveryStore
+from fhirbots.engine.eventlog.port import EventLog
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.stages.dispatcher import Dispatcher
+from fhirbots.schemas.notifications import Notification
 from tests.conftest import postgres_dsn
-from tests.engine.delivery.conftest import (
+from tests.engine.scenarios.delivery import (
     FAST,
     PROJECT,
     Harness,
@@ -136,7 +136,7 @@ async def test_restart_mid_delivery_keeps_event_number(
 async def test_postgres_store_on_the_same_log(harness: LogHarness, receiver: Receiver) -> None:
     import asyncpg
 
-    from engine.delivery.store_postgres import PostgresDeliveryStore
+    from fhirbots.engine.delivery.store_postgres import PostgresDeliveryStore
 
     dsn = postgres_dsn()
     schema = f"delivery_it_{uuid.uuid4().hex[:12]}"

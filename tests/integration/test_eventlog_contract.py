@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog.partitioner import partition_for
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.partitioner import partition_for
+from fhirbots.engine.eventlog.port import (
     HEADER_ERROR,
     HEADER_ERROR_TYPE,
     HEADER_SOURCE_OFFSET,
@@ -26,7 +26,7 @@ from engine.eventlog.port import (
     Retention,
     TopicSpec,
 )
-from schemas.topics import deadletter_topic
+from fhirbots.schemas.topics import deadletter_topic
 from tests.integration.conftest import make_event_log
 
 pytestmark = pytest.mark.integration
@@ -95,9 +95,9 @@ KILLABLE_CONSUMER = """
 import asyncio, os, sys, time
 from datetime import timedelta
 from pathlib import Path
-from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
-from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from engine.eventlog.port import ConsumerOptions
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
+from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
+from fhirbots.engine.eventlog.port import ConsumerOptions
 
 kind, location, topic, group, out, session = sys.argv[1:7]
 session_timeout = timedelta(seconds=float(session))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from engine.eventlog.port import OutgoingMessage, Record
+from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
+from fhirbots.engine.eventlog.port import OutgoingMessage, Record
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ SIGTERM_DEADLINE_S = 10.0
 
 COUNTING_STAGE = """
 import json, os
-from engine.eventlog.faust_app import Stage
-from engine.eventlog.port import OutgoingMessage
+from fhirbots.engine.eventlog.faust_app import Stage
+from fhirbots.engine.eventlog.port import OutgoingMessage
 
 async def count(ctx, record):
     number = ctx.increment()
@@ -64,7 +64,7 @@ class Worker:
         self.command = [
             sys.executable,
             "-m",
-            "engine.eventlog.faust_worker",
+            "fhirbots.engine.eventlog.faust_worker",
             "--bootstrap",
             bootstrap,
             "--app-id",

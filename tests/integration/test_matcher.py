@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from engine.eventlog.port import EventLog
-from engine.relay import OutboxRelay
-from engine.service import FhirService
-from engine.stages.matcher import MatcherStage, MatcherTopics
-from engine.storage.model import WriteContext
-from engine.storage.search_index import SqlSearchIndexer
-from engine.storage.sqlite import SqliteStorage
-from schemas.events import CausationLink
-from schemas.notifications import Notification
-from schemas.subscriptions import SuppressedNotification
+from fhirbots.engine.eventlog.port import EventLog
+from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.stages.matcher import MatcherStage, MatcherTopics
+from fhirbots.engine.stages.relay import OutboxRelay
+from fhirbots.engine.storage.model import WriteContext
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.storage.sqlite import SqliteStorage
+from fhirbots.schemas.events import CausationLink
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.subscriptions import SuppressedNotification
 from tests.integration.conftest import make_event_log
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ async def world(
         await log.start()
     relay = OutboxRelay(storage, logs[0], topic=topics.changes)
     fhir = FhirService(storage, on_commit=relay.notify)
-    from engine.api.subscriptions import install
+    from fhirbots.engine.operations.subscriptions import install
 
     install(fhir, [])
     for spec in topics.specs():

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from engine.eventlog.kafka import KafkaEventLog
-from engine.runtime import Engine
-from engine.settings import Settings
-from engine.storage.model import WriteContext
-from schemas.notifications import Notification
-from schemas.topics import NOTIFICATIONS
+from fhirbots.engine.eventlog.kafka import KafkaEventLog
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.storage.model import WriteContext
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.topics import NOTIFICATIONS
 from tests.integration.conftest import kafka_settings
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def workers(kafka_bootstrap: str, tmp_path: Path) -> Iterator[list[subprocess.Po
     logs = [(tmp_path / f"worker{i}.log").open("wb") for i in range(2)]
     started = [
         subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "worker", "matcher"],
+            [sys.executable, "-m", "fhirbots.engine.cli.main", "worker", "matcher"],
             cwd=REPO,
             env=env,
             stdout=handle,

@@ -2,7 +2,7 @@
 
 The Synthea bundles are stored through the real storage adapters with the search indexer;
 then a few hundred queries generated from the stored values (every parameter type, modifiers,
-prefixes, OR and AND) run both as SQL and through :func:`subscriptions.search.matches` over
+prefixes, OR and AND) run both as SQL and through :func:`fhirbots.subscriptions.search.matches` over
 every stored resource. Both must return exactly the same ids, and both engines the same pages.
 """
 
@@ -25,15 +25,15 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from engine.storage.model import CreateOp, WriteContext
-from engine.storage.port import Storage
-from engine.storage.postgres import PostgresStorage
-from engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search
-from engine.storage.sqlite import SqliteStorage
-from subscriptions.search import SearchQuery, matches, parse_params, resource_entries
-from subscriptions.search.entries import composite_groups
-from subscriptions.search.query import ChainClause, HasClause
-from subscriptions.search.values import MAX_US, MIN_US
+from fhirbots.engine.storage.model import CreateOp, WriteContext
+from fhirbots.engine.storage.port import Storage
+from fhirbots.engine.storage.postgres import PostgresStorage
+from fhirbots.engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search
+from fhirbots.engine.storage.sqlite import SqliteStorage
+from fhirbots.subscriptions.search import SearchQuery, matches, parse_params, resource_entries
+from fhirbots.subscriptions.search.entries import composite_groups
+from fhirbots.subscriptions.search.query import ChainClause, HasClause
+from fhirbots.subscriptions.search.values import MAX_US, MIN_US
 from tests.conftest import postgres_dsn
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -225,7 +225,7 @@ GENERATORS = {
 
 
 def _clause_for(resource: dict[str, Any], rng: random.Random) -> tuple[str, str] | None:
-    from subscriptions.search import default_registry
+    from fhirbots.subscriptions.search import default_registry
 
     registry = default_registry()
     entries = resource_entries(resource)
@@ -252,7 +252,7 @@ def _clause_for(resource: dict[str, Any], rng: random.Random) -> tuple[str, str]
 
 def _composite_clause(resource: dict[str, Any], rng: random.Random) -> tuple[str, str] | None:
     """``code$value`` of one element of a composite parameter the resource has."""
-    from subscriptions.search import default_registry
+    from fhirbots.subscriptions.search import default_registry
 
     registry = default_registry()
     codes = [

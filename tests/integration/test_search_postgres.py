@@ -18,10 +18,15 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from engine.storage import sql
-from engine.storage.model import IndexOwner
-from engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search, index_ddl
-from subscriptions.search import parse_search
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import IndexOwner
+from fhirbots.engine.storage.search_index import (
+    SqlSearchIndexer,
+    compile_count,
+    compile_search,
+    index_ddl,
+)
+from fhirbots.subscriptions.search import parse_search
 from tests.conftest import postgres_dsn
 from tests.engine.storage.test_search_index import PROJECT, RESOURCES, SEARCH_CASES
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas.bot import Bot
+from fhirbots.schemas.bot import Bot
 
 FULL: dict[str, Any] = {
     "resourceType": "Bot",

@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from schemas import topics
-from schemas.events import CausationLink, ChangeEvent
-from schemas.generate import JSON_DIR, PAYLOADS, main, render, schema_for
-from schemas.validation import R4B_RESOURCE_TYPES, RESOURCE_TYPES_FILE, r4b_model_types
+from fhirbots.schemas import topics
+from fhirbots.schemas.events import CausationLink, ChangeEvent
+from fhirbots.schemas.generate import JSON_DIR, PAYLOADS, main, render, schema_for
+from fhirbots.schemas.validation import R4B_RESOURCE_TYPES, RESOURCE_TYPES_FILE, r4b_model_types
 
 
 def test_checked_in_schemas_are_up_to_date() -> None:
     expected = render()
     on_disk = {p.name: p.read_text(encoding="utf-8") for p in JSON_DIR.glob("*.schema.json")}
-    assert set(on_disk) == set(expected), "run `python -m schemas.generate`"
+    assert set(on_disk) == set(expected), "run `python -m fhirbots.schemas.generate`"
     for name, content in expected.items():
-        assert on_disk[name] == content, f"{name} is outdated: run `python -m schemas.generate`"
+        assert on_disk[name] == content, (
+            f"{name} is outdated: run `python -m fhirbots.schemas.generate`"
+        )
 
 
 def test_every_topic_has_a_versioned_payload_schema() -> None:
@@ -27,7 +29,9 @@ def test_every_topic_has_a_versioned_payload_schema() -> None:
         for name in topics.__all__
         if isinstance(getattr(topics, name), str) and name != "DEADLETTER_SUFFIX"
     }
-    assert declared == set(PAYLOADS), "add the topic's payload model to schemas.generate.PAYLOADS"
+    assert declared == set(PAYLOADS), (
+        "add the topic's payload model to fhirbots.schemas.generate.PAYLOADS"
+    )
     for topic in PAYLOADS:
         assert re.fullmatch(r"[a-z.]+\.v\d+", topic), topic
 
@@ -81,6 +85,8 @@ def test_check_mode_reports_and_write_mode_repairs(
 
 def test_checked_in_resource_types_are_the_installed_models() -> None:
     on_disk = json.loads(RESOURCE_TYPES_FILE.read_text(encoding="utf-8"))
-    assert on_disk == r4b_model_types(), "run `python -m schemas.generate --resource-types`"
+    assert on_disk == r4b_model_types(), (
+        "run `python -m fhirbots.schemas.generate --resource-types`"
+    )
     assert {"Patient", "Observation", "SubscriptionTopic", "Bundle"} <= R4B_RESOURCE_TYPES
     assert "HumanName" not in R4B_RESOURCE_TYPES  # a data type, not a resource

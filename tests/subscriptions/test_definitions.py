@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from subscriptions.definitions import parse_subscription, parse_topic
-from subscriptions.errors import CriteriaError
+from fhirbots.subscriptions.definitions import parse_subscription, parse_topic
+from fhirbots.subscriptions.errors import CriteriaError
 from tests.subscriptions.test_evaluation import (
     BACKPORT,
     ENC_TOPIC,

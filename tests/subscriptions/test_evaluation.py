@@ -10,10 +10,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from schemas.events import ChangeEvent
-from subscriptions.definitions import parse_subscription, parse_topic
-from subscriptions.evaluation import evaluate
-from subscriptions.model import CRITERIA_ERROR_URL, SubscriptionSpec, Topic
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.subscriptions.definitions import parse_subscription, parse_topic
+from fhirbots.subscriptions.evaluation import evaluate
+from fhirbots.subscriptions.model import CRITERIA_ERROR_URL, SubscriptionSpec, Topic
 
 SHARED = Path(
     os.environ.get("FHIRBOTS_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.events import CausationLink
-from subscriptions.config import build_config
-from subscriptions.explain import explain, to_parameters
+from fhirbots.schemas.events import CausationLink
+from fhirbots.subscriptions.config import build_config
+from fhirbots.subscriptions.explain import explain, to_parameters
 from tests.subscriptions.test_evaluation import event, first, subscription
 
 

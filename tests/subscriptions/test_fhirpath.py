@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from subscriptions.errors import CriteriaError, EvaluationError
-from subscriptions.fhirpath import compile_fhirpath, evaluate_fhirpath, fhirpath_holds
+from fhirbots.subscriptions.errors import CriteriaError, EvaluationError
+from fhirbots.subscriptions.fhirpath import compile_fhirpath, evaluate_fhirpath, fhirpath_holds
 
 
 @pytest.mark.parametrize("bad", ["a b c", "name.(", "(((", "status = ", "'unterminated", ""])

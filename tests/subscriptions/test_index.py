@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from schemas.events import ChangeEvent
-from subscriptions.config import build_config
-from subscriptions.evaluation import evaluate
-from subscriptions.matching import match_event
-from subscriptions.search import default_registry
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.subscriptions.config import build_config
+from fhirbots.subscriptions.evaluation import evaluate
+from fhirbots.subscriptions.matching import match_event
+from fhirbots.subscriptions.search import default_registry
 from tests.subscriptions.test_evaluation import (
     FHIRPATH_URL,
     INTERACTION_URL,

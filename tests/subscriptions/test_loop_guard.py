@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.events import CausationLink
-from subscriptions.loop_guard import DEFAULT_MAX_DEPTH, LoopGuardPolicy
+from fhirbots.schemas.events import CausationLink
+from fhirbots.subscriptions.loop_guard import DEFAULT_MAX_DEPTH, LoopGuardPolicy
 
 
 def test_counts_only_the_bot_in_question() -> None:

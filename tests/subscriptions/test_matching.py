@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from schemas.events import CausationLink
-from subscriptions.config import build_config
-from subscriptions.loop_guard import LoopGuardPolicy
-from subscriptions.matching import match_event, notification_id
+from fhirbots.schemas.events import CausationLink
+from fhirbots.subscriptions.config import build_config
+from fhirbots.subscriptions.loop_guard import LoopGuardPolicy
+from fhirbots.subscriptions.matching import match_event, notification_id
 from tests.subscriptions.test_evaluation import (
     FHIRPATH_URL,
     event,

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from engine.validator_pool import POOL_THRESHOLD
+from fhirbots.engine.fhir.validator_pool import POOL_THRESHOLD
 from tests.engine.conftest import Api
 
 BASE = "/fhir/R4"

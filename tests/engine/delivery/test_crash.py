@@ -12,17 +12,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from engine.delivery.store_sqlite import SqliteDeliveryStore
+from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
 from tests.conftest import REPO_ROOT
-from tests.engine.delivery.conftest import PROJECT, Harness, Receiver, wait_until
+from tests.engine.scenarios.delivery import PROJECT, Harness, Receiver, wait_until
 
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from engine.logs import configure_logging
-    from engine.runtime import Engine
-    from engine.settings import Settings
+    from fhirbots.engine.observability.logs import configure_logging
+    from fhirbots.engine.runtime import Engine
+    from fhirbots.engine.settings import Settings
 
     async def main() -> None:
         configure_logging("WARNING")

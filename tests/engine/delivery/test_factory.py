@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.delivery.factory import base_url_of, create_delivery_store, defaults_from
-from engine.delivery.store_postgres import PostgresDeliveryStore
-from engine.delivery.store_sqlite import SqliteDeliveryStore
-from engine.settings import Settings
+from fhirbots.engine.delivery.factory import base_url_of, create_delivery_store, defaults_from
+from fhirbots.engine.delivery.store_postgres import PostgresDeliveryStore
+from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
+from fhirbots.engine.settings import Settings
 
 
 def test_settings_from_env_reach_the_defaults() -> None:

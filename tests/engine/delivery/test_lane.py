@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from engine.delivery import lane
-from tests.engine.delivery.conftest import Harness, Receiver, wait_until
+from fhirbots.engine.delivery import lane
+from tests.engine.scenarios.delivery import Harness, Receiver, wait_until
 
 
 async def test_overflow_reloads_from_store_in_order(

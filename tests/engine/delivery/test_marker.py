@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.delivery.errors import DeliveryStoreError
-from engine.delivery.marker import DeliveredMarker
-from engine.delivery.store_sqlite import SqliteDeliveryStore
+from fhirbots.engine.delivery.errors import DeliveryStoreError
+from fhirbots.engine.delivery.marker import DeliveredMarker
+from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
 from tests.engine.delivery.test_store import _note
 
 

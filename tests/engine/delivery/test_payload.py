@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from engine.delivery.payload import (
+from fhirbots.engine.delivery.payload import (
     body_for,
     notification_bundle,
     status_bundle,
     subscription_status,
 )
-from engine.delivery.store import Delivery
-from schemas.notifications import ChannelSpec, ContentLevel, Notification
-from schemas.validation import validate_resource
+from fhirbots.engine.delivery.store import Delivery
+from fhirbots.schemas.notifications import ChannelSpec, ContentLevel, Notification
+from fhirbots.schemas.validation import validate_resource
 
 
 def _delivery(

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from engine.delivery.policy import (
+from fhirbots.engine.delivery.policy import (
     AUDIT_URL,
     BACKPORT_HEARTBEAT_URL,
     BACKPORT_TIMEOUT_URL,

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from engine.delivery.errors import EndpointRefused
-from engine.delivery.safety import EndpointGuard
+from fhirbots.engine.delivery.errors import EndpointRefused
+from fhirbots.engine.delivery.safety import EndpointGuard
 
 
 @pytest.mark.parametrize(

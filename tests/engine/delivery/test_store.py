@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.delivery.store import DeliveryStore
-from engine.delivery.store_sqlite import SqliteDeliveryStore
-from schemas.notifications import ChannelSpec, Notification
+from fhirbots.engine.delivery.store import DeliveryStore
+from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
+from fhirbots.schemas.notifications import ChannelSpec, Notification
 from tests.conftest import postgres_dsn
 
 
@@ -43,7 +43,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         return
     import asyncpg
 
-    from engine.delivery.store_postgres import PostgresDeliveryStore
+    from fhirbots.engine.delivery.store_postgres import PostgresDeliveryStore
 
     dsn = postgres_dsn()
     schema = f"delivery_test_{uuid.uuid4().hex[:12]}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
 
 
 @pytest.fixture

@@ -6,16 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
-from engine.eventlog.errors import EventLogClosed, TopicNotFound
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
+from fhirbots.engine.eventlog.errors import EventLogClosed, TopicNotFound
+from fhirbots.engine.eventlog.port import (
     HEADER_ERROR,
     ConsumerOptions,
     OutgoingMessage,
     Record,
     RetryPolicy,
 )
-from schemas.topics import deadletter_topic
+from fhirbots.schemas.topics import deadletter_topic
 
 
 class Collector:
@@ -218,7 +218,7 @@ async def test_read_without_group(log: EmbeddedEventLog) -> None:
 async def test_topics_from_settings_and_errors(settings: EmbeddedSettings) -> None:
     from dataclasses import replace
 
-    from engine.eventlog.port import TopicSpec
+    from fhirbots.engine.eventlog.port import TopicSpec
 
     log = EmbeddedEventLog(replace(settings, topics=(TopicSpec("fhir.x.v1", 3),)))
     with pytest.raises(EventLogClosed):
@@ -254,8 +254,8 @@ async def test_two_processes_share_the_file_by_polling(settings: EmbeddedSetting
 async def test_consumer_survives_storage_errors(
     log: EmbeddedEventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.eventlog.embedded as embedded_module
-    from engine.eventlog.errors import BrokerError
+    import fhirbots.engine.eventlog.embedded as embedded_module
+    from fhirbots.engine.eventlog.errors import BrokerError
 
     monkeypatch.setattr(embedded_module, "TRANSIENT_RETRY_SECONDS", 0.01)
     await log.create_topic("t", 1)
@@ -287,7 +287,7 @@ async def test_consumer_survives_storage_errors(
 
 
 async def test_dead_letter_topic_is_created_when_missing(log: EmbeddedEventLog) -> None:
-    from engine.eventlog.processing import dead_letter_sink
+    from fhirbots.engine.eventlog.processing import dead_letter_sink
 
     sink = dead_letter_sink(log)
     await sink("made.elsewhere.deadletter", [OutgoingMessage("k", b"v")])
@@ -298,7 +298,7 @@ async def test_dead_letter_topic_is_created_when_missing(log: EmbeddedEventLog) 
 async def test_retention_runs_in_the_background(settings: EmbeddedSettings) -> None:
     from dataclasses import replace
 
-    from engine.eventlog.port import Retention
+    from fhirbots.engine.eventlog.port import Retention
 
     log = EmbeddedEventLog(replace(settings, retention_interval=timedelta(milliseconds=20)))
     await log.start()

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.eventlog import EventLog, create_event_log
-from engine.eventlog.embedded import EmbeddedEventLog
-from engine.eventlog.kafka import KafkaEventLog
-from engine.eventlog.port import TopicSpec
+from fhirbots.engine.eventlog import EventLog, create_event_log
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog
+from fhirbots.engine.eventlog.kafka import KafkaEventLog
+from fhirbots.engine.eventlog.port import TopicSpec
 
 
 def test_embedded_without_bootstrap(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.eventlog.faust_app import FaustSettings, Stage, StageContext, build_app
-from engine.eventlog.port import OutgoingMessage, Record
+from fhirbots.engine.eventlog.faust_app import FaustSettings, Stage, StageContext, build_app
+from fhirbots.engine.eventlog.port import OutgoingMessage, Record
 
 
 def record(key: str) -> Record:

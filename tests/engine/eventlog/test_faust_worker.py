@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog.faust_app import Stage
-from engine.eventlog.faust_worker import StageSpecError, load_stage
+from fhirbots.engine.eventlog.faust_app import Stage
+from fhirbots.engine.eventlog.faust_worker import StageSpecError, load_stage
 
 STAGE_MODULE = """
-from engine.eventlog.faust_app import Stage
+from fhirbots.engine.eventlog.faust_app import Stage
 
 async def handle(ctx, record):
     return []

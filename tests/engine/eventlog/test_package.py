@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import engine.eventlog as eventlog
-from engine.eventlog import port
+import fhirbots.engine.eventlog as eventlog
+from fhirbots.engine.eventlog import port
 
 
 def test_public_surface() -> None:

@@ -4,7 +4,7 @@ import random
 
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from engine.eventlog.partitioner import murmur2, partition_for
+from fhirbots.engine.eventlog.partitioner import murmur2, partition_for
 
 
 def test_murmur2_matches_kafka_java_vectors() -> None:

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from engine.eventlog.port import (
+from fhirbots.engine.eventlog.port import (
     HEADER_ERROR,
     HEADER_ERROR_TYPE,
     HEADER_SOURCE_OFFSET,
@@ -14,7 +14,7 @@ from engine.eventlog.port import (
     Record,
     RetryPolicy,
 )
-from engine.eventlog.processing import BatchProcessor, dead_letter_message
+from fhirbots.engine.eventlog.processing import BatchProcessor, dead_letter_message
 
 
 def record(offset: int, value: bytes = b"{}") -> Record:

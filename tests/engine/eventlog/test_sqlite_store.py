@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog.errors import InvalidTopic, TopicNotFound
-from engine.eventlog.partitioner import partition_for
-from engine.eventlog.port import OutgoingMessage, Retention
-from engine.eventlog.sqlite_store import Member, SqliteLogStore, assign_partitions
+from fhirbots.engine.eventlog.errors import InvalidTopic, TopicNotFound
+from fhirbots.engine.eventlog.partitioner import partition_for
+from fhirbots.engine.eventlog.port import OutgoingMessage, Retention
+from fhirbots.engine.eventlog.sqlite_store import Member, SqliteLogStore, assign_partitions
 
 
 @pytest.fixture

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from engine.eventlog.port import EventLog
-from engine.runtime import Engine
-from engine.settings import Settings
-from engine.storage.model import WriteContext
-from engine.storage.port import Storage
-from schemas.events import CausationLink
-from schemas.notifications import Notification
-from schemas.subscriptions import SuppressedNotification
-from schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED, deadletter_topic
-from subscriptions.model import CRITERIA_ERROR_URL
+from fhirbots.engine.eventlog.port import EventLog
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.storage.model import WriteContext
+from fhirbots.engine.storage.port import Storage
+from fhirbots.schemas.events import CausationLink
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.subscriptions import SuppressedNotification
+from fhirbots.schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED, deadletter_topic
+from fhirbots.subscriptions.model import CRITERIA_ERROR_URL
 
 FHIRPATH_URL = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
 WAIT_SECONDS = 15.0

@@ -10,11 +10,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine.storage import sql
-from engine.storage.model import CreateOp, WriteContext
-from engine.storage.postgres import PostgresStorage
-from engine.storage.search_index import SqlSearchIndexer
-from engine.storage.sqlite import SqliteStorage
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import CreateOp, WriteContext
+from fhirbots.engine.storage.postgres import PostgresStorage
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.storage.sqlite import SqliteStorage
 from tests.conftest import postgres_dsn, reset_postgres
 
 CTX = WriteContext(author="ApiKey/k1")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from engine.storage import sql
-from engine.storage.model import IndexOwner
-from engine.storage.search_index import (
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import IndexOwner
+from fhirbots.engine.storage.search_index import (
     TABLES,
     SqlSearchIndexer,
     compile_count,
@@ -20,7 +20,7 @@ from engine.storage.search_index import (
     index_ddl,
     index_rows,
 )
-from subscriptions.search import parse_search
+from fhirbots.subscriptions.search import parse_search
 
 PROJECT = "p1"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import PreconditionFailed
-from engine.storage.model import CreateOp, UpdateOp, WriteContext
-from engine.storage.planner import new_id
-from engine.storage.search_index import SqlSearchIndexer
-from engine.storage.sqlite import SqliteStorage, WriterStopped
+from fhirbots.engine.errors import PreconditionFailed
+from fhirbots.engine.storage.model import CreateOp, UpdateOp, WriteContext
+from fhirbots.engine.storage.planner import new_id
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.storage.sqlite import SqliteStorage, WriterStopped
 
 CTX = WriteContext(author="ApiKey/k1")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import PreconditionFailed
-from engine.storage import sql
-from engine.storage.model import CreateOp, UpdateOp, WriteContext, WriteOp
-from engine.storage.planner import op_target
-from engine.storage.search_index import SqlSearchIndexer
-from engine.storage.sqlite_writes import Request, commit_group, connect, connect_writer
+from fhirbots.engine.errors import PreconditionFailed
+from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.model import CreateOp, UpdateOp, WriteContext, WriteOp
+from fhirbots.engine.storage.planner import op_target
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.storage.sqlite_writes import Request, commit_group, connect, connect_writer
 
 CTX = WriteContext(author="ApiKey/k1")
 INDEXER = SqlSearchIndexer()

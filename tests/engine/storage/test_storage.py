@@ -8,10 +8,10 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from engine.errors import PreconditionFailed
-from engine.storage.model import CreateOp, DeleteOp, UpdateOp, WriteContext
-from engine.storage.port import Storage
-from schemas.events import CausationLink, ChangeEvent
+from fhirbots.engine.errors import PreconditionFailed
+from fhirbots.engine.storage.model import CreateOp, DeleteOp, UpdateOp, WriteContext
+from fhirbots.engine.storage.port import Storage
+from fhirbots.schemas.events import CausationLink, ChangeEvent
 
 CTX = WriteContext(author="ApiKey/k1", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
 

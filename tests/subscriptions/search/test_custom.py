@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from subscriptions.search import matches, parse_search
-from subscriptions.search.custom import CUSTOM_PARAMETERS, custom_entry
+from fhirbots.subscriptions.search import matches, parse_search
+from fhirbots.subscriptions.search.custom import CUSTOM_PARAMETERS, custom_entry
 
 
 def test_custom_entry_format() -> None:

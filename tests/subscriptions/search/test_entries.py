@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from subscriptions.search import default_registry, entries_for, resource_entries
-from subscriptions.search.entries import composite_groups
-from subscriptions.search.values import DateEntry, QuantityEntry, StringEntry, TokenEntry
+from fhirbots.subscriptions.search import default_registry, entries_for, resource_entries
+from fhirbots.subscriptions.search.entries import composite_groups
+from fhirbots.subscriptions.search.values import DateEntry, QuantityEntry, StringEntry, TokenEntry
 
 
 def test_synthea_patient_entries(synthea_resources: list[dict[str, Any]]) -> None:

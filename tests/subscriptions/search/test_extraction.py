@@ -9,8 +9,8 @@ import fhirpathpy
 import pytest
 from fhirpathpy.models import models
 
-from subscriptions.search.extraction import compile_expression, is_fast_path
-from subscriptions.search.registry import default_registry
+from fhirbots.subscriptions.search.extraction import compile_expression, is_fast_path
+from fhirbots.subscriptions.search.registry import default_registry
 
 
 def _reference_values(resource: dict[str, Any], expression: str) -> list[Any]:

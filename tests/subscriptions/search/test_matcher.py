@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from subscriptions.search import NotSupportedInMemoryError, check_in_memory, matches, parse_search
+from fhirbots.subscriptions.search import (
+    NotSupportedInMemoryError,
+    check_in_memory,
+    matches,
+    parse_search,
+)
 
 NOW_US = 1_750_000_000 * 1_000_000  # 2025-06-15
 
@@ -376,8 +381,8 @@ def test_compiled_predicates_agree_with_the_generic_tests(
 ) -> None:
     from dataclasses import replace
 
-    from subscriptions.search.matcher import clause_matches
-    from subscriptions.search.query import ParamClause
+    from fhirbots.subscriptions.search.matcher import clause_matches
+    from fhirbots.subscriptions.search.query import ParamClause
 
     (compiled,) = parse_search(search).query.clauses
     assert isinstance(compiled, ParamClause)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from subscriptions.search import (
+from fhirbots.subscriptions.search import (
     InvalidValueError,
     UnknownModifierError,
     UnknownParameterError,
@@ -12,8 +12,8 @@ from subscriptions.search import (
     parse_params,
     parse_search,
 )
-from subscriptions.search.parser import split_escaped, unescape
-from subscriptions.search.query import (
+from fhirbots.subscriptions.search.parser import split_escaped, unescape
+from fhirbots.subscriptions.search.query import (
     ChainClause,
     CompositeClause,
     DateValue,
@@ -26,7 +26,7 @@ from subscriptions.search.query import (
     StringValue,
     TokenValue,
 )
-from subscriptions.search.values import parse_date_range
+from fhirbots.subscriptions.search.values import parse_date_range
 
 NOW_US = 1_750_000_000 * 1_000_000  # 2025-06-15, pins `ap` on dates
 

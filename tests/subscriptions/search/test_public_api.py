@@ -1,8 +1,8 @@
-"""The public surface of ``subscriptions.search`` is what it should be."""
+"""The public surface of ``fhirbots.subscriptions.search`` is what it should be."""
 
 from __future__ import annotations
 
-import subscriptions.search as search
+import fhirbots.subscriptions.search as search
 
 EXPECTED = {
     "InvalidValueError",

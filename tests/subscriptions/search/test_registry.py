@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from subscriptions.search.generate_registry import OUTPUT_PATH, generate
-from subscriptions.search.registry import (
+from fhirbots.subscriptions.search.generate_registry import OUTPUT_PATH, generate
+from fhirbots.subscriptions.search.registry import (
     Registry,
     default_registry,
     narrow_expression,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from subscriptions.search.values import (
+from fhirbots.subscriptions.search.values import (
     MAX_US,
     DateEntry,
     QuantityEntry,

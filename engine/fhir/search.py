@@ -1,0 +1,265 @@
+"""Search on the datastore: parse (``fhirbots.subscriptions.search``), compile to SQL
+(``fhirbots.engine.storage.search_index``), run, then add ``_include``/``_revinclude`` resources
+and shape the results (``_elements``, ``_summary``).
+
+Used by the REST search API, conditional create, GET entries of Bundles and the bots' API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Any
+
+from fhirbots.engine.errors import BadRequest
+from fhirbots.engine.storage.model import StoredResource
+from fhirbots.engine.storage.port import Storage
+from fhirbots.engine.storage.search_index import PROJECT_KEY, compile_count, compile_search
+from fhirbots.engine.storage.sql import RESOURCE_COLUMNS, Dialect
+from fhirbots.schemas.validation import fhir_model
+from fhirbots.subscriptions.search import (
+    Registry,
+    SearchError,
+    SearchQuery,
+    default_registry,
+    parse_params,
+    parse_search,
+)
+
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "SearchResult", "SearchService", "shape"]
+
+DEFAULT_PAGE = 50
+"""Page size when ``_count`` is not given."""
+
+MAX_PAGE = 1000
+"""Largest page a client may ask for."""
+
+MAX_INCLUDE_DEPTH = 4
+"""How many rounds ``:iterate`` includes follow; stops reference cycles from looping."""
+
+_MANDATORY = ("resourceType", "id", "meta")
+
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+}
+"""The tag a resource carries when ``_elements`` or ``_summary`` left parts of it out."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A page of matches, the resources included with them, and the total when known."""
+
+    query: SearchQuery
+    matches: list[StoredResource]
+    included: list[StoredResource]
+    total: int | None
+    warnings: tuple[str, ...] = ()
+
+
+@cache
+def _summary_fields(resource_type: str) -> frozenset[str]:
+    model = fhir_model(resource_type)
+    if model is None:
+        return frozenset()
+    return frozenset(
+        field.alias or name
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+        and field.json_schema_extra.get("summary_element_property")
+    )
+
+
+def _subsetted(content: dict[str, Any], keep: Iterable[str]) -> dict[str, Any]:
+    wanted = set(keep) | set(_MANDATORY)
+    out = {k: v for k, v in content.items() if k in wanted}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    out["meta"] = meta
+    return out
+
+
+def shape(content: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
+    """Apply ``_elements`` and ``_summary`` to one matched resource."""
+    if query.elements:
+        return _subsetted(content, query.elements)
+    summary = query.summary
+    if summary in (None, "false"):
+        return content
+    if summary == "text":
+        return _subsetted(content, ("text",))
+    if summary == "data":
+        return _subsetted(content, (k for k in content if k != "text"))
+    if summary == "true":
+        return _subsetted(content, _summary_fields(str(content.get("resourceType"))))
+    raise BadRequest(f"_summary={summary} is not supported (true, false, text, data, count)")
+
+
+class SearchService:
+    """Runs searches for one storage."""
+
+    def __init__(self, storage: Storage, *, dialect: str, registry: Registry | None = None) -> None:
+        self._storage = storage
+        self._dialect: Dialect = "postgres" if dialect == "postgres" else "sqlite"
+        self._registry = registry or default_registry()
+
+    @property
+    def registry(self) -> Registry:
+        """The search parameter definitions in use."""
+        return self._registry
+
+    def parse(
+        self, resource_type: str | None, pairs: Sequence[tuple[str, str]], *, lenient: bool = False
+    ) -> tuple[SearchQuery, tuple[str, ...]]:
+        """Parse request parameters; a bad one is a 400 naming it (dropped when lenient)."""
+        try:
+            parsed = parse_params(resource_type, pairs, registry=self._registry, lenient=lenient)
+        except SearchError as exc:
+            raise BadRequest(str(exc)) from exc
+        return parsed.query, parsed.warnings
+
+    async def search(
+        self,
+        project: str,
+        resource_type: str | None,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        lenient: bool = False,
+    ) -> SearchResult:
+        """Run a search; the page is ``_count`` (default :data:`DEFAULT_PAGE`) from ``_offset``."""
+        query, warnings = self.parse(resource_type, pairs, lenient=lenient)
+        count = min(query.count if query.count is not None else DEFAULT_PAGE, MAX_PAGE)
+        query = _with_count(query, count)
+        total: int | None = None
+        if query.summary == "count" or query.total in ("accurate", "estimate"):
+            total = await self._count(query, project)
+        if query.summary == "count":
+            return SearchResult(query, [], [], total, warnings)
+        matches = await self._run(query, project)
+        if total is None and (query.offset == 0 or matches) and len(matches) < count:
+            total = query.offset + len(matches)  # the last page tells the total for free
+        included = await self._includes(project, query, matches)
+        return SearchResult(query, matches, included, total, warnings)
+
+    async def find(self, project: str, resource_type: str, search: str) -> list[StoredResource]:
+        """Every match of a query string (for conditional interactions)."""
+        try:
+            query = parse_search(search, resource_type=resource_type, registry=self._registry).query
+        except SearchError as exc:
+            raise BadRequest(str(exc)) from exc
+        return await self._run(_with_count(query, None), project)
+
+    async def _run(self, query: SearchQuery, project: str) -> list[StoredResource]:
+        try:
+            sql_text, params = compile_search(query, project=project, dialect=self._dialect)
+        except SearchError as exc:
+            raise BadRequest(str(exc)) from exc
+        return await self._storage.search(sql_text, params)
+
+    async def _count(self, query: SearchQuery, project: str) -> int:
+        try:
+            sql_text, params = compile_count(query, project=project, dialect=self._dialect)
+        except SearchError as exc:
+            raise BadRequest(str(exc)) from exc
+        return await self._storage.search_count(sql_text, params)
+
+    async def _fetch(self, project: str, keys: set[tuple[str, str]]) -> list[StoredResource]:
+        if not keys:
+            return []
+        found: list[StoredResource] = []
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in sorted(keys):
+            by_type.setdefault(resource_type, []).append(resource_id)
+        for resource_type, ids in by_type.items():
+            marks = ", ".join("?" for _ in ids)
+            sql_text = (
+                f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE project = ? AND resource_type = ?"
+                f" AND id IN ({marks}) AND NOT deleted ORDER BY id"
+            )
+            found += await self._storage.search(sql_text, [project, resource_type, *ids])
+        return found
+
+    async def _references(
+        self, project: str, source_type: str, param: str, ids: list[str], target: str | None
+    ) -> set[tuple[str, str]]:
+        if not ids:
+            return set()
+        marks = ", ".join("?" for _ in ids)
+        sql_text = (
+            "SELECT s.ref_type, s.ref_id FROM resources r JOIN search_reference s ON s.res = r.key"
+            f" WHERE r.project = ? AND r.resource_type = ? AND r.id IN ({marks})"
+            " AND s.param = ? AND s.ref_type IS NOT NULL AND s.ref_id IS NOT NULL"
+        )
+        rows = await self._storage.search_rows(sql_text, [project, source_type, *ids, param])
+        return {(t, i) for t, i in rows if target is None or t == target}
+
+    async def _referrers(
+        self, project: str, source_type: str, param: str, targets: list[StoredResource]
+    ) -> set[tuple[str, str]]:
+        keys: set[tuple[str, str]] = set()
+        by_type: dict[str, list[str]] = {}
+        for stored in targets:
+            by_type.setdefault(stored.resource_type, []).append(stored.id)
+        for target_type, ids in by_type.items():
+            marks = ", ".join("?" for _ in ids)
+            sql_text = (
+                "SELECT r.resource_type, r.id FROM search_reference s JOIN resources r"
+                f" ON r.key = s.res WHERE s.proj = {PROJECT_KEY} AND s.resource_type = ?"
+                f" AND s.param = ? AND s.ref_type = ? AND s.ref_id IN ({marks})"
+            )
+            rows = await self._storage.search_rows(
+                sql_text, [project, source_type, param, target_type, *ids]
+            )
+            keys |= {(t, i) for t, i in rows}
+        return keys
+
+    def _params_of(self, source_type: str, param: str) -> list[str]:
+        if param != "*":
+            definition = self._registry.get(source_type, param)
+            if definition is None or definition.type != "reference":
+                raise BadRequest(f"{source_type}:{param} is not a reference search parameter")
+            return [param]
+        codes = (self._registry.get(source_type, c) for c in self._registry.codes(source_type))
+        return [d.code for d in codes if d is not None and d.type == "reference"]
+
+    async def _includes(
+        self, project: str, query: SearchQuery, matches: list[StoredResource]
+    ) -> list[StoredResource]:
+        seen = {(m.resource_type, m.id) for m in matches}
+        included: list[StoredResource] = []
+        frontier = list(matches)
+        for depth in range(MAX_INCLUDE_DEPTH):
+            keys: set[tuple[str, str]] = set()
+            for spec in query.include:
+                source_type, param, target, iterate = _spec(spec)
+                if depth > 0 and not iterate:
+                    continue
+                ids = [m.id for m in frontier if m.resource_type == source_type]
+                for code in self._params_of(source_type, param):
+                    keys |= await self._references(project, source_type, code, ids, target)
+            for spec in query.revinclude:
+                source_type, param, _, iterate = _spec(spec)
+                if depth > 0 and not iterate:
+                    continue
+                for code in self._params_of(source_type, param):
+                    keys |= await self._referrers(project, source_type, code, frontier)
+            fetched = await self._fetch(project, keys - seen)
+            if not fetched:
+                break
+            seen |= {(f.resource_type, f.id) for f in fetched}
+            included += fetched
+            frontier = fetched
+        return included
+
+
+def _spec(spec: str) -> tuple[str, str, str | None, bool]:
+    iterate = spec.endswith(":iterate")
+    parts = spec.removesuffix(":iterate").split(":")
+    if len(parts) not in (2, 3):
+        raise BadRequest(f"_include/_revinclude {spec!r} must be Type:param[:target]")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None, iterate
+
+
+def _with_count(query: SearchQuery, count: int | None) -> SearchQuery:
+    return replace(query, count=count)

@@ -1,0 +1,316 @@
+"""FHIR interactions on the datastore, independent of HTTP.
+
+The REST API, transaction Bundles and (later) bots' API calls all go through
+:class:`FhirService`, so validation, version checks and change events happen the same way
+whatever the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import jsonpatch
+
+from fhirbots.engine.errors import (
+    BadRequest,
+    FhirError,
+    Gone,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
+from fhirbots.engine.fhir.validator_pool import BulkValidator
+from fhirbots.engine.storage.model import (
+    CreateOp,
+    DeleteOp,
+    HistoryPage,
+    StoredResource,
+    UpdateOp,
+    WriteContext,
+    WriteOp,
+    WriteResult,
+)
+from fhirbots.engine.storage.port import Storage
+from fhirbots.schemas.validation import ValidationProblem, is_known_type
+
+__all__ = [
+    "ConditionalSearch",
+    "FhirService",
+    "WriteCheck",
+    "apply_json_patch",
+    "check_id",
+    "check_type",
+]
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+"""FHIR R4 id: 1 to 64 of letters, digits, '-' and '.'."""
+
+ConditionalSearch = Callable[[str, str, str], Awaitable[list[StoredResource]]]
+"""``(project, type, query string) -> matches``; used by conditional create."""
+
+WriteCheck = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""``(project, resource)``: raises a FhirError (e.g. 422) to refuse a resource before it is
+written; registered per type with :meth:`FhirService.add_write_check`."""
+
+
+def check_type(resource_type: str) -> None:
+    """404 unless ``resource_type`` is a resource type this server stores."""
+    if not is_known_type(resource_type):
+        raise NotFound(f"unknown resource type {resource_type!r}")
+
+
+def check_id(resource_id: str) -> None:
+    """400 unless ``resource_id`` is a valid FHIR id."""
+    if not ID_PATTERN.match(resource_id):
+        raise BadRequest(f"invalid resource id {resource_id!r}")
+
+
+def _invalid(problems: Sequence[ValidationProblem]) -> Unprocessable:
+    issues = tuple(
+        Issue(f"{p.path}: {p.message}", code="structure", expression=(p.path,)) for p in problems
+    )
+    return Unprocessable("; ".join(i.diagnostics for i in issues), issues=issues)
+
+
+def apply_json_patch(current: StoredResource, patch: Any) -> dict[str, Any]:
+    """``current``'s content with a JSON Patch (RFC 6902) applied; 422 if it fails."""
+    if not isinstance(patch, list):
+        raise BadRequest("a JSON Patch body must be an array of operations")
+    try:
+        patched: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(current.content), patch)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise Unprocessable(f"JSON Patch failed: {exc}") from exc
+    if patched.get("id") != current.id or patched.get("resourceType") != current.resource_type:
+        raise Unprocessable("a JSON Patch may not change resourceType or id")
+    return patched
+
+
+class FhirService:
+    """Create, read, update, patch, delete and history, scoped to one project per call."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        conditional_search: ConditionalSearch | None = None,
+        validator: BulkValidator | None = None,
+    ) -> None:
+        self.storage = storage
+        self._on_commit = on_commit
+        self._conditional_search = conditional_search
+        self._checks: dict[str, list[WriteCheck]] = {}
+        self._validator = validator or BulkValidator(processes=1)
+
+    def set_conditional_search(self, search: ConditionalSearch) -> None:
+        """Enable ``If-None-Exist`` with the search implementation."""
+        self._conditional_search = search
+
+    async def write(
+        self, project: str, ops: Sequence[WriteOp], context: WriteContext
+    ) -> list[WriteResult]:
+        """Apply already validated operations atomically."""
+        results = await self.storage.apply(project, ops, context)
+        if self._on_commit is not None and any(r.event is not None for r in results):
+            self._on_commit()
+        return results
+
+    def add_write_check(self, resource_type: str, check: WriteCheck) -> None:
+        """Run ``check`` on every resource of ``resource_type`` before it is written.
+
+        Checks go beyond the structure the models validate, e.g. a Subscription's criteria
+        must be ones the engine can evaluate; a check refuses by raising a :class:`FhirError`.
+        """
+        self._checks.setdefault(resource_type, []).append(check)
+
+    async def prepare(self, project: str, op: WriteOp) -> WriteOp:
+        """Validate the resource an operation writes (422 naming the element if invalid)."""
+        return (await self.prepare_many(project, [op]))[0]
+
+    async def prepare_many(
+        self, project: str, ops: Sequence[WriteOp], where: Sequence[str] | None = None
+    ) -> list[WriteOp]:
+        """Validate many operations (large batches in the validator's worker processes).
+
+        Args:
+            project: the project written to.
+            ops: the operations.
+            where: a label per operation (``Bundle.entry[3]``) put before its errors.
+
+        Raises:
+            FhirError: for the first operation that is refused (nothing is written).
+        """
+        items = [
+            (op.resource, op.resource_type if isinstance(op, UpdateOp) else None)
+            for op in ops
+            if not isinstance(op, DeleteOp)
+        ]
+        problems = iter(await self._validator.validate_many(items))
+        prepared: list[WriteOp] = []
+        for i, op in enumerate(ops):
+            try:
+                found = () if isinstance(op, DeleteOp) else next(problems)
+                prepared.append(await self._prepare_one(project, op, found))
+            except FhirError as exc:
+                if where is not None:
+                    exc.located(where[i])
+                raise
+        return prepared
+
+    async def _prepare_one(
+        self, project: str, op: WriteOp, problems: tuple[ValidationProblem, ...]
+    ) -> WriteOp:
+        if isinstance(op, DeleteOp):
+            check_type(op.resource_type)
+            check_id(op.id)
+            return op
+        if problems:
+            raise _invalid(problems)
+        resource = op.resource
+        if isinstance(op, CreateOp):
+            check_type(resource["resourceType"])
+            prepared: WriteOp = CreateOp({k: v for k, v in resource.items() if k != "id"}, op.id)
+        else:
+            check_type(op.resource_type)
+            check_id(op.id)
+            body_id = resource.get("id")
+            if body_id is not None and body_id != op.id:
+                raise BadRequest(f"the body's id {body_id!r} does not match the URL's {op.id!r}")
+            prepared = op
+        for check in self._checks.get(resource["resourceType"], ()):
+            await check(project, resource)
+        return prepared
+
+    async def find_existing(
+        self, project: str, resource_type: str, if_none_exist: str
+    ) -> StoredResource | None:
+        """The resource a conditional create finds (412 if several, as R4 says), or None."""
+        if self._conditional_search is None:
+            raise BadRequest("conditional create (If-None-Exist) needs search, not enabled")
+        query = if_none_exist.split("?", 1)[-1]
+        found = await self._conditional_search(project, resource_type, query)
+        if len(found) > 1:
+            raise PreconditionFailed(
+                f"If-None-Exist {if_none_exist!r} matches {len(found)} resources"
+            )
+        return found[0] if found else None
+
+    async def create(
+        self,
+        project: str,
+        resource: Any,
+        context: WriteContext,
+        *,
+        if_none_exist: str | None = None,
+    ) -> WriteResult:
+        """Create under a server-assigned id; with ``if_none_exist``, return the match instead."""
+        op = await self.prepare(project, CreateOp(resource))
+        assert isinstance(op, CreateOp)
+        if if_none_exist:
+            existing = await self.find_existing(project, op.resource["resourceType"], if_none_exist)
+            if existing is not None:
+                return WriteResult(stored=existing, event=None, created=False)
+        return (await self.write(project, [op], context))[0]
+
+    async def update(
+        self,
+        project: str,
+        resource_type: str,
+        resource_id: str,
+        resource: Any,
+        context: WriteContext,
+        *,
+        if_match: int | None = None,
+    ) -> WriteResult:
+        """Update, or create with the client's id when it does not exist."""
+        op = await self.prepare(project, UpdateOp(resource_type, resource_id, resource, if_match))
+        return (await self.write(project, [op], context))[0]
+
+    async def patch(
+        self,
+        project: str,
+        resource_type: str,
+        resource_id: str,
+        patch: Any,
+        context: WriteContext,
+        *,
+        if_match: int | None = None,
+    ) -> WriteResult:
+        """Apply a JSON Patch to the current version (checked against it, atomically)."""
+        current = await self.read(project, resource_type, resource_id)
+        if if_match is not None and if_match != current.version_id:
+            raise PreconditionFailed(
+                f"{resource_type}/{resource_id}: If-Match names version {if_match}, "
+                f"the current version is {current.version_id}"
+            )
+        patched = apply_json_patch(current, patch)
+        return await self.update(
+            project,
+            resource_type,
+            resource_id,
+            patched,
+            context,
+            if_match=current.version_id,
+        )
+
+    async def delete(
+        self,
+        project: str,
+        resource_type: str,
+        resource_id: str,
+        context: WriteContext,
+        *,
+        if_match: int | None = None,
+    ) -> WriteResult:
+        """Delete (a tombstone version); deleting what is absent changes nothing."""
+        op = await self.prepare(project, DeleteOp(resource_type, resource_id, if_match))
+        return (await self.write(project, [op], context))[0]
+
+    async def read(self, project: str, resource_type: str, resource_id: str) -> StoredResource:
+        """The current version: 404 if it never existed, 410 if deleted."""
+        check_type(resource_type)
+        stored = await self.storage.read(project, resource_type, resource_id)
+        if stored is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if stored.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        return stored
+
+    async def vread(
+        self, project: str, resource_type: str, resource_id: str, version_id: str
+    ) -> StoredResource:
+        """One version: 404 if absent, 410 if that version is a deletion."""
+        check_type(resource_type)
+        if not version_id.isdigit():
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
+        stored = await self.storage.vread(project, resource_type, resource_id, int(version_id))
+        if stored is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
+        if stored.deleted:
+            raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return stored
+
+    async def history(
+        self,
+        project: str,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> HistoryPage:
+        """History at system, type or instance level (404 for an unknown instance)."""
+        if resource_type is not None:
+            check_type(resource_type)
+        page = await self.storage.history(
+            project, resource_type, resource_id, since=since, count=count, offset=offset
+        )
+        if resource_id is not None and page.total == 0 and since is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        return page

@@ -1,0 +1,1 @@
+"""What an operator sees of a process: structured logs and W3C trace context."""

@@ -1,0 +1,176 @@
+"""BotRuntime: the dispatcher's BotInvoker, loop refusal, records and AuditEvents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from fhirbots.engine.automation.runtime import result_json
+from fhirbots.engine.automation.tags import BOT_TAG_SYSTEM
+from fhirbots.engine.eventlog.factory import create_event_log
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.storage.model import WriteContext
+from fhirbots.schemas.events import CausationLink
+from fhirbots.schemas.executions import BotExecutionRecord
+from fhirbots.schemas.notifications import ChannelSpec, Notification
+from fhirbots.schemas.topics import BOT_EXECUTIONS
+from tests.engine.scenarios.bots import PROJECT, changes, store_bot
+
+FLAGGER = """
+def handler(fhir, event):
+    observation = event.input
+    if observation is None:
+        return None
+    existing = fhir.search("Flag", {"identifier": "urn:test|" + event.idempotency_key})
+    if existing["entry"]:
+        return {"flag": existing["entry"][0]["resource"]["id"], "again": True}
+    flag = fhir.create({
+        "resourceType": "Flag",
+        "status": "active",
+        "identifier": [{"system": "urn:test", "value": event.idempotency_key}],
+        "code": {"text": "look at " + observation["id"]},
+        "subject": observation["subject"],
+    })
+    return {"flag": flag["id"], "again": False}
+"""
+
+OBSERVATION = {
+    "resourceType": "Observation",
+    "id": "o1",
+    "status": "final",
+    "code": {"text": "potassium"},
+    "subject": {"reference": "Patient/p1"},
+}
+
+
+def notification(resource: dict[str, Any] | None = OBSERVATION, **fields: Any) -> Notification:
+    values: dict[str, Any] = {
+        "notification_id": "n1",
+        "project": PROJECT,
+        "subscription_id": "s1",
+        "subscription_version": "1",
+        "event_id": "e1",
+        "interaction": "create",
+        "resource_type": "Observation",
+        "resource_id": "o1",
+        "version_id": "1",
+        "resource": resource,
+        "time": datetime.now(UTC),
+        "channel": ChannelSpec(type="rest-hook", endpoint="Bot/x"),
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
+    values.update(fields)
+    return Notification(**values)
+
+
+async def flags(engine: Engine) -> list[dict[str, Any]]:
+    result = await engine.search.search(PROJECT, "Flag", [])
+    return [m.content for m in result.matches if m.content is not None]
+
+
+async def test_invoke_runs_the_bot_on_the_notification_and_tags_its_writes(engine: Engine) -> None:
+    bot_id = await store_bot(engine, FLAGGER)
+    upstream = CausationLink(bot="Bot/other", execution="e0")
+    outcome = await engine.bots.invoke(PROJECT, bot_id, notification(causation=(upstream,)), "s1:7")
+    assert outcome.success, outcome.message
+    [flag] = await flags(engine)
+    assert flag["code"]["text"] == "look at o1"
+    assert {"system": BOT_TAG_SYSTEM, "code": f"Bot/{bot_id}", "display": "written by a bot"} in (
+        flag["meta"]["tag"]
+    )
+    written = [e for e in await changes(engine) if e.resource_type == "Flag"]
+    assert len(written) == 1
+    assert written[0].author == f"Bot/{bot_id}"
+    assert written[0].traceparent == notification().traceparent
+    assert written[0].causation[0] == upstream
+    assert written[0].causation[1].bot == f"Bot/{bot_id}"
+
+
+async def test_a_retry_keeps_the_idempotency_key(engine: Engine) -> None:
+    bot_id = await store_bot(engine, FLAGGER)
+    assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:7")).success
+    assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:7")).success
+    assert len(await flags(engine)) == 1
+    assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:8")).success
+    assert len(await flags(engine)) == 2
+
+
+async def test_failures_are_values(engine: Engine) -> None:
+    failing = await store_bot(engine, "def handler(fhir, event):\n    raise RuntimeError('x')\n")
+    outcome = await engine.bots.invoke(PROJECT, failing, notification(), "k")
+    assert not outcome.success and outcome.message and "RuntimeError" in outcome.message
+    missing = await engine.bots.invoke(PROJECT, "nope", notification(), "k")
+    assert not missing.success and "Bot/nope" in (missing.message or "")
+    draft = await store_bot(engine, FLAGGER, status="draft")
+    inactive = await engine.bots.invoke(PROJECT, draft, notification(), "k")
+    assert not inactive.success and "draft" in (inactive.message or "")
+
+
+async def test_a_bot_in_its_own_causation_chain_is_not_run(engine: Engine) -> None:
+    bot_id = await store_bot(engine, FLAGGER)
+    loop = (CausationLink(bot=f"Bot/{bot_id}", execution="earlier"),)
+    outcome = await engine.bots.invoke(PROJECT, bot_id, notification(causation=loop), "k")
+    assert outcome.success and "causation chain" in (outcome.message or "")
+    assert await flags(engine) == []
+
+
+async def test_id_only_notifications_read_the_version_that_matched(engine: Engine) -> None:
+    bot_id = await store_bot(engine, FLAGGER)
+    stored = await engine.fhir.create(
+        PROJECT, {k: v for k, v in OBSERVATION.items() if k != "id"}, WriteContext()
+    )
+    assert stored.stored is not None
+    oid = stored.stored.id
+    note = notification(resource=None, resource_id=oid)
+    assert (await engine.bots.invoke(PROJECT, bot_id, note, "k")).success
+    [flag] = await flags(engine)
+    assert flag["code"]["text"] == f"look at {oid}"
+
+
+async def test_every_execution_is_recorded_on_the_executions_topic(engine: Engine) -> None:
+    engine.event_log = create_event_log(kafka_bootstrap=None, data_dir=engine.settings.data_dir)
+    await engine.event_log.start()
+    bot_id = await store_bot(engine, FLAGGER)
+    await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:1")
+    loop = (CausationLink(bot=f"Bot/{bot_id}", execution="earlier"),)
+    await engine.bots.invoke(PROJECT, bot_id, notification(causation=loop), "s1:2")
+    records = []
+    for partition in range(await engine.event_log.partitions(BOT_EXECUTIONS)):
+        for record in await engine.event_log.read(BOT_EXECUTIONS, partition, offset=0):
+            records.append(BotExecutionRecord.model_validate_json(record.value))
+            assert record.key == f"{PROJECT}/Bot/{bot_id}"
+    assert [r.status for r in records] == ["success", "skipped"]
+    ran = records[0]
+    assert ran.trigger == "subscription" and ran.bot_version == "1"
+    assert ran.idempotency_key == "s1:1" and ran.fhir_calls == 2
+    assert ran.output == {"flag": (await flags(engine))[0]["id"], "again": False}
+    assert ran.trace_id == notification().traceparent
+    audits = await engine.search.search(PROJECT, "AuditEvent", [])
+    assert len(audits.matches) == 1
+    audit = audits.matches[0].content
+    assert audit is not None
+    assert audit["entity"][0]["name"] == ran.execution_id
+    audit_change = [e for e in await changes(engine) if e.resource_type == "AuditEvent"]
+    assert audit_change[0].causation[-1] == CausationLink(
+        bot=f"Bot/{bot_id}", execution=ran.execution_id
+    )
+
+
+async def test_result_json_is_serialisable(engine: Engine) -> None:
+    bot_id = await store_bot(engine, "def handler(fhir, event):\n    return [1, 'a']\n")
+    loaded = await engine.bots.load(PROJECT, bot_id)
+    request = await engine.bots.request(loaded, PROJECT, None)
+    result = await engine.bots.run(request, trigger="execute", bot_version=loaded.version)
+    assert orjson.loads(orjson.dumps(result_json(result)))["output"] == [1, "a"]
+
+
+async def test_start_bots_warms_workers_and_runs_the_scheduler(engine: Engine) -> None:
+    await engine.start_bots(cron=True)
+    assert engine.event_log is not None
+    assert engine.bots.scheduler is not None
+    assert len(engine.bots.executor.worker_pids) == engine.bots.policy.pool_size
+    await engine.bots.close()
+    assert engine.bots.scheduler is None
+    assert engine.bots.executor.worker_pids == []

@@ -1,0 +1,42 @@
+"""Bulk validation gives the same answers in worker processes as in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fhirbots.engine.fhir.validator_pool import BulkValidator
+
+
+def items() -> list[tuple[Any, str | None]]:
+    good = {"resourceType": "Patient", "name": [{"family": "A"}]}
+    bad = {"resourceType": "Patient", "birthDate": "soon"}
+    wrong_type = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    return [(good, None), (bad, None), (wrong_type, "Patient"), (good, "Patient")] * 5
+
+
+async def test_pool_and_in_process_agree() -> None:
+    local = await BulkValidator(processes=1).validate_many(items())
+    pooled = BulkValidator(processes=2, threshold=4)
+    pooled.start()
+    try:
+        remote = await pooled.validate_many(items())
+    finally:
+        pooled.close()
+    assert remote == local
+    assert [bool(p) for p in local[:4]] == [False, True, True, False]
+    assert local[1][0].path == "Patient.birthDate"
+
+
+async def test_warm_starts_every_worker_before_the_first_batch() -> None:
+    pooled = BulkValidator(processes=2, threshold=4)
+    assert pooled.warm() == []  # not started: nothing to warm
+    pooled.start()
+    try:
+        ready = await asyncio.gather(*(asyncio.wrap_future(f) for f in pooled.warm()))
+        assert len(ready) == 2
+        assert pooled._pool is not None
+        assert len(pooled._pool._processes) == 2  # both spawned, each past its initializer
+        assert await pooled.validate_many(items()) == await BulkValidator(1).validate_many(items())
+    finally:
+        pooled.close()

@@ -1,0 +1,381 @@
+"""End to end through the HTTP API: matcher + dispatcher in one engine, a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from fhirbots.engine.delivery.bot import BotInvocation
+from fhirbots.engine.delivery.policy import BACKPORT_HEARTBEAT_URL, MAX_ATTEMPTS_URLS
+from fhirbots.engine.eventlog.port import Record
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
+from fhirbots.schemas.notifications import Notification
+from tests.engine.scenarios.delivery import Receiver, wait_until
+
+TOPIC_URL = "http://example.org/topics/patient-change"
+CONTENT_URL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content"
+)
+
+
+class Api:
+    def __init__(self, client: TestClient, engine: Engine, token: str) -> None:
+        self.client = client
+        self.engine = engine
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/fhir+json",
+        }
+
+    async def call(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        response = await self.client.request(
+            method, "/fhir/R4" + path, headers=self.headers, json=body
+        )
+        text = await response.text()
+        assert response.status == status, f"{method} {path}: {response.status} {text}"
+        return json.loads(text) if text else None
+
+    async def subscription(self, sid: str, channel: dict[str, Any], **extra: Any) -> Any:
+        resource = {
+            "resourceType": "Subscription",
+            "id": sid,
+            "status": extra.pop("status", "active"),
+            "reason": "test",
+            "criteria": extra.pop("criteria", "Patient?gender=female"),
+            "channel": channel,
+            **extra,
+        }
+        return await self.call("PUT", f"/Subscription/{sid}", resource, status=201)
+
+    async def patient(self, name: str = "Ann") -> Any:
+        body = {"resourceType": "Patient", "gender": "female", "name": [{"family": name}]}
+        return await self.call("POST", "/Patient", body, status=201)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    settings = Settings(data_dir=tmp_path, allowed_endpoint_networks=("127.0.0.1/32",))
+    engine = Engine(settings)
+    await engine.open()
+    token = await engine.create_project("p1", "Project one")
+    await engine.start_relay()
+    await engine.start_matcher()
+    dispatcher = await engine.start_dispatcher()
+    await dispatcher.wait_assigned()
+    client = TestClient(TestServer(engine.app()))
+    await client.start_server()
+    yield Api(client, engine, token)
+    await client.close()
+    await engine.close()
+
+
+def _hook(receiver: Receiver, path: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "rest-hook",
+        "endpoint": receiver.url + path,
+        "payload": "application/fhir+json",
+        **extra,
+    }
+
+
+async def test_write_patient_reaches_rest_hook_then_status_and_events(
+    api: Api, receiver: Receiver
+) -> None:
+    await api.subscription("s1", _hook(receiver, "/e2e"))
+    first = await api.patient("One")
+    second = await api.patient("Two")
+    got = await receiver.wait_for("/e2e", 2)
+    # Two resources travel on different partitions of fhir.changes.v1, so the matcher may
+    # emit them in either order; the numbers follow the order the dispatcher received them.
+    assert {json.loads(r.body)["id"] for r in got} == {first["id"], second["id"]}
+    assert [r.headers["X-Event-Number"] for r in got] == ["1", "2"]
+    second = json.loads(got[1].body)
+
+    status = await api.call("GET", "/Subscription/s1/$status")
+    (entry,) = status["entry"]
+    assert entry["resource"]["resourceType"] == "SubscriptionStatus"
+    assert entry["resource"]["eventsSinceSubscriptionStart"] == "2"
+    assert entry["resource"]["status"] == "active"
+    both = await api.call("GET", "/Subscription/$status?id=s1")
+    assert both["total"] == 1
+    every = await api.call("GET", "/Subscription/$status")
+    assert [e["resource"]["subscription"]["reference"] for e in every["entry"]] == [
+        "Subscription/s1"
+    ]
+
+    events = await api.call("GET", "/Subscription/s1/$events?eventsSinceNumber=2")
+    assert events["type"] == "subscription-notification"
+    listed = events["entry"][0]["resource"]["notificationEvent"]
+    assert [e["eventNumber"] for e in listed] == ["2"]
+    assert events["entry"][1]["resource"]["id"] == second["id"]
+    posted = await api.call(
+        "POST",
+        "/Subscription/s1/$events",
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "eventsSinceNumber", "valueString": "1"},
+                {"name": "eventsUntilNumber", "valueString": "1"},
+            ],
+        },
+    )
+    assert [e["eventNumber"] for e in posted["entry"][0]["resource"]["notificationEvent"]] == ["1"]
+    ids_only = await api.call("GET", "/Subscription/s1/$events?content=id-only")
+    assert all("resource" not in e for e in ids_only["entry"][1:])
+    assert len(ids_only["entry"]) == 3
+    await api.call("GET", "/Subscription/nope/$status", status=404)
+    await api.call("GET", "/Subscription/s1/$events?eventsSinceNumber=x", status=400)
+
+
+async def test_dead_letters_through_the_api(api: Api, receiver: Receiver) -> None:
+    healthy = False
+
+    async def flaky(_: web.Request, __: int) -> web.Response:
+        return web.Response(status=200 if healthy else 500)
+
+    receiver.on("/dl", flaky)
+    await api.subscription(
+        "s1",
+        _hook(receiver, "/dl"),
+        extension=[{"url": MAX_ATTEMPTS_URLS[0], "valueInteger": 1}],
+    )
+    await api.patient()
+    await api.patient()
+
+    async def two_dead() -> bool:
+        found = await api.call("GET", "/Subscription/$dead-letters")
+        return len(found.get("parameter", [])) == 2
+
+    await wait_until(two_dead, what="two dead letters")
+    listed = await api.call("GET", "/Subscription/$dead-letters?subscription=s1")
+    parts = [{p["name"]: p for p in d["part"]} for d in listed["parameter"]]
+    assert [p["eventNumber"]["valueInteger"] for p in parts] == [1, 2]
+    assert "HTTP 500" in parts[0]["error"]["valueString"]
+    first_id = parts[0]["id"]["valueString"]
+
+    discarded = await api.call(
+        "POST", f"/Subscription/$dead-letters/$discard?id={parts[1]['id']['valueString']}"
+    )
+    assert discarded["parameter"][0]["valueInteger"] == 1
+    healthy = True
+    retried = await api.call("POST", "/Subscription/$dead-letters/$retry")
+    assert retried["parameter"][0]["valueInteger"] == 1
+    await receiver.wait_for("/dl", 3)
+    assert receiver.at("/dl")[-1].headers["X-Notification-Id"] == first_id
+    assert receiver.at("/dl")[-1].headers["X-Event-Number"] == "1"
+
+    async def active() -> bool:
+        found = await api.call("GET", "/Subscription/s1")
+        return bool(found["status"] == "active")
+
+    # The matcher skips subscriptions in error: write once delivery has recovered.
+    await wait_until(active, what="active after the retried delivery")
+    patient = await api.patient("Three")
+    await receiver.wait_for("/dl", 4)
+    resent = await api.call("POST", f"/Subscription/s1/$resend?resource=Patient/{patient['id']}")
+    numbers = {p["name"]: p for p in resent["parameter"]}
+    assert numbers["eventNumber"]["valueInteger"] == 4
+    got = await receiver.wait_for("/dl", 5)
+    assert json.loads(got[-1].body)["id"] == patient["id"]
+    assert got[-1].headers["X-Event-Number"] == "4"
+    await api.call("POST", "/Subscription/s1/$resend?resource=Patient/missing", status=404)
+
+
+async def test_websocket_binds_and_receives(api: Api) -> None:
+    await api.subscription("ws1", {"type": "websocket", "payload": "application/fhir+json"})
+    token_params = await api.call("POST", "/Subscription/ws1/$get-ws-binding-token")
+    params = {p["name"]: p for p in token_params["parameter"]}
+    url = params["websocket-url"]["valueUrl"]
+    assert url.startswith("ws://") and url.endswith("/fhir/R4/Subscription/$websocket")
+    socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
+    await socket.send_str("bind-with-token not-a-token")
+    refused = await socket.receive(timeout=5)
+    assert refused.type == WSMsgType.TEXT and refused.data.startswith("error")
+    await socket.send_str(f"bind-with-token {params['token']['valueString']}")
+    handshake = json.loads((await socket.receive(timeout=5)).data)
+    assert handshake["entry"][0]["resource"]["type"] == "handshake"
+    patient = await api.patient()
+    message = await socket.receive(timeout=10)
+    bundle = json.loads(message.data)
+    status = bundle["entry"][0]["resource"]
+    assert status["type"] == "event-notification"
+    assert status["notificationEvent"][0]["eventNumber"] == "1"
+    assert bundle["entry"][1]["resource"]["id"] == patient["id"]
+    await socket.close()
+
+
+async def test_message_channel_publishes_on_named_topic(api: Api) -> None:
+    await api.subscription(
+        "m1",
+        {"type": "message", "endpoint": "acme.patients.v1", "payload": "application/fhir+json"},
+    )
+    patient = await api.patient()
+    log = api.engine.event_log
+    assert log is not None
+
+    async def read_all() -> list[Record]:
+        try:
+            ends = await log.end_offsets("acme.patients.v1")
+        except Exception:
+            return []
+        out: list[Record] = []
+        for partition in ends:
+            out.extend(await log.read("acme.patients.v1", partition, offset=0))
+        return out
+
+    async def arrived() -> bool:
+        return len(await read_all()) == 1
+
+    await wait_until(arrived, what="message on topic")
+    (record,) = await read_all()
+    assert record.key == "p1/m1"
+    assert record.header("X-Event-Number") == b"1"
+    bundle = json.loads(record.value)
+    assert bundle["entry"][1]["resource"]["id"] == patient["id"]
+
+
+class RecordingInvoker:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Notification, str]] = []
+
+    async def invoke(
+        self, project: str, bot_id: str, notification: Notification, idempotency_key: str
+    ) -> BotInvocation:
+        self.calls.append((project, bot_id, notification, idempotency_key))
+        return BotInvocation(len(self.calls) > 1, None if len(self.calls) > 1 else "crashed")
+
+
+async def test_bot_endpoint_routes_to_invoker(api: Api) -> None:
+    invoker = RecordingInvoker()
+    assert api.engine.dispatcher is not None
+    api.engine.dispatcher.set_bot_invoker(invoker)
+    await api.subscription("b1", {"type": "rest-hook", "endpoint": "Bot/triage"})
+    patient = await api.patient()
+
+    async def two_calls() -> bool:
+        return len(invoker.calls) >= 2
+
+    await wait_until(two_calls, within=15, what="bot retried")
+    project, bot_id, notification, key = invoker.calls[0]
+    assert (project, bot_id) == ("p1", "triage")
+    assert notification.resource is not None and notification.resource["id"] == patient["id"]
+    assert key == "p1/b1:1" and invoker.calls[1][3] == key
+
+
+async def test_topic_handshake_activates_and_heartbeats_arrive(
+    api: Api, receiver: Receiver
+) -> None:
+    topic = {
+        "resourceType": "SubscriptionTopic",
+        "url": TOPIC_URL,
+        "status": "active",
+        "resourceTrigger": [{"resource": "Patient", "supportedInteraction": ["create", "update"]}],
+    }
+    await api.call("POST", "/SubscriptionTopic", topic, status=201)
+    channel = {
+        "type": "rest-hook",
+        "endpoint": receiver.url + "/topic",
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{"url": CONTENT_URL, "valueCode": "id-only"}]},
+        "extension": [{"url": BACKPORT_HEARTBEAT_URL, "valueUnsignedInt": 1}],
+    }
+    await api.subscription("t1", channel, status="requested", criteria=TOPIC_URL)
+    (handshake,) = await receiver.wait_for("/topic", 1)
+    status = json.loads(handshake.body)["entry"][0]["resource"]
+    assert status["type"] == "handshake" and status["status"] == "requested"
+
+    async def active() -> bool:
+        found = await api.call("GET", "/Subscription/t1")
+        return bool(found["status"] == "active")
+
+    await wait_until(active, what="active after handshake")
+    patient = await api.patient()
+
+    def kinds() -> list[str]:
+        return [json.loads(r.body)["entry"][0]["resource"]["type"] for r in receiver.at("/topic")]
+
+    async def notified_and_heartbeat() -> bool:
+        seen = kinds()
+        return "event-notification" in seen and seen.count("heartbeat") >= 1
+
+    await wait_until(notified_and_heartbeat, within=15, what="notification and heartbeat")
+    note = next(
+        json.loads(r.body)
+        for r in receiver.at("/topic")
+        if json.loads(r.body)["entry"][0]["resource"]["type"] == "event-notification"
+    )
+    assert note["entry"][1]["fullUrl"].endswith(f"/Patient/{patient['id']}")
+    assert "resource" not in note["entry"][1]
+
+
+async def test_requested_criteria_subscription_is_set_up_and_fires(
+    api: Api, receiver: Receiver
+) -> None:
+    await api.subscription("r1", _hook(receiver, "/r1"), status="requested")
+
+    async def active() -> bool:
+        found = await api.call("GET", "/Subscription/r1")
+        return bool(found["status"] == "active")
+
+    await wait_until(active, what="active once set up")
+    await api.patient()
+    assert len(await receiver.wait_for("/r1", 1)) == 1
+
+
+async def test_failed_handshake_sets_error(api: Api, receiver: Receiver) -> None:
+    async def refuse(_: web.Request, __: int) -> web.Response:
+        return web.Response(status=403)
+
+    receiver.on("/refuse", refuse)
+    topic = {
+        "resourceType": "SubscriptionTopic",
+        "url": TOPIC_URL,
+        "status": "active",
+        "resourceTrigger": [{"resource": "Patient", "supportedInteraction": ["create"]}],
+    }
+    await api.call("POST", "/SubscriptionTopic", topic, status=201)
+    await api.subscription("t2", _hook(receiver, "/refuse"), status="requested", criteria=TOPIC_URL)
+
+    async def errored() -> bool:
+        found = await api.call("GET", "/Subscription/t2")
+        return bool(found["status"] == "error")
+
+    await wait_until(errored, what="error after handshake")
+    found = await api.call("GET", "/Subscription/t2")
+    assert "403" in found["error"]
+    await asyncio.sleep(0)
+
+
+async def test_websocket_heartbeats_for_topic_subscription(api: Api) -> None:
+    topic = {
+        "resourceType": "SubscriptionTopic",
+        "url": TOPIC_URL,
+        "status": "active",
+        "resourceTrigger": [{"resource": "Patient", "supportedInteraction": ["create"]}],
+    }
+    await api.call("POST", "/SubscriptionTopic", topic, status=201)
+    channel = {
+        "type": "websocket",
+        "payload": "application/fhir+json",
+        "extension": [{"url": BACKPORT_HEARTBEAT_URL, "valueUnsignedInt": 1}],
+    }
+    await api.subscription("wsb", channel, criteria=TOPIC_URL)
+    token = await api.call("GET", "/Subscription/wsb/$get-ws-binding-token")
+    value = token["parameter"][0]["valueString"]
+    socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
+    await socket.send_str(f"bind-with-token {value}")
+    kinds = []
+    async with asyncio.timeout(15):
+        while "heartbeat" not in kinds:
+            message = await socket.receive()
+            kinds.append(json.loads(message.data)["entry"][0]["resource"]["type"])
+    assert kinds[0] == "handshake"
+    await socket.close()

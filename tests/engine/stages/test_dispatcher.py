@@ -1,0 +1,352 @@
+"""The dispatcher against a real local HTTP receiver on the embedded event log."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+
+from aiohttp import web
+
+from fhirbots.engine.delivery.policy import SECRET_URLS
+from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
+from fhirbots.engine.stages.dispatcher import Dispatcher
+from tests.engine.scenarios.delivery import PROJECT, Harness, Receiver, wait_until
+
+
+async def test_rest_hook_posts_resource_with_headers_in_order(
+    harness: Harness, receiver: Receiver
+) -> None:
+    await harness.subscription("s1", receiver.url + "/hook")
+    await harness.start()
+    notes = [harness.notification("s1", receiver.url + "/hook") for _ in range(5)]
+    await harness.publish(*notes)
+    got = await receiver.wait_for("/hook", 5)
+    assert [r.headers["X-Event-Number"] for r in got] == ["1", "2", "3", "4", "5"]
+    assert [json.loads(r.body)["id"] for r in got] == [n.resource_id for n in notes]
+    first = got[0]
+    assert first.headers["Content-Type"] == "application/fhir+json"
+    trace = first.headers["traceparent"].split("-")
+    assert trace[1] == "0af7651916cd43dd8448eb211c80319c"  # same trace as the change
+    assert first.headers["X-Notification-Id"] == notes[0].notification_id
+    assert "X-Signature" not in first.headers
+    store = harness.store
+    assert store is not None
+    await wait_until(
+        lambda: _state(harness, notes[-1].notification_id, "delivered"), what="delivered"
+    )
+    counters = await store.counters(PROJECT, "s1")
+    assert counters.events_since_start == 5
+
+
+async def _state(harness: Harness, notification_id: str, state: str) -> bool:
+    assert harness.store is not None
+    row = await harness.store.get(PROJECT, notification_id)
+    return row is not None and row.state == state
+
+
+async def test_empty_body_without_payload(harness: Harness, receiver: Receiver) -> None:
+    await harness.subscription("s1", receiver.url + "/empty")
+    await harness.start()
+    await harness.publish(harness.notification("s1", receiver.url + "/empty", payload=None))
+    (got,) = await receiver.wait_for("/empty", 1)
+    assert got.body == b""
+    assert got.headers["X-Event-Number"] == "1"
+
+
+async def test_signature_is_hmac_of_body_with_medplum_secret(
+    harness: Harness, receiver: Receiver
+) -> None:
+    secret = "s3cr3t-value"
+    await harness.subscription(
+        "signed",
+        receiver.url + "/signed",
+        extension=[{"url": SECRET_URLS[0], "valueString": secret}],
+    )
+    await harness.start()
+    await harness.publish(harness.notification("signed", receiver.url + "/signed"))
+    (got,) = await receiver.wait_for("/signed", 1)
+    expected = hmac.new(secret.encode(), got.body, hashlib.sha256).hexdigest()
+    assert got.body
+    assert got.headers["X-Signature"] == expected
+
+
+async def test_three_500s_then_success_keeps_number_and_order(
+    harness: Harness, receiver: Receiver
+) -> None:
+    async def flaky(_: web.Request, count: int) -> web.Response:
+        return web.Response(status=500 if count <= 3 else 200, text="boom")
+
+    receiver.on("/flaky", flaky)
+    await harness.subscription("s1", receiver.url + "/flaky")
+    await harness.start()
+    notes = [harness.notification("s1", receiver.url + "/flaky") for _ in range(3)]
+    await harness.publish(*notes)
+    got = await receiver.wait_for("/flaky", 6)
+    numbers = [r.headers["X-Event-Number"] for r in got]
+    assert numbers == ["1", "1", "1", "1", "2", "3"]
+    ids = {r.headers["X-Notification-Id"] for r in got[:4]}
+    assert ids == {notes[0].notification_id}
+    assert harness.store is not None
+    await wait_until(lambda: _state(harness, notes[2].notification_id, "delivered"))
+    row = await harness.store.get(PROJECT, notes[0].notification_id)
+    assert row is not None and row.attempts == 4 and row.event_number == 1
+
+
+async def test_slow_endpoint_does_not_delay_another_subscription(
+    harness: Harness, receiver: Receiver
+) -> None:
+    release = asyncio.Event()
+
+    async def stuck(_: web.Request, __: int) -> web.Response:
+        await release.wait()
+        return web.Response(status=200)
+
+    receiver.on("/slow", stuck)
+    await harness.subscription("slow", receiver.url + "/slow")
+    await harness.subscription("fast", receiver.url + "/fast")
+    await harness.start()
+    # Interleave on the topic: the slow subscription's events come first.
+    for _ in range(3):
+        await harness.publish(harness.notification("slow", receiver.url + "/slow"))
+        await harness.publish(harness.notification("fast", receiver.url + "/fast"))
+    started = time.monotonic()
+    await receiver.wait_for("/fast", 3, within=5)
+    elapsed = time.monotonic() - started
+    assert len(receiver.at("/slow")) == 1  # still stuck on its first event, in order
+    # The slow endpoint holds until released; the fast one must not wait for it (a generous
+    # bound, as the machine may be loaded; the typical figure is a few milliseconds).
+    assert elapsed < 2.0, f"fast subscription waited {elapsed:.3f}s behind the slow one"
+    release.set()
+    got = await receiver.wait_for("/slow", 3)
+    assert [r.headers["X-Event-Number"] for r in got] == ["1", "2", "3"]
+
+
+async def test_killed_mid_delivery_redelivers_with_same_number(
+    harness: Harness, receiver: Receiver
+) -> None:
+    hang = asyncio.Event()
+
+    async def first_hangs(_: web.Request, count: int) -> web.Response:
+        if count == 1:
+            await hang.wait()
+        return web.Response(status=204)
+
+    receiver.on("/crash", first_hangs)
+    await harness.subscription("s1", receiver.url + "/crash")
+    await harness.start()
+    notes = [harness.notification("s1", receiver.url + "/crash") for _ in range(2)]
+    await harness.publish(*notes)
+    await receiver.wait_for("/crash", 1)
+    await harness.stop()  # the dispatcher dies while the request is in flight
+    hang.set()
+    await harness.start()
+    got = await receiver.wait_for("/crash", 3)
+    assert [r.headers["X-Event-Number"] for r in got] == ["1", "1", "2"]
+    assert got[0].headers["X-Notification-Id"] == got[1].headers["X-Notification-Id"]
+
+
+async def test_redelivered_topic_record_keeps_its_number(
+    harness: Harness, receiver: Receiver
+) -> None:
+    await harness.subscription("s1", receiver.url + "/dup")
+    await harness.start()
+    note = harness.notification("s1", receiver.url + "/dup")
+    await harness.publish(note)
+    await receiver.wait_for("/dup", 1)
+    assert harness.store is not None
+    accepted = await harness.store.accept([note])
+    assert accepted[0].event_number == 1 and not accepted[0].new
+    second = harness.notification("s1", receiver.url + "/dup")
+    await harness.publish(second)
+    got = await receiver.wait_for("/dup", 2)
+    assert got[1].headers["X-Event-Number"] == "2"
+
+
+async def test_dead_letter_error_status_audit_and_retry(
+    harness: Harness, receiver: Receiver
+) -> None:
+    healthy = False
+
+    async def down(_: web.Request, __: int) -> web.Response:
+        return web.Response(status=200 if healthy else 503, text="maintenance")
+
+    receiver.on("/down", down)
+    await harness.subscription("s1", receiver.url + "/down")
+    await harness.start()
+    note = harness.notification("s1", receiver.url + "/down")
+    await harness.publish(note)
+    await wait_until(lambda: _state(harness, note.notification_id, "dead"), what="dead letter")
+    assert len(receiver.at("/down")) == harness.defaults.max_attempts
+    assert harness.store is not None
+    (dead,) = await harness.store.dead_letters(PROJECT)
+    assert dead.last_error is not None and "503" in dead.last_error
+    assert "maintenance" in dead.last_error
+
+    async def status_is(value: str) -> bool:
+        stored = await harness.engine.fhir.read(PROJECT, "Subscription", "s1")
+        return stored.content is not None and stored.content["status"] == value
+
+    await wait_until(lambda: status_is("error"), what="status error")
+    stored = await harness.engine.fhir.read(PROJECT, "Subscription", "s1")
+    assert stored.content is not None and "503" in stored.content["error"]
+    audits = await _audit_events(harness)
+    assert any("active -> error" in a.get("outcomeDesc", "") for a in audits)
+
+    healthy = True
+    dispatcher = harness.dispatcher
+    assert dispatcher is not None
+    assert await dispatcher.retry_dead_letters(PROJECT, [note.notification_id]) == 1
+    await wait_until(lambda: _state(harness, note.notification_id, "delivered"))
+    last = receiver.at("/down")[-1]
+    assert last.headers["X-Event-Number"] == "1"
+    await wait_until(lambda: status_is("active"), what="status active again")
+    assert await harness.store.dead_letters(PROJECT) == []
+
+
+async def _audit_events(harness: Harness) -> list[dict[str, object]]:
+    page = await harness.engine.fhir.history(PROJECT, "AuditEvent", count=100)
+    return [e.content for e in page.entries if e.content is not None]
+
+
+async def test_auto_disable_after_consecutive_failures(
+    harness: Harness, receiver: Receiver
+) -> None:
+    async def dead(_: web.Request, __: int) -> web.Response:
+        return web.Response(status=500)
+
+    receiver.on("/dead", dead)
+    await harness.subscription(
+        "s1",
+        receiver.url + "/dead",
+        extension=[
+            {
+                "url": "https://medplum.com/fhir/StructureDefinition/subscription-max-attempts",
+                "valueInteger": 1,
+            }
+        ],
+    )
+    await harness.start()
+    notes = [harness.notification("s1", receiver.url + "/dead") for _ in range(4)]
+    await harness.publish(*notes)
+
+    async def is_off() -> bool:
+        stored = await harness.engine.fhir.read(PROJECT, "Subscription", "s1")
+        return stored.content is not None and stored.content["status"] == "off"
+
+    await wait_until(is_off, what="auto-disable")
+    await wait_until(lambda: _state(harness, notes[3].notification_id, "dead"))
+    # One attempt each for the first three (max-attempts 1); the fourth is not sent: off.
+    assert len(receiver.at("/dead")) == 3
+    audits = await _audit_events(harness)
+    descriptions = [str(a.get("outcomeDesc")) for a in audits]
+    assert any("error -> off" in d for d in descriptions)
+
+
+async def test_success_codes_extension(harness: Harness, receiver: Receiver) -> None:
+    async def not_found(_: web.Request, __: int) -> web.Response:
+        return web.Response(status=404)
+
+    receiver.on("/gone", not_found)
+    await harness.subscription(
+        "s1",
+        receiver.url + "/gone",
+        extension=[
+            {
+                "url": "https://medplum.com/fhir/StructureDefinition/subscription-success-codes",
+                "valueString": "200-399,404",
+            }
+        ],
+    )
+    await harness.start()
+    note = harness.notification("s1", receiver.url + "/gone")
+    await harness.publish(note)
+    await wait_until(lambda: _state(harness, note.notification_id, "delivered"))
+    assert len(receiver.at("/gone")) == 1
+
+
+async def test_loopback_refused_unless_allowed(harness: Harness, receiver: Receiver) -> None:
+    harness.defaults = harness.defaults.with_changes(allowed_networks=())
+    await harness.subscription("s1", receiver.url + "/private")
+    await harness.start()
+    note = harness.notification("s1", receiver.url + "/private")
+    await harness.publish(note)
+    await wait_until(lambda: _state(harness, note.notification_id, "dead"))
+    assert receiver.at("/private") == []
+    assert harness.store is not None
+    row = await harness.store.get(PROJECT, note.notification_id)
+    assert row is not None and row.attempts == 1
+    assert row.last_error is not None and "FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS" in row.last_error
+
+
+async def test_audit_every_attempt_when_asked(harness: Harness, receiver: Receiver) -> None:
+    await harness.subscription(
+        "s1",
+        receiver.url + "/audited",
+        extension=[
+            {
+                "url": "https://fhirbots.dev/fhir/StructureDefinition/subscription-audit-event",
+                "valueCode": "always",
+            }
+        ],
+    )
+    await harness.start()
+    note = harness.notification("s1", receiver.url + "/audited")
+    await harness.publish(note)
+    await wait_until(lambda: _state(harness, note.notification_id, "delivered"))
+    audits = await _audit_events(harness)
+    transmit = [
+        a
+        for a in audits
+        if a["type"]
+        == {
+            "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+            "code": "transmit",
+        }
+    ]
+    assert len(transmit) == 1 and transmit[0]["outcome"] == "0"
+
+
+async def test_two_dispatchers_share_subscriptions_in_order(
+    harness: Harness, receiver: Receiver
+) -> None:
+    subscriptions = [f"s{i}" for i in range(12)]
+    for sid in subscriptions:
+        await harness.subscription(sid, f"{receiver.url}/{sid}")
+    first = await harness.start()
+    second_store = SqliteDeliveryStore(harness.data_dir / "delivery.db")
+    await second_store.open()
+    second = Dispatcher(
+        event_log=harness.log,
+        store=second_store,
+        storage=harness.engine.storage,
+        fhir=harness.engine.fhir,
+        defaults=harness.defaults,
+        base_url="http://127.0.0.1/fhir/R4",
+    )
+    await second.start()
+    try:
+        await second.wait_assigned()
+
+        async def split() -> bool:
+            assert first._consumer is not None and second._consumer is not None
+            return bool(first._consumer.assignment()) and bool(second._consumer.assignment())
+
+        await wait_until(split, what="partitions shared by both dispatchers")
+        for _ in range(5):
+            for sid in subscriptions:
+                await harness.publish(harness.notification(sid, f"{receiver.url}/{sid}"))
+        owners = {
+            sid: (first.owns(PROJECT, sid), second.owns(PROJECT, sid)) for sid in subscriptions
+        }
+        assert all(a != b for a, b in owners.values())  # exactly one owner each
+        assert {a for a, _ in owners.values()} == {True, False}  # both have some
+        for sid in subscriptions:
+            got = await receiver.wait_for(f"/{sid}", 5)
+            assert [r.headers["X-Event-Number"] for r in got] == ["1", "2", "3", "4", "5"]
+        assert len(receiver.received) == 60  # each exactly once
+    finally:
+        await second.stop()
+        await second_store.close()
