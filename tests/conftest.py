@@ -1,9 +1,16 @@
-"""Shared test helpers: where the reference data folder is."""
+"""Shared test helpers: the reference data folder, a PostgreSQL database per test session."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -22,21 +29,73 @@ def shared_dir() -> Path:
 
 
 PG_DSN_ENV = "FHIRBOTS_TEST_DATABASE_URL"
-"""A PostgreSQL database the tests may wipe (``deploy/postgres/setup.sh`` prints one)."""
+"""A PostgreSQL server the tests may use (``deploy/postgres/setup.sh`` prints a DSN). Its role
+must be allowed to create databases: each test session works in one of its own."""
+
+_session_database: list[str] = []
+"""The DSN of this session's own database, once made (see :func:`postgres_dsn`)."""
+
+
+def database_dsn(base: str, database: str) -> str:
+    """``base`` with its database name replaced."""
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to completion from sync code, even inside a running event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
+async def _admin(base: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def postgres_dsn() -> str:
-    """The test database; CI always sets it, so PostgreSQL tests never skip there."""
-    dsn = os.environ.get(PG_DSN_ENV)
-    if not dsn:
+    """A database of this test session's own, made on first use and dropped when the session
+    ends, so that two suites on one machine never see each other's tables. CI always sets
+    :data:`PG_DSN_ENV`, so PostgreSQL tests never skip there."""
+    base = os.environ.get(PG_DSN_ENV)
+    if not base:
         if os.environ.get("CI"):
             raise RuntimeError(f"{PG_DSN_ENV} must be set in CI")
         pytest.skip(f"set {PG_DSN_ENV} (run deploy/postgres/setup.sh) for PostgreSQL tests")
-    return dsn
+    if not _session_database:
+        database = f"fhirbots_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        _run(_admin(base, f'CREATE DATABASE "{database}"'))
+        _session_database.append(database_dsn(base, database))
+    return _session_database[0]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop this session's database (connections left open by a failed test are closed)."""
+    base = os.environ.get(PG_DSN_ENV)
+    if base and _session_database:
+        database = urlsplit(_session_database.pop()).path.lstrip("/")
+        _run(_admin(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+@contextlib.asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    """A further database for one module's data (large fixtures), dropped afterwards."""
+    base = postgres_dsn()
+    database = f"fhirbots_scratch_{uuid.uuid4().hex[:12]}"
+    await _admin(base, f'CREATE DATABASE "{database}"')
+    try:
+        yield database_dsn(base, database)
+    finally:
+        await _admin(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 async def reset_postgres(dsn: str) -> None:
-    """Drop every table of the test database."""
+    """Drop every table of the session's database."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)

@@ -13,13 +13,11 @@ import math
 import os
 import random
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -34,7 +32,7 @@ from fhirbots.subscriptions.search import SearchQuery, matches, parse_params, re
 from fhirbots.subscriptions.search.entries import composite_groups
 from fhirbots.subscriptions.search.query import ChainClause, HasClause
 from fhirbots.subscriptions.search.values import MAX_US, MIN_US
-from tests.conftest import postgres_dsn
+from tests.conftest import scratch_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -89,41 +87,31 @@ async def _load(name: str, storage: Storage, bundles: list[list[dict[str, Any]]]
     return Loaded(name, storage, stored)
 
 
-def _database_dsn(base: str, database: str) -> str:
-    parts = urlsplit(base)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engines(
     shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[list[Loaded]]:
     """Both engines loaded with the same bundles. PostgreSQL gets a database of its own, so
-    tests that reset the shared test database do not interfere."""
+    tests that reset the session's database do not interfere."""
     bundles = synthea_bundles(shared_dir)
-    base = postgres_dsn()
-    database = f"fhirbots_search_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(base)
-    await admin.execute(f'CREATE DATABASE "{database}"')
     indexer = SqlSearchIndexer()
     sqlite = SqliteStorage(tmp_path_factory.mktemp("search") / "diff.db", indexer=indexer)
-    postgres = PostgresStorage(_database_dsn(base, database), indexer=indexer)
-    try:
-        loaded = [
-            await _load("sqlite", sqlite, bundles),
-            await _load("postgres", postgres, bundles),
-        ]
-        # Fresh tables have no planner statistics until autovacuum runs; without them
-        # PostgreSQL may pick nested loops over the index subqueries.
-        stats = await asyncpg.connect(_database_dsn(base, database))
-        await stats.execute("ANALYZE")
-        await stats.close()
-        yield loaded
-    finally:
-        await sqlite.close()
-        await postgres.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        await admin.close()
+    async with scratch_database() as dsn:
+        postgres = PostgresStorage(dsn, indexer=indexer)
+        try:
+            loaded = [
+                await _load("sqlite", sqlite, bundles),
+                await _load("postgres", postgres, bundles),
+            ]
+            # Fresh tables have no planner statistics until autovacuum runs; without them
+            # PostgreSQL may pick nested loops over the index subqueries.
+            stats = await asyncpg.connect(dsn)
+            await stats.execute("ANALYZE")
+            await stats.close()
+            yield loaded
+        finally:
+            await sqlite.close()
+            await postgres.close()
 
 
 # --- query generation ----------------------------------------------------------------------

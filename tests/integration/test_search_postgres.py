@@ -8,11 +8,9 @@ behave like the SQLite SQL.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -27,7 +25,7 @@ from fhirbots.engine.storage.search_index import (
     index_ddl,
 )
 from fhirbots.subscriptions.search import parse_search
-from tests.conftest import postgres_dsn
+from tests.conftest import scratch_database
 from tests.engine.storage.test_search_index import PROJECT, RESOURCES, SEARCH_CASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -54,26 +52,19 @@ async def _store(
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def conn() -> AsyncIterator[asyncpg.Connection]:
     """A connection to a database of its own, with the core schema, index and RESOURCES."""
-    base = postgres_dsn()
-    database = f"fhirbots_search_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(base)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    parts = urlsplit(base)
-    dsn = urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
-    connection = await asyncpg.connect(dsn)
-    try:
-        for statement in [*sql.schema("postgres"), *index_ddl("postgres")]:
-            await connection.execute(statement)
-        await connection.execute(
-            sql.numbered(sql.INSERT_PROJECT), PROJECT, PROJECT, datetime.now(UTC)
-        )
-        for resource in RESOURCES:
-            await _store(connection, resource, resource["resourceType"], resource["id"])
-        yield connection
-    finally:
-        await connection.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        await admin.close()
+    async with scratch_database() as dsn:
+        connection = await asyncpg.connect(dsn)
+        try:
+            for statement in [*sql.schema("postgres"), *index_ddl("postgres")]:
+                await connection.execute(statement)
+            await connection.execute(
+                sql.numbered(sql.INSERT_PROJECT), PROJECT, PROJECT, datetime.now(UTC)
+            )
+            for resource in RESOURCES:
+                await _store(connection, resource, resource["resourceType"], resource["id"])
+            yield connection
+        finally:
+            await connection.close()
 
 
 async def ids(conn: asyncpg.Connection, search: str) -> list[str]:
