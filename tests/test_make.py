@@ -99,7 +99,11 @@ def _site_contents(python: Path) -> dict[str, list[str]]:
     }
 
 
-def _imports_fhirbots(python: Path, cwd: Path) -> bool:
+def _imports_fhirbots(python: Path, scratch: Path) -> bool:
+    # From a folder of its own: ``-c`` puts the working directory on sys.path, where a folder
+    # named fhirbots (the clone) would import as a namespace package.
+    cwd = scratch / "import-check"
+    cwd.mkdir(exist_ok=True)
     result = subprocess.run(
         [str(python), "-c", "import fhirbots"],
         cwd=cwd,
