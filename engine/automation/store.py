@@ -5,6 +5,7 @@ dir) and
 :class:`fhirbots.engine.automation.store_postgres.PostgresBotStore` (tables in the datastore's
 database). Both rely on a primary key for mutual exclusion: the process whose ``INSERT`` of the
 ``(project, bot, tick)`` row succeeds runs that tick; every other process finds the row taken.
+Their tables and statements are written once, in :mod:`fhirbots.engine.automation.store_sql`.
 """
 
 from __future__ import annotations
@@ -13,21 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-__all__ = ["SCHEMA", "BotStore", "Job", "JobState"]
+__all__ = ["BotStore", "Job", "JobState"]
 
 JobState = Literal["running", "done"]
 """A job runs until its execution ended (successfully or not)."""
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS bot_cron_claims (
-        project TEXT NOT NULL, bot TEXT NOT NULL, tick TEXT NOT NULL,
-        owner TEXT NOT NULL, claimed TEXT NOT NULL,
-        PRIMARY KEY (project, bot, tick))""",
-    """CREATE TABLE IF NOT EXISTS bot_jobs (
-        id TEXT PRIMARY KEY, project TEXT NOT NULL, bot TEXT NOT NULL, state TEXT NOT NULL,
-        result TEXT, created TEXT NOT NULL, finished TEXT)""",
-)
-"""Tables of both adapters (times are ISO 8601 text in UTC, so they compare as text)."""
 
 
 @dataclass(frozen=True)

@@ -9,31 +9,19 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
+from fhirbots.engine.automation import store_sql as sql
 from fhirbots.engine.automation.errors import BotStoreError
-from fhirbots.engine.automation.store import SCHEMA, Job
+from fhirbots.engine.automation.store import Job
 from fhirbots.engine.storage.sqlite_file import SqliteFile
 
 __all__ = ["BOTS_DB", "SqliteBotStore"]
 
 BOTS_DB = "bots.db"
 """File name of the store in the data dir."""
-
-_T = TypeVar("_T")
-
-
-def _row_to_job(row: tuple[Any, ...]) -> Job:
-    return Job(
-        id=row[0],
-        project=row[1],
-        bot=row[2],
-        state=row[3],
-        result=orjson.loads(row[4]) if row[4] else None,
-        created=datetime.fromisoformat(row[5]),
-    )
 
 
 class SqliteBotStore:
@@ -45,7 +33,7 @@ class SqliteBotStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = SqliteFile(path, schema=SCHEMA, name="bot store", error=BotStoreError)
+        self._file = SqliteFile(path, schema=sql.SCHEMA, name="bot store", error=BotStoreError)
         self._call = self._file.call
 
     async def open(self) -> None:
@@ -64,8 +52,7 @@ class SqliteBotStore:
 
         def work() -> bool:
             cursor = self._db().execute(
-                "INSERT INTO bot_cron_claims (project, bot, tick, owner, claimed) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                sql.INSERT_CLAIM,
                 (project, bot, tick.isoformat(), owner, datetime.now(tick.tzinfo).isoformat()),
             )
             return cursor.rowcount == 1
@@ -76,10 +63,7 @@ class SqliteBotStore:
         """Delete claim rows of older ticks."""
 
         def work() -> int:
-            cursor = self._db().execute(
-                "DELETE FROM bot_cron_claims WHERE tick < ?", (older_than.isoformat(),)
-            )
-            return cursor.rowcount
+            return self._db().execute(sql.PURGE_CLAIMS, (older_than.isoformat(),)).rowcount
 
         return await self._call(work)
 
@@ -87,18 +71,7 @@ class SqliteBotStore:
         """Insert a job row."""
 
         def work() -> None:
-            self._db().execute(
-                "INSERT INTO bot_jobs (id, project, bot, state, result, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    job.project,
-                    job.bot,
-                    job.state,
-                    orjson.dumps(job.result).decode() if job.result is not None else None,
-                    job.created.isoformat(),
-                ),
-            )
+            self._db().execute(sql.INSERT_JOB, sql.job_row(job))
 
         await self._call(work)
 
@@ -107,7 +80,7 @@ class SqliteBotStore:
 
         def work() -> None:
             self._db().execute(
-                "UPDATE bot_jobs SET state = 'done', result = ?, finished = ? WHERE id = ?",
+                sql.FINISH_JOB,
                 (orjson.dumps(result).decode(), finished.isoformat(), job_id),
             )
 
@@ -117,15 +90,7 @@ class SqliteBotStore:
         """Read a job row."""
 
         def work() -> Job | None:
-            row = (
-                self._db()
-                .execute(
-                    "SELECT id, project, bot, state, result, created FROM bot_jobs "
-                    "WHERE id = ? AND project = ?",
-                    (job_id, project),
-                )
-                .fetchone()
-            )
-            return None if row is None else _row_to_job(tuple(row))
+            row = self._db().execute(sql.SELECT_JOB, (job_id, project)).fetchone()
+            return None if row is None else sql.row_to_job(row)
 
         return await self._call(work)

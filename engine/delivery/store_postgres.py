@@ -14,15 +14,12 @@ from datetime import datetime
 
 import asyncpg
 
+from fhirbots.engine.delivery import store_sql as sql
 from fhirbots.engine.delivery.errors import DeliveryStoreError
 from fhirbots.engine.delivery.store import Accepted, Delivery, SubscriptionCounters
-from fhirbots.engine.delivery.store_sql import (
-    COLUMNS,
-    SCHEMA,
-    dead_filter,
-    row_to_delivery,
-)
+from fhirbots.engine.delivery.store_sql import dead_filter, row_to_delivery
 from fhirbots.engine.storage.postgres_pool import PostgresPool
+from fhirbots.engine.storage.sql import numbered
 from fhirbots.schemas.notifications import Notification
 
 __all__ = ["PostgresDeliveryStore"]
@@ -32,6 +29,22 @@ POOL_SIZE = 8
 
 SCHEMA_LOCK = 0x6668_6264
 """Advisory lock id serialising table creation between processes starting together."""
+
+# One statement each where SQLite goes row by row: a batch of deliveries is one round trip.
+_MARK_DELIVERED = (
+    "WITH done AS (UPDATE delivery_notification n SET state = 'delivered',"
+    " attempts = d.attempts, updated_at = ? FROM unnest(?::text[], ?::int[]) AS d(id, attempts)"
+    " WHERE n.notification_id = d.id RETURNING n.project, n.subscription_id)"
+    " UPDATE delivery_counter c SET dead_streak = 0 FROM done"
+    " WHERE c.project = done.project AND c.subscription_id = done.subscription_id"
+    " AND c.dead_streak <> 0"
+)
+_MARK_DEAD = (
+    f"WITH dead AS ({sql.MARK_DEAD})"
+    " UPDATE delivery_counter c SET dead_streak = c.dead_streak + 1 FROM dead"
+    " WHERE c.project = dead.project AND c.subscription_id = dead.subscription_id"
+    " RETURNING c.dead_streak"
+)
 
 
 class PostgresDeliveryStore:
@@ -45,7 +58,7 @@ class PostgresDeliveryStore:
     def __init__(self, dsn: str, *, schema: str | None = None) -> None:
         self._db = PostgresPool(
             dsn,
-            schema=SCHEMA,
+            schema=sql.SCHEMA,
             lock=SCHEMA_LOCK,
             size=POOL_SIZE,
             name="delivery store",
@@ -73,8 +86,7 @@ class PostgresDeliveryStore:
             async with self._db.pool.acquire() as conn, conn.transaction():
                 for n in notifications:
                     found = await conn.fetchval(
-                        "SELECT event_number FROM delivery_notification WHERE notification_id = $1",
-                        n.notification_id,
+                        numbered(sql.SELECT_EVENT_NUMBER), n.notification_id
                     )
                     if found is not None:
                         out.append(
@@ -82,22 +94,16 @@ class PostgresDeliveryStore:
                         )
                         continue
                     number = await conn.fetchval(
-                        "INSERT INTO delivery_counter (project, subscription_id, last_number) "
-                        "VALUES ($1, $2, 1) ON CONFLICT (project, subscription_id) DO UPDATE "
-                        "SET last_number = delivery_counter.last_number + 1 "
-                        "RETURNING last_number",
-                        n.project,
-                        n.subscription_id,
+                        numbered(sql.NEXT_EVENT_NUMBER), n.project, n.subscription_id
                     )
                     await conn.execute(
-                        "INSERT INTO delivery_notification (notification_id, project, "
-                        "subscription_id, event_number, state, payload, created_at, updated_at) "
-                        "VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6)",
+                        numbered(sql.INSERT_NOTIFICATION),
                         n.notification_id,
                         n.project,
                         n.subscription_id,
                         number,
                         n.model_dump_json(),
+                        now,
                         now,
                     )
                     out.append(
@@ -112,8 +118,7 @@ class PostgresDeliveryStore:
     ) -> None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.record_failure`."""
         await self._db.execute(
-            "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
-            "last_error = ?, updated_at = ? WHERE notification_id = ?",
+            sql.RECORD_FAILURE,
             attempts,
             next_attempt_at,
             error,
@@ -126,13 +131,7 @@ class PostgresDeliveryStore:
         if not delivered:
             return
         await self._db.execute(
-            "WITH done AS (UPDATE delivery_notification n SET state = 'delivered', "
-            "attempts = d.attempts, updated_at = ? "
-            "FROM unnest(?::text[], ?::int[]) AS d(id, attempts) "
-            "WHERE n.notification_id = d.id RETURNING n.project, n.subscription_id) "
-            "UPDATE delivery_counter c SET dead_streak = 0 FROM done "
-            "WHERE c.project = done.project AND c.subscription_id = done.subscription_id "
-            "AND c.dead_streak <> 0",
+            _MARK_DELIVERED,
             time.time(),
             [i for i, _ in delivered],
             [a for _, a in delivered],
@@ -140,18 +139,7 @@ class PostgresDeliveryStore:
 
     async def mark_dead(self, notification_id: str, attempts: int, error: str) -> int:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.mark_dead`."""
-        rows = await self._db.fetch(
-            "WITH dead AS (UPDATE delivery_notification SET state = 'dead', attempts = ?, "
-            "last_error = ?, updated_at = ? WHERE notification_id = ? "
-            "RETURNING project, subscription_id) "
-            "UPDATE delivery_counter c SET dead_streak = c.dead_streak + 1 FROM dead "
-            "WHERE c.project = dead.project AND c.subscription_id = dead.subscription_id "
-            "RETURNING c.dead_streak",
-            attempts,
-            error,
-            time.time(),
-            notification_id,
-        )
+        rows = await self._db.fetch(_MARK_DEAD, attempts, error, time.time(), notification_id)
         return int(rows[0][0]) if rows else 0
 
     async def requeue(
@@ -162,13 +150,7 @@ class PostgresDeliveryStore:
     ) -> list[tuple[str, str]]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.requeue`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
-        rows = await self._db.fetch(
-            "UPDATE delivery_notification SET state = 'pending', attempts = 0, "
-            f"next_attempt_at = 0, updated_at = ? WHERE {where} "
-            "RETURNING project, subscription_id",
-            time.time(),
-            *args,
-        )
+        rows = await self._db.fetch(sql.requeue_dead(where), time.time(), *args)
         return [(r[0], r[1]) for r in rows]
 
     async def discard(
@@ -179,90 +161,48 @@ class PostgresDeliveryStore:
     ) -> int:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.discard`."""
         where, args = dead_filter(project, notification_ids, subscription_id)
-        rows = await self._db.fetch(
-            f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? "
-            f"WHERE {where} RETURNING notification_id",
-            time.time(),
-            *args,
-        )
-        return len(rows)
+        return await self._db.count(sql.discard_dead(where), time.time(), *args)
 
     async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.set_heartbeat`."""
         if period is None:
-            await self._db.execute(
-                "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?",
-                project,
-                subscription_id,
-            )
+            await self._db.execute(sql.DELETE_HEARTBEAT, project, subscription_id)
             return
-        await self._db.execute(
-            "INSERT INTO delivery_heartbeat (project, subscription_id, period) VALUES (?, ?, ?) "
-            "ON CONFLICT (project, subscription_id) DO UPDATE SET period = excluded.period",
-            project,
-            subscription_id,
-            period,
-        )
+        await self._db.execute(sql.UPSERT_HEARTBEAT, project, subscription_id, period)
 
     async def heartbeats(self) -> list[tuple[str, str, float]]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.heartbeats`."""
-        rows = await self._db.fetch(
-            "SELECT project, subscription_id, period FROM delivery_heartbeat"
-        )
+        rows = await self._db.fetch(sql.SELECT_HEARTBEATS)
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     async def purge(self, before: datetime) -> int:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.purge`."""
-        rows = await self._db.fetch(
-            "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') "
-            "AND updated_at < ? RETURNING notification_id",
-            before.timestamp(),
-        )
-        return len(rows)
+        return await self._db.count(sql.PURGE, before.timestamp())
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _select(self, sql: str, *args: object) -> list[Delivery]:
-        return [row_to_delivery(r) for r in await self._db.fetch(sql, *args)]
+    async def _select(self, statement: str, *args: object) -> list[Delivery]:
+        return [row_to_delivery(r) for r in await self._db.fetch(statement, *args)]
 
     async def get(self, project: str, notification_id: str) -> Delivery | None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.get`."""
-        found = await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification "
-            "WHERE notification_id = ? AND project = ?",
-            notification_id,
-            project,
-        )
+        found = await self._select(sql.SELECT_DELIVERY, notification_id, project)
         return found[0] if found else None
 
     async def pending(
         self, project: str, subscription_id: str, *, limit: int = 100
     ) -> list[Delivery]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending`."""
-        return await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending' "
-            "AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?",
-            project,
-            subscription_id,
-            limit,
-        )
+        return await self._select(sql.SELECT_PENDING, project, subscription_id, limit)
 
     async def pending_subscriptions(self) -> list[tuple[str, str]]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending_subscriptions`."""
-        rows = await self._db.fetch(
-            "SELECT DISTINCT project, subscription_id FROM delivery_notification "
-            "WHERE state = 'pending'"
-        )
+        rows = await self._db.fetch(sql.SELECT_PENDING_SUBSCRIPTIONS)
         return [(r[0], r[1]) for r in rows]
 
     async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.counters`."""
-        rows = await self._db.fetch(
-            "SELECT last_number, dead_streak FROM delivery_counter "
-            "WHERE project = ? AND subscription_id = ?",
-            project,
-            subscription_id,
-        )
+        rows = await self._db.fetch(sql.SELECT_COUNTERS, project, subscription_id)
         if not rows:
             return SubscriptionCounters()
         return SubscriptionCounters(int(rows[0][0]), int(rows[0][1]))
@@ -278,9 +218,7 @@ class PostgresDeliveryStore:
     ) -> list[Delivery]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.events`."""
         return await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
-            "AND subscription_id = ? AND event_number >= ? AND event_number <= ? "
-            "ORDER BY event_number LIMIT ?",
+            sql.SELECT_EVENTS,
             project,
             subscription_id,
             first or 0,
@@ -290,12 +228,7 @@ class PostgresDeliveryStore:
 
     async def last_event(self, project: str, subscription_id: str) -> Delivery | None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.last_event`."""
-        found = await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
-            "AND subscription_id = ? ORDER BY event_number DESC LIMIT 1",
-            project,
-            subscription_id,
-        )
+        found = await self._select(sql.SELECT_LAST_EVENT, project, subscription_id)
         return found[0] if found else None
 
     async def dead_letters(
@@ -303,9 +236,4 @@ class PostgresDeliveryStore:
     ) -> list[Delivery]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.dead_letters`."""
         where, args = dead_filter(project, None, subscription_id)
-        return await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE {where} "
-            "ORDER BY updated_at, event_number LIMIT ?",
-            *args,
-            limit,
-        )
+        return await self._select(sql.select_dead(where), *args, limit)

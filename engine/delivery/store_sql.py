@@ -1,4 +1,9 @@
-"""SQL shared by the delivery store adapters (``?`` placeholders; PostgreSQL renumbers them).
+"""SQL shared by the delivery store adapters (``?`` placeholders; PostgreSQL renumbers them
+with :func:`fhirbots.engine.storage.sql.numbered`).
+
+Every statement both databases run alike is here, once. The adapters keep only what differs:
+marking deliveries and dead letters, which SQLite does row by row inside its transaction and
+PostgreSQL in one statement (``unnest`` of arrays, an ``UPDATE`` inside ``WITH``).
 
 Times are Unix seconds (floating point) in both databases, so both adapters compare them the
 same way.
@@ -16,9 +21,27 @@ from fhirbots.schemas.notifications import Notification
 
 __all__ = [
     "COLUMNS",
+    "DELETE_HEARTBEAT",
+    "INSERT_NOTIFICATION",
+    "MARK_DEAD",
+    "NEXT_EVENT_NUMBER",
+    "PURGE",
+    "RECORD_FAILURE",
     "SCHEMA",
+    "SELECT_COUNTERS",
+    "SELECT_DELIVERY",
+    "SELECT_EVENTS",
+    "SELECT_EVENT_NUMBER",
+    "SELECT_HEARTBEATS",
+    "SELECT_LAST_EVENT",
+    "SELECT_PENDING",
+    "SELECT_PENDING_SUBSCRIPTIONS",
+    "UPSERT_HEARTBEAT",
     "dead_filter",
+    "discard_dead",
+    "requeue_dead",
     "row_to_delivery",
+    "select_dead",
 ]
 
 SCHEMA = (
@@ -55,6 +78,106 @@ COLUMNS = (
     "payload, event_number, state, attempts, next_attempt_at, last_error, created_at, updated_at"
 )
 """Columns :func:`row_to_delivery` reads, in order."""
+
+# -- writes ----------------------------------------------------------------------------------
+
+SELECT_EVENT_NUMBER = "SELECT event_number FROM delivery_notification WHERE notification_id = ?"
+"""The event number of a notification already accepted (accepting is idempotent)."""
+
+NEXT_EVENT_NUMBER = (
+    "INSERT INTO delivery_counter (project, subscription_id, last_number) VALUES (?, ?, 1)"
+    " ON CONFLICT (project, subscription_id)"
+    " DO UPDATE SET last_number = delivery_counter.last_number + 1 RETURNING last_number"
+)
+"""Takes the subscription's next event number. The column is qualified because PostgreSQL
+finds a bare ``last_number`` ambiguous (the row or ``excluded``); on PostgreSQL the upsert
+row-locks the counter until the accepting transaction commits, so no number is given twice."""
+
+INSERT_NOTIFICATION = (
+    "INSERT INTO delivery_notification (notification_id, project, subscription_id,"
+    " event_number, state, payload, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
+)
+
+RECORD_FAILURE = (
+    "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, last_error = ?,"
+    " updated_at = ? WHERE notification_id = ?"
+)
+
+MARK_DEAD = (
+    "UPDATE delivery_notification SET state = 'dead', attempts = ?, last_error = ?,"
+    " updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id"
+)
+"""Dead-letters one notification; returns its subscription, whose ``dead_streak`` the adapter
+then counts up (PostgreSQL in the same statement)."""
+
+DELETE_HEARTBEAT = "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?"
+
+UPSERT_HEARTBEAT = (
+    "INSERT INTO delivery_heartbeat (project, subscription_id, period) VALUES (?, ?, ?)"
+    " ON CONFLICT (project, subscription_id) DO UPDATE SET period = excluded.period"
+)
+
+PURGE = (
+    "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') AND updated_at < ?"
+)
+
+
+def requeue_dead(where: str) -> str:
+    """Puts the dead letters :func:`dead_filter` selects back to ``pending``; its arguments
+    follow the new ``updated_at``. Returns each requeued notification's subscription."""
+    return (
+        "UPDATE delivery_notification SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+        f" updated_at = ? WHERE {where} RETURNING project, subscription_id"
+    )
+
+
+def discard_dead(where: str) -> str:
+    """Marks the dead letters :func:`dead_filter` selects ``discarded``; its arguments follow
+    the new ``updated_at``."""
+    return f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? WHERE {where}"
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+SELECT_HEARTBEATS = "SELECT project, subscription_id, period FROM delivery_heartbeat"
+
+SELECT_DELIVERY = (
+    f"SELECT {COLUMNS} FROM delivery_notification WHERE notification_id = ? AND project = ?"
+)
+
+SELECT_PENDING = (
+    f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending'"
+    " AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?"
+)
+
+SELECT_PENDING_SUBSCRIPTIONS = (
+    "SELECT DISTINCT project, subscription_id FROM delivery_notification WHERE state = 'pending'"
+)
+
+SELECT_COUNTERS = (
+    "SELECT last_number, dead_streak FROM delivery_counter"
+    " WHERE project = ? AND subscription_id = ?"
+)
+
+SELECT_EVENTS = (
+    f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? AND subscription_id = ?"
+    " AND event_number >= ? AND event_number <= ? ORDER BY event_number LIMIT ?"
+)
+
+SELECT_LAST_EVENT = (
+    f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? AND subscription_id = ?"
+    " ORDER BY event_number DESC LIMIT 1"
+)
+
+
+def select_dead(where: str) -> str:
+    """The dead letters :func:`dead_filter` selects, oldest first; ``LIMIT ?`` follows its
+    arguments."""
+    return (
+        f"SELECT {COLUMNS} FROM delivery_notification WHERE {where}"
+        " ORDER BY updated_at, event_number LIMIT ?"
+    )
 
 
 def _time(value: float) -> datetime:

@@ -12,9 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from fhirbots.engine.delivery import store_sql as sql
 from fhirbots.engine.delivery.errors import DeliveryStoreError
 from fhirbots.engine.delivery.store import Accepted, Delivery, SubscriptionCounters
-from fhirbots.engine.delivery.store_sql import COLUMNS, SCHEMA, dead_filter, row_to_delivery
+from fhirbots.engine.delivery.store_sql import dead_filter, row_to_delivery
 from fhirbots.engine.storage.sqlite_file import SqliteFile
 from fhirbots.schemas.notifications import Notification
 
@@ -24,6 +25,20 @@ DELIVERY_DB = "delivery.db"
 """File name of the store in the data dir."""
 
 _T = TypeVar("_T")
+
+# SQLite has no UPDATE inside WITH and no arrays: it marks row by row, in one transaction.
+_MARK_DELIVERED = (
+    "UPDATE delivery_notification SET state = 'delivered', attempts = ?, updated_at = ?"
+    " WHERE notification_id = ? RETURNING project, subscription_id"
+)
+_RESET_DEAD_STREAK = (
+    "UPDATE delivery_counter SET dead_streak = 0"
+    " WHERE project = ? AND subscription_id = ? AND dead_streak <> 0"
+)
+_COUNT_DEAD = (
+    "UPDATE delivery_counter SET dead_streak = dead_streak + 1"
+    " WHERE project = ? AND subscription_id = ? RETURNING dead_streak"
+)
 
 
 class SqliteDeliveryStore:
@@ -39,7 +54,7 @@ class SqliteDeliveryStore:
         self.path = path
         self._file = SqliteFile(
             path,
-            schema=SCHEMA,
+            schema=sql.SCHEMA,
             name="delivery store",
             error=DeliveryStoreError,
             synchronous=synchronous,
@@ -82,25 +97,15 @@ class SqliteDeliveryStore:
         now = time.time()
         out: list[Accepted] = []
         for n in notifications:
-            found = db.execute(
-                "SELECT event_number FROM delivery_notification WHERE notification_id = ?",
-                (n.notification_id,),
-            ).fetchone()
+            found = db.execute(sql.SELECT_EVENT_NUMBER, (n.notification_id,)).fetchone()
             if found is not None:
                 out.append(
                     Accepted(n.notification_id, n.project, n.subscription_id, found[0], False)
                 )
                 continue
-            (number,) = db.execute(
-                "INSERT INTO delivery_counter (project, subscription_id, last_number) "
-                "VALUES (?, ?, 1) ON CONFLICT (project, subscription_id) "
-                "DO UPDATE SET last_number = last_number + 1 RETURNING last_number",
-                (n.project, n.subscription_id),
-            ).fetchone()
+            (number,) = db.execute(sql.NEXT_EVENT_NUMBER, (n.project, n.subscription_id)).fetchone()
             db.execute(
-                "INSERT INTO delivery_notification (notification_id, project, subscription_id, "
-                "event_number, state, payload, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                sql.INSERT_NOTIFICATION,
                 (
                     n.notification_id,
                     n.project,
@@ -120,8 +125,7 @@ class SqliteDeliveryStore:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.record_failure`."""
         await self._call(
             self._db.execute,
-            "UPDATE delivery_notification SET attempts = ?, next_attempt_at = ?, "
-            "last_error = ?, updated_at = ? WHERE notification_id = ?",
+            sql.RECORD_FAILURE,
             (attempts, next_attempt_at, error, time.time(), notification_id),
         )
 
@@ -134,19 +138,11 @@ class SqliteDeliveryStore:
             now = time.time()
             subscriptions: set[tuple[str, str]] = set()
             for notification_id, attempts in delivered:
-                row = db.execute(
-                    "UPDATE delivery_notification SET state = 'delivered', attempts = ?, "
-                    "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id",
-                    (attempts, now, notification_id),
-                ).fetchone()
+                row = db.execute(_MARK_DELIVERED, (attempts, now, notification_id)).fetchone()
                 if row is not None:
                     subscriptions.add((row[0], row[1]))
             for key in subscriptions:
-                db.execute(
-                    "UPDATE delivery_counter SET dead_streak = 0 "
-                    "WHERE project = ? AND subscription_id = ? AND dead_streak <> 0",
-                    key,
-                )
+                db.execute(_RESET_DEAD_STREAK, key)
 
         await self._call(self._transaction, run)
 
@@ -155,17 +151,11 @@ class SqliteDeliveryStore:
 
         def run(db: sqlite3.Connection) -> int:
             row = db.execute(
-                "UPDATE delivery_notification SET state = 'dead', attempts = ?, last_error = ?, "
-                "updated_at = ? WHERE notification_id = ? RETURNING project, subscription_id",
-                (attempts, error, time.time(), notification_id),
+                sql.MARK_DEAD, (attempts, error, time.time(), notification_id)
             ).fetchone()
             if row is None:
                 return 0
-            (streak,) = db.execute(
-                "UPDATE delivery_counter SET dead_streak = dead_streak + 1 "
-                "WHERE project = ? AND subscription_id = ? RETURNING dead_streak",
-                tuple(row),
-            ).fetchone()
+            (streak,) = db.execute(_COUNT_DEAD, tuple(row)).fetchone()
             return int(streak)
 
         return await self._call(self._transaction, run)
@@ -180,12 +170,7 @@ class SqliteDeliveryStore:
         where, args = dead_filter(project, notification_ids, subscription_id)
 
         def run(db: sqlite3.Connection) -> list[tuple[str, str]]:
-            rows = db.execute(
-                f"UPDATE delivery_notification SET state = 'pending', attempts = 0, "
-                f"next_attempt_at = 0, updated_at = ? WHERE {where} "
-                f"RETURNING project, subscription_id",
-                (time.time(), *args),
-            ).fetchall()
+            rows = db.execute(sql.requeue_dead(where), (time.time(), *args)).fetchall()
             return [(r[0], r[1]) for r in rows]
 
         return await self._call(self._transaction, run)
@@ -200,94 +185,60 @@ class SqliteDeliveryStore:
         where, args = dead_filter(project, notification_ids, subscription_id)
 
         def run(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                f"UPDATE delivery_notification SET state = 'discarded', updated_at = ? "
-                f"WHERE {where}",
-                (time.time(), *args),
-            )
-            return cursor.rowcount
+            return db.execute(sql.discard_dead(where), (time.time(), *args)).rowcount
 
         return await self._call(self._transaction, run)
 
     async def set_heartbeat(self, project: str, subscription_id: str, period: float | None) -> None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.set_heartbeat`."""
         if period is None:
-            sql = "DELETE FROM delivery_heartbeat WHERE project = ? AND subscription_id = ?"
-            args: tuple[object, ...] = (project, subscription_id)
+            await self._call(self._db.execute, sql.DELETE_HEARTBEAT, (project, subscription_id))
         else:
-            sql = (
-                "INSERT INTO delivery_heartbeat (project, subscription_id, period) "
-                "VALUES (?, ?, ?) ON CONFLICT (project, subscription_id) "
-                "DO UPDATE SET period = excluded.period"
+            await self._call(
+                self._db.execute, sql.UPSERT_HEARTBEAT, (project, subscription_id, period)
             )
-            args = (project, subscription_id, period)
-        await self._call(self._db.execute, sql, args)
 
     async def heartbeats(self) -> list[tuple[str, str, float]]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.heartbeats`."""
-        rows = await self._call(
-            lambda: self._db.execute(
-                "SELECT project, subscription_id, period FROM delivery_heartbeat"
-            ).fetchall()
-        )
+        rows = await self._call(lambda: self._db.execute(sql.SELECT_HEARTBEATS).fetchall())
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     async def purge(self, before: datetime) -> int:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.purge`."""
 
         def run(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "DELETE FROM delivery_notification WHERE state IN ('delivered', 'discarded') "
-                "AND updated_at < ?",
-                (before.timestamp(),),
-            )
-            return cursor.rowcount
+            return db.execute(sql.PURGE, (before.timestamp(),)).rowcount
 
         return await self._call(self._transaction, run)
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _select(self, sql: str, args: Sequence[object]) -> list[Delivery]:
-        rows = await self._call(lambda: self._db.execute(sql, tuple(args)).fetchall())
+    async def _select(self, statement: str, args: Sequence[object]) -> list[Delivery]:
+        rows = await self._call(lambda: self._db.execute(statement, tuple(args)).fetchall())
         return [row_to_delivery(r) for r in rows]
 
     async def get(self, project: str, notification_id: str) -> Delivery | None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.get`."""
-        found = await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification "
-            "WHERE notification_id = ? AND project = ?",
-            (notification_id, project),
-        )
+        found = await self._select(sql.SELECT_DELIVERY, (notification_id, project))
         return found[0] if found else None
 
     async def pending(
         self, project: str, subscription_id: str, *, limit: int = 100
     ) -> list[Delivery]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending`."""
-        return await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE state = 'pending' "
-            "AND project = ? AND subscription_id = ? ORDER BY event_number LIMIT ?",
-            (project, subscription_id, limit),
-        )
+        return await self._select(sql.SELECT_PENDING, (project, subscription_id, limit))
 
     async def pending_subscriptions(self) -> list[tuple[str, str]]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.pending_subscriptions`."""
         rows = await self._call(
-            lambda: self._db.execute(
-                "SELECT DISTINCT project, subscription_id FROM delivery_notification "
-                "WHERE state = 'pending'"
-            ).fetchall()
+            lambda: self._db.execute(sql.SELECT_PENDING_SUBSCRIPTIONS).fetchall()
         )
         return [(r[0], r[1]) for r in rows]
 
     async def counters(self, project: str, subscription_id: str) -> SubscriptionCounters:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.counters`."""
         row = await self._call(
-            lambda: self._db.execute(
-                "SELECT last_number, dead_streak FROM delivery_counter "
-                "WHERE project = ? AND subscription_id = ?",
-                (project, subscription_id),
-            ).fetchone()
+            lambda: self._db.execute(sql.SELECT_COUNTERS, (project, subscription_id)).fetchone()
         )
         if row is None:
             return SubscriptionCounters()
@@ -304,19 +255,13 @@ class SqliteDeliveryStore:
     ) -> list[Delivery]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.events`."""
         return await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
-            "AND subscription_id = ? AND event_number >= ? AND event_number <= ? "
-            "ORDER BY event_number LIMIT ?",
+            sql.SELECT_EVENTS,
             (project, subscription_id, first or 0, last or 2**62, limit),
         )
 
     async def last_event(self, project: str, subscription_id: str) -> Delivery | None:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.last_event`."""
-        found = await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE project = ? "
-            "AND subscription_id = ? ORDER BY event_number DESC LIMIT 1",
-            (project, subscription_id),
-        )
+        found = await self._select(sql.SELECT_LAST_EVENT, (project, subscription_id))
         return found[0] if found else None
 
     async def dead_letters(
@@ -324,8 +269,4 @@ class SqliteDeliveryStore:
     ) -> list[Delivery]:
         """See :meth:`fhirbots.engine.delivery.store.DeliveryStore.dead_letters`."""
         where, args = dead_filter(project, None, subscription_id)
-        return await self._select(
-            f"SELECT {COLUMNS} FROM delivery_notification WHERE {where} "
-            "ORDER BY updated_at, event_number LIMIT ?",
-            (*args, limit),
-        )
+        return await self._select(sql.select_dead(where), (*args, limit))

@@ -98,3 +98,8 @@ class PostgresPool:
             return str(await self.pool.execute(numbered(sql), *args))
         except (OSError, asyncpg.PostgresError) as exc:
             raise self._error(f"{self._name}: {exc}") from exc
+
+    async def count(self, sql: str, *args: object) -> int:
+        """Run an ``INSERT``, ``UPDATE`` or ``DELETE``; how many rows it changed (SQLite's
+        ``rowcount``), read from the status text (``UPDATE 3``, ``INSERT 0 1``)."""
+        return int((await self.execute(sql, *args)).rsplit(" ", 1)[-1])
