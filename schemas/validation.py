@@ -3,6 +3,10 @@
 :func:`validate_resource` is the one place a resource is checked before it is stored. Problems
 come back as :class:`ValidationProblem` values naming the element path (``Patient.name[0]``),
 so the API can answer 422 with an OperationOutcome that says what is wrong and where.
+
+The engine's custom resource types are a constant here (:data:`CUSTOM_TYPES`), not a registry
+filled at run time: validator worker processes start from a fresh interpreter and must know
+every type the API process accepts.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import fhir.resources.R4B as r4b
 from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
+
+from fhirbots.schemas.bot import Bot
 
 __all__ = [
     "CUSTOM_TYPES",
@@ -29,7 +36,6 @@ __all__ = [
     "fhir_model",
     "is_known_type",
     "r4b_model_types",
-    "register_custom_type",
     "validate_resource",
 ]
 
@@ -52,13 +58,8 @@ class ResourceInvalid(ValueError):
 
 Validator = Callable[[dict[str, Any]], None]
 
-CUSTOM_TYPES: dict[str, type[BaseModel]] = {}
-"""Engine-defined resource types (like ``Bot``) and their pydantic models."""
-
-
-def register_custom_type(name: str, model: type[BaseModel]) -> None:
-    """Let the datastore accept ``name`` as a resource type, validated by ``model``."""
-    CUSTOM_TYPES[name] = model
+CUSTOM_TYPES: Mapping[str, type[BaseModel]] = MappingProxyType({"Bot": Bot})
+"""The engine's own resource types (not part of FHIR R4) and their pydantic models, read-only."""
 
 
 @cache
@@ -100,7 +101,7 @@ def _model_for(resource_type: str) -> type[BaseModel] | None:
 
 
 def is_known_type(resource_type: str) -> bool:
-    """True for an R4B resource type or a registered custom type (no model is imported)."""
+    """True for an R4B resource type or a custom type (no model is imported)."""
     return resource_type in R4B_RESOURCE_TYPES or resource_type in CUSTOM_TYPES
 
 

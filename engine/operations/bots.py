@@ -1,10 +1,11 @@
 """The HTTP side of bots: the ``Bot`` resource type, its write check, ``$deploy``,
 ``$execute`` and the status of asynchronous executions.
 
-* ``Bot`` is registered with the validation facade, so ``POST /fhir/R4/Bot`` works and the
-  CapabilityStatement lists it. Every create or update of a Bot compiles its ``code`` under
-  the sandbox policy and parses its ``cronString``; a refusal is a 422 OperationOutcome with
-  one issue per problem: ``Bot.code line L, column C: message`` (both 1-based).
+* ``Bot`` is one of the validation facade's custom types (``schemas.validation.CUSTOM_TYPES``),
+  so ``POST /fhir/R4/Bot`` works and the CapabilityStatement lists it. Every create or update
+  of a Bot compiles its ``code`` under the sandbox policy and parses its ``cronString``; a
+  refusal is a 422 OperationOutcome with one issue per problem: ``Bot.code line L, column C:
+  message`` (both 1-based).
 * ``POST /fhir/R4/Bot/{id}/$deploy`` takes new code (a ``Parameters`` with ``code``, a JSON
   object ``{"code": ...}`` or the source as ``text/x-python`` / ``text/plain``) and stores it
   as a new version of the Bot (checked like any update).
@@ -40,8 +41,6 @@ from fhirbots.engine.fhir.outcome import operation_outcome
 from fhirbots.engine.fhir.service import FhirService, WriteCheck
 from fhirbots.engine.web.context import TRACEPARENT_KEY, principal, services, write_context
 from fhirbots.engine.web.http import FHIR_JSON, base_url, fhir_response, prefer, version_headers
-from fhirbots.schemas.bot import Bot
-from fhirbots.schemas.validation import register_custom_type
 
 __all__ = [
     "EXECUTION_HEADER",
@@ -293,7 +292,6 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
 
 
 def install(runtime: BotRuntime, fhir: FhirService, routes: list[web.RouteDef]) -> None:
-    """Register the ``Bot`` type and its write check, and append the bot routes to ``routes``."""
-    register_custom_type("Bot", Bot)
+    """Add the ``Bot`` write check to ``fhir`` and append the bot routes to ``routes``."""
     fhir.add_write_check("Bot", check_bot(runtime))
     routes.extend(bot_routes(runtime))

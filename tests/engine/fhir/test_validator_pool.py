@@ -40,3 +40,18 @@ async def test_warm_starts_every_worker_before_the_first_batch() -> None:
         assert await pooled.validate_many(items()) == await BulkValidator(1).validate_many(items())
     finally:
         pooled.close()
+
+
+async def test_a_worker_validates_the_custom_bot_type() -> None:
+    # A spawned worker starts from a fresh interpreter: it knows Bot only if the validation
+    # facade does by construction, not because the engine was built in the parent process.
+    bot = {"resourceType": "Bot", "name": "b", "code": "def handler(fhir, event):\n    pass\n"}
+    nameless = {"resourceType": "Bot", "code": "x = 1"}
+    pooled = BulkValidator(processes=2, threshold=1)
+    pooled.start()
+    try:
+        ok, bad = await pooled.validate_many([(bot, "Bot"), (nameless, None)])
+    finally:
+        pooled.close()
+    assert ok == ()
+    assert [p.path for p in bad] == ["Bot.name"]

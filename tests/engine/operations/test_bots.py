@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 
 import orjson
-from aiohttp import FormData
+from aiohttp import ClientResponse, FormData
 
+from fhirbots.engine.fhir.validator_pool import POOL_THRESHOLD
 from fhirbots.engine.operations.bots import EXECUTION_HEADER
 from tests.engine.conftest import Api
 from tests.engine.scenarios.bots import bot_resource
+from tests.waiting import eventually
 
 BASE = "/fhir/R4"
 
@@ -42,6 +44,31 @@ async def test_bot_is_a_resource_type_listed_in_the_capability_statement(api: Ap
     assert bot["resourceType"] == "Bot" and bot["meta"]["versionId"] == "1"
     found = await (await api.client.get(f"{BASE}/Bot?name=echo", headers=api.headers())).json()
     assert [e["resource"]["id"] for e in found["entry"]] == [bot["id"]]
+
+
+async def test_bot_in_a_transaction_large_enough_for_the_validator_pool(api: Api) -> None:
+    # As `serve` does: workers started and ready, so this Bundle is validated in spawned
+    # processes, which know only the types the validation facade knows by construction.
+    api.engine.validator.start()
+    ready = await asyncio.gather(*(asyncio.wrap_future(f) for f in api.engine.validator.warm()))
+    assert ready, "the validator pool did not start"
+    patients = [
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}
+        for _ in range(POOL_THRESHOLD)
+    ]
+    bot = {
+        "resource": bot_resource(ECHO, name="pooled"),
+        "request": {"method": "POST", "url": "Bot"},
+    }
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [bot, *patients]}
+    resp = await post(api, "", bundle)
+    assert resp.status == 200, await resp.text()
+    entries = (await resp.json())["entry"]
+    assert {e["response"]["status"] for e in entries} == {"201 Created"}
+    location = entries[0]["response"]["location"].rsplit("/_history", 1)[0]
+    stored = await api.client.get(f"{BASE}/{location}", headers=api.headers())
+    assert stored.status == 200
+    assert (await stored.json())["name"] == "pooled"
 
 
 async def test_code_refused_by_the_sandbox_is_422_with_line_and_column(api: Api) -> None:
@@ -174,12 +201,15 @@ async def test_respond_async_answers_202_then_the_result(api: Api) -> None:
     status_url = resp.headers["Content-Location"]
     assert "/Bot/$job/" in status_url
     path = status_url[status_url.index("/fhir/R4") :]
-    for _ in range(200):
+
+    async def finished() -> ClientResponse | None:
         poll = await api.client.get(path, headers=api.headers())
         if poll.status != 202:
-            break
+            return poll
         assert poll.headers["Retry-After"]
-        await asyncio.sleep(0.05)
+        return None
+
+    poll = await eventually(finished, "the job's result")
     assert poll.status == 200
     assert await poll.json() == {"done": {"n": 1}}
     other = await api.engine.create_project("p2", "Other")
