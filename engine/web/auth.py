@@ -62,7 +62,14 @@ class Authenticator:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("Authorization must be 'Bearer <key>'")
-        digest = hash_key(key.strip())
+        principal = await self.authenticate_digest(hash_key(key.strip()))
+        if principal is None:
+            raise Unauthorized("unknown API key")
+        return principal
+
+    async def authenticate_digest(self, digest: str) -> Principal | None:
+        """The principal of the key whose stored hash is ``digest``, or None when no such key
+        exists (any more): dashboard sessions re-check their key with it."""
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
@@ -70,7 +77,8 @@ class Authenticator:
         else:
             found = await self._storage.find_api_key(digest)
             if found is None:
-                raise Unauthorized("unknown API key")
+                self._cache.pop(digest, None)
+                return None
             record = found
             self._cache[digest] = (now, record)
         return Principal(record.id, record.project, record.admin)
