@@ -25,9 +25,10 @@ from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.fhir.validator_pool import BulkValidator
 from fhirbots.engine.operations.bots import install as install_bots
+from fhirbots.engine.operations.delivery import delivery_routes
 from fhirbots.engine.operations.subscriptions import install as install_subscriptions
 from fhirbots.engine.settings import Settings
-from fhirbots.engine.stages.dispatcher import Dispatcher
+from fhirbots.engine.stages.dispatcher import Dispatcher, open_dispatcher
 from fhirbots.engine.stages.matcher import MatcherStage, service_error_marker
 from fhirbots.engine.stages.relay import OutboxRelay
 from fhirbots.engine.storage.factory import create_storage
@@ -136,9 +137,6 @@ class Engine:
         without, the API still lists and requeues dead letters, which a running dispatcher
         picks up.
         """
-        from fhirbots.engine.operations.delivery import delivery_routes
-        from fhirbots.engine.stages.dispatcher import open_dispatcher
-
         event_log = await self._open_event_log()
         self.dispatcher = await open_dispatcher(
             self.settings,

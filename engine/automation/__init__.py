@@ -10,7 +10,9 @@ Modules::
     engine_gateway   EngineFhirGateway, the engine's adapter of the port
                      :class:`fhirbots.bots.gateway.FhirGateway`: a bot's FHIR calls through
                      FhirService/SearchService
-    scheduler        CronScheduler: cron schedules, one run per (bot, tick) across processes
+    scheduler        CronScheduler: cron schedules, one run per (bot, tick) across processes;
+                     it sees the runtime only through its port BotRunner
+    loaded           LoadedBot, the value the runtime and the scheduler pass around
     records          execution records (bots.executions.v1) and AuditEvents
     store            BotStore port (cron claims, async jobs); store_sqlite, store_postgres
     secrets          project secrets that bots may read

@@ -6,7 +6,9 @@
   ``Prefer: respond-async``);
 * the dispatcher, for Subscriptions whose endpoint is ``Bot/<id>``: the runtime *is* its
   :class:`fhirbots.engine.delivery.bot.BotInvoker` (:meth:`BotRuntime.invoke`);
-* the cron scheduler (:mod:`fhirbots.engine.automation.scheduler`).
+* the cron scheduler (:mod:`fhirbots.engine.automation.scheduler`), which the runtime builds
+  in :meth:`BotRuntime.start` and which sees it only as its port
+  :class:`fhirbots.engine.automation.scheduler.BotRunner`.
 
 Executions run in a :class:`fhirbots.bots.executor.ProcessBotExecutor` whose FHIR calls go through
 :class:`fhirbots.engine.automation.engine_gateway.EngineFhirGateway`. The pool of sandbox workers
@@ -19,9 +21,8 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -30,7 +31,9 @@ from fhirbots.bots.executor import ExecutionRequest, ExecutionResult, ProcessBot
 from fhirbots.bots.gateway import FhirGateway
 from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.engine.automation.engine_gateway import EngineFhirGateway, GetUrl
+from fhirbots.engine.automation.loaded import LoadedBot
 from fhirbots.engine.automation.records import EventLogSource, ExecutionRecorder, build_record
+from fhirbots.engine.automation.scheduler import CronScheduler
 from fhirbots.engine.automation.secrets import SECRETS_DIR, DirectorySecrets, SecretSource
 from fhirbots.engine.automation.store import BotStore, Job
 from fhirbots.engine.automation.store_sqlite import BOTS_DB, SqliteBotStore
@@ -44,28 +47,12 @@ from fhirbots.schemas.events import CausationLink
 from fhirbots.schemas.executions import BotExecutionRecord, ExecutionTrigger
 from fhirbots.schemas.notifications import Notification
 
-if TYPE_CHECKING:
-    from fhirbots.engine.automation.scheduler import CronScheduler
-
-__all__ = ["JOB_DRAIN_SECONDS", "BotRuntime", "LoadedBot", "create_bot_store", "result_json"]
+__all__ = ["JOB_DRAIN_SECONDS", "BotRuntime", "create_bot_store", "result_json"]
 
 JOB_DRAIN_SECONDS = 5.0
 """On shutdown, how long running async jobs may finish before they are cancelled."""
 
 _log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadedBot:
-    """A Bot as stored, validated.
-
-    Attributes:
-        bot: The validated Bot.
-        version: Its ``meta.versionId``.
-    """
-
-    bot: Bot
-    version: str
 
 
 def result_json(result: ExecutionResult) -> dict[str, Any]:
@@ -84,6 +71,7 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
 def create_bot_store(settings: Settings) -> BotStore:
     """PostgreSQL (the datastore's database) when configured, else ``bots.db``."""
     if settings.database_url:
+        # Imported only when configured: the embedded engine never loads asyncpg.
         from fhirbots.engine.automation.store_postgres import PostgresBotStore
 
         return PostgresBotStore(settings.database_url)
@@ -162,8 +150,6 @@ class BotRuntime:
         """Warm up the executor's workers and, with ``cron``, run the cron scheduler."""
         await self.executor.start()
         if cron and self.scheduler is None:
-            from fhirbots.engine.automation.scheduler import CronScheduler
-
             self.scheduler = CronScheduler(self, self.fhir.storage, await self.store())
             self.scheduler.start()
 

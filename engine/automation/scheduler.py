@@ -16,20 +16,20 @@ import os
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import structlog
 
 from fhirbots.bots.cron import CronSchedule
 from fhirbots.bots.errors import CronError, ExecutorError
+from fhirbots.bots.executor import ExecutionRequest, ExecutionResult
+from fhirbots.engine.automation.loaded import LoadedBot
 from fhirbots.engine.automation.store import BotStore
 from fhirbots.engine.errors import FhirError
 from fhirbots.engine.storage.port import Storage
+from fhirbots.schemas.executions import ExecutionTrigger
 
-if TYPE_CHECKING:
-    from fhirbots.engine.automation.runtime import BotRuntime, LoadedBot
-
-__all__ = ["BOTS_QUERY", "CLAIM_RETENTION", "CronScheduler"]
+__all__ = ["BOTS_QUERY", "CLAIM_RETENTION", "BotRunner", "CronScheduler"]
 
 CLAIM_RETENTION = timedelta(days=1)
 """Claims older than this are purged (hourly); a day is ample to debug a double run."""
@@ -46,11 +46,48 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class BotRunner(Protocol):
+    """What the scheduler needs of the bot runtime: load a Bot, prepare a run, run it.
+
+    :class:`fhirbots.engine.automation.runtime.BotRuntime` satisfies it; the runtime builds
+    the scheduler, so the scheduler names only this port, never the runtime.
+    """
+
+    async def load(self, project: str, bot_id: str) -> LoadedBot:
+        """The current version of ``Bot/<bot_id>`` in ``project``.
+
+        Raises:
+            FhirError: no such Bot, or it no longer validates.
+        """
+        ...
+
+    async def request(
+        self,
+        loaded: LoadedBot,
+        project: str,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> ExecutionRequest:
+        """An execution request for ``loaded``, with the project's secrets."""
+        ...
+
+    async def run(
+        self, request: ExecutionRequest, *, trigger: ExecutionTrigger, bot_version: str | None
+    ) -> ExecutionResult:
+        """Execute and record the execution.
+
+        Raises:
+            ExecutorError: the executor is closed or its workers cannot start.
+        """
+        ...
+
+
 class CronScheduler:
     """Runs cron-scheduled Bots of every project.
 
     Args:
-        runtime: The bot runtime that executes and records.
+        runtime: Loads, executes and records the bots (the engine's bot runtime).
         storage: The datastore (to list Bots).
         store: The bot store holding the claims.
         owner: Name of this process in claim rows (``host:pid`` by default).
@@ -59,7 +96,7 @@ class CronScheduler:
 
     def __init__(
         self,
-        runtime: BotRuntime,
+        runtime: BotRunner,
         storage: Storage,
         store: BotStore,
         *,

@@ -25,8 +25,12 @@ from fhirbots.bots.errors import BotCompileError
 from fhirbots.bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
 from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.bots.testing import make_bot
+from fhirbots.engine.automation.loaded import LoadedBot
 from fhirbots.engine.cli.client import ClientError, FhirClient, client_settings
+from fhirbots.engine.cli.remote import HttpFhirGateway
 from fhirbots.engine.observability.logs import configure_logging
+from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
 
 __all__ = ["add_commands", "read_input_file"]
 
@@ -126,8 +130,6 @@ def _report(result: ExecutionResult) -> int:
 
 
 async def _run_remote(args: argparse.Namespace, request: ExecutionRequest) -> ExecutionResult:
-    from fhirbots.engine.cli.remote import HttpFhirGateway
-
     async with (
         FhirClient(client_settings(args.url)) as client,
         ProcessBotExecutor(HttpFhirGateway(client), SandboxPolicy(pool_size=1)) as executor,
@@ -136,10 +138,6 @@ async def _run_remote(args: argparse.Namespace, request: ExecutionRequest) -> Ex
 
 
 async def _run_embedded(args: argparse.Namespace, request: ExecutionRequest) -> ExecutionResult:
-    from fhirbots.engine.automation.runtime import LoadedBot
-    from fhirbots.engine.runtime import Engine
-    from fhirbots.engine.settings import Settings
-
     settings = Settings.from_env().with_overrides(data_dir=args.data_dir)
     engine = Engine(settings)
     await engine.open()

@@ -23,6 +23,7 @@ def defaults_from(settings: Settings) -> DeliveryDefaults:
 def create_delivery_store(settings: Settings) -> DeliveryStore:
     """PostgreSQL (the datastore's database) when configured, else ``delivery.db``."""
     if settings.database_url:
+        # Imported only when configured: the embedded engine never loads asyncpg.
         from fhirbots.engine.delivery.store_postgres import PostgresDeliveryStore
 
         return PostgresDeliveryStore(settings.database_url)

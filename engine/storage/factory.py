@@ -10,6 +10,8 @@ __all__ = ["create_storage"]
 
 def create_storage(settings: Settings, *, indexer: SearchIndexer | None = None) -> Storage:
     """PostgreSQL when ``database_url`` is set, the embedded SQLite file otherwise."""
+    # Each adapter is imported only when chosen: the embedded engine never loads asyncpg, and
+    # an engine on PostgreSQL never loads the SQLite adapter.
     if settings.database_url:
         from fhirbots.engine.storage.postgres import PostgresStorage
 
