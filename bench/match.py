@@ -241,7 +241,7 @@ class Store:
     def __init__(self, resources: list[dict[str, Any]]) -> None:
         self.resources = resources
 
-    async def search(self, _sql: str, _params: Sequence[Any]) -> list[Any]:
+    async def current_resources(self, _project: str, *_resource_types: str) -> list[Any]:
         from fhirbots.engine.storage.model import StoredResource
 
         now = datetime.now(UTC)

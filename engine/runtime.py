@@ -66,7 +66,7 @@ class Engine:
         self.storage = storage or create_storage(settings, indexer=SqlSearchIndexer())
         self.event_log: EventLog | None = None
         self.relay: OutboxRelay | None = None
-        self.search = SearchService(self.storage, dialect=self.storage.dialect)
+        self.search = SearchService(self.storage)
         self.validator = BulkValidator()
         self.fhir = FhirService(
             self.storage,

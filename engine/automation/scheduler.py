@@ -29,13 +29,10 @@ from fhirbots.engine.errors import FhirError
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.executions import ExecutionTrigger
 
-__all__ = ["BOTS_QUERY", "CLAIM_RETENTION", "BotRunner", "CronScheduler"]
+__all__ = ["CLAIM_RETENTION", "BotRunner", "CronScheduler"]
 
 CLAIM_RETENTION = timedelta(days=1)
 """Claims older than this are purged (hourly); a day is ample to debug a double run."""
-
-BOTS_QUERY = "SELECT project, id FROM resources WHERE resource_type = ? AND NOT deleted"
-"""Every live Bot of every project (a handful of rows; read once per minute)."""
 
 Clock = Callable[[], datetime]
 
@@ -138,7 +135,8 @@ class CronScheduler:
     async def due(self, tick: datetime) -> list[tuple[str, LoadedBot]]:
         """The active Bots whose schedule fires at ``tick``, as ``(project, bot)``."""
         found: list[tuple[str, LoadedBot]] = []
-        for project, bot_id in await self._storage.search_rows(BOTS_QUERY, ["Bot"]):
+        # Every live Bot of every project: a handful of rows, read once per minute.
+        for project, bot_id in await self._storage.current_ids_everywhere("Bot"):
             try:
                 loaded = await self._runtime.load(str(project), str(bot_id))
                 cron = loaded.bot.cron_string

@@ -1,6 +1,6 @@
-"""Search on the datastore: parse (``fhirbots.subscriptions.search``), compile to SQL
-(``fhirbots.engine.storage.search_index``), run, then add ``_include``/``_revinclude`` resources
-and shape the results (``_elements``, ``_summary``).
+"""Search on the datastore: parse (``fhirbots.subscriptions.search``), have the storage run the
+query (:meth:`fhirbots.engine.storage.port.Storage.search`), then add ``_include``/``_revinclude``
+resources and shape the results (``_elements``, ``_summary``).
 
 Used by the REST search API, conditional create, GET entries of Bundles and the bots' API.
 """
@@ -15,8 +15,6 @@ from typing import Any
 from fhirbots.engine.errors import BadRequest
 from fhirbots.engine.storage.model import StoredResource
 from fhirbots.engine.storage.port import Storage
-from fhirbots.engine.storage.search_index import PROJECT_KEY, compile_count, compile_search
-from fhirbots.engine.storage.sql import RESOURCE_COLUMNS, Dialect
 from fhirbots.schemas.validation import fhir_model
 from fhirbots.subscriptions.search import (
     Registry,
@@ -99,9 +97,8 @@ def shape(content: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
 class SearchService:
     """Runs searches for one storage."""
 
-    def __init__(self, storage: Storage, *, dialect: str, registry: Registry | None = None) -> None:
+    def __init__(self, storage: Storage, *, registry: Registry | None = None) -> None:
         self._storage = storage
-        self._dialect: Dialect = "postgres" if dialect == "postgres" else "sqlite"
         self._registry = registry or default_registry()
 
     @property
@@ -152,67 +149,24 @@ class SearchService:
 
     async def _run(self, query: SearchQuery, project: str) -> list[StoredResource]:
         try:
-            sql_text, params = compile_search(query, project=project, dialect=self._dialect)
+            return await self._storage.search(project, query)
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
-        return await self._storage.search(sql_text, params)
 
     async def _count(self, query: SearchQuery, project: str) -> int:
         try:
-            sql_text, params = compile_count(query, project=project, dialect=self._dialect)
+            return await self._storage.search_count(project, query)
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
-        return await self._storage.search_count(sql_text, params)
 
     async def _fetch(self, project: str, keys: set[tuple[str, str]]) -> list[StoredResource]:
-        if not keys:
-            return []
-        found: list[StoredResource] = []
         by_type: dict[str, list[str]] = {}
         for resource_type, resource_id in sorted(keys):
             by_type.setdefault(resource_type, []).append(resource_id)
+        found: list[StoredResource] = []
         for resource_type, ids in by_type.items():
-            marks = ", ".join("?" for _ in ids)
-            sql_text = (
-                f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE project = ? AND resource_type = ?"
-                f" AND id IN ({marks}) AND NOT deleted ORDER BY id"
-            )
-            found += await self._storage.search(sql_text, [project, resource_type, *ids])
+            found += await self._storage.current_by_ids(project, resource_type, ids)
         return found
-
-    async def _references(
-        self, project: str, source_type: str, param: str, ids: list[str], target: str | None
-    ) -> set[tuple[str, str]]:
-        if not ids:
-            return set()
-        marks = ", ".join("?" for _ in ids)
-        sql_text = (
-            "SELECT s.ref_type, s.ref_id FROM resources r JOIN search_reference s ON s.res = r.key"
-            f" WHERE r.project = ? AND r.resource_type = ? AND r.id IN ({marks})"
-            " AND s.param = ? AND s.ref_type IS NOT NULL AND s.ref_id IS NOT NULL"
-        )
-        rows = await self._storage.search_rows(sql_text, [project, source_type, *ids, param])
-        return {(t, i) for t, i in rows if target is None or t == target}
-
-    async def _referrers(
-        self, project: str, source_type: str, param: str, targets: list[StoredResource]
-    ) -> set[tuple[str, str]]:
-        keys: set[tuple[str, str]] = set()
-        by_type: dict[str, list[str]] = {}
-        for stored in targets:
-            by_type.setdefault(stored.resource_type, []).append(stored.id)
-        for target_type, ids in by_type.items():
-            marks = ", ".join("?" for _ in ids)
-            sql_text = (
-                "SELECT r.resource_type, r.id FROM search_reference s JOIN resources r"
-                f" ON r.key = s.res WHERE s.proj = {PROJECT_KEY} AND s.resource_type = ?"
-                f" AND s.param = ? AND s.ref_type = ? AND s.ref_id IN ({marks})"
-            )
-            rows = await self._storage.search_rows(
-                sql_text, [project, source_type, param, target_type, *ids]
-            )
-            keys |= {(t, i) for t, i in rows}
-        return keys
 
     def _params_of(self, source_type: str, param: str) -> list[str]:
         if param != "*":
@@ -236,14 +190,18 @@ class SearchService:
                 if depth > 0 and not iterate:
                     continue
                 ids = [m.id for m in frontier if m.resource_type == source_type]
-                for code in self._params_of(source_type, param):
-                    keys |= await self._references(project, source_type, code, ids, target)
+                codes = self._params_of(source_type, param)
+                targets = await self._storage.include_targets(project, source_type, codes, ids)
+                keys |= {t for t in targets if target is None or t[0] == target}
             for spec in query.revinclude:
                 source_type, param, _, iterate = _spec(spec)
                 if depth > 0 and not iterate:
                     continue
-                for code in self._params_of(source_type, param):
-                    keys |= await self._referrers(project, source_type, code, frontier)
+                codes = self._params_of(source_type, param)
+                frontier_keys = [(f.resource_type, f.id) for f in frontier]
+                keys |= await self._storage.revinclude_sources(
+                    project, source_type, codes, frontier_keys
+                )
             fetched = await self._fetch(project, keys - seen)
             if not fetched:
                 break

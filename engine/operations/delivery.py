@@ -34,7 +34,6 @@ from fhirbots.engine.delivery.websocket import Binding
 from fhirbots.engine.errors import BadRequest, NotFound
 from fhirbots.engine.fhir.service import check_id
 from fhirbots.engine.stages.dispatcher import Dispatcher
-from fhirbots.engine.storage.sql import RESOURCE_COLUMNS
 from fhirbots.engine.web.context import principal
 from fhirbots.engine.web.http import base_url, fhir_response, read_json
 
@@ -43,12 +42,6 @@ __all__ = ["WEBSOCKET_PATH", "delivery_routes"]
 PREFIX = "/fhir/R4/Subscription"
 WEBSOCKET_PATH = f"{PREFIX}/$websocket"
 """Where websocket clients connect."""
-
-ALL_SUBSCRIPTIONS = (
-    f"SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.project = ? "
-    "AND r.resource_type = 'Subscription' AND NOT r.deleted"
-)
-"""The project's Subscriptions, for ``Subscription/$status`` without ids."""
 
 MAX_EVENTS = 1000
 """Most notifications one ``$events`` call returns (the client pages by event number)."""
@@ -117,8 +110,8 @@ class _Handlers:
         else:
             ids = [i for v in request.query.getall("id", []) for i in v.split(",") if i]
             if not ids:  # every Subscription of the project
-                rows = await self.d.registry.storage.search(ALL_SUBSCRIPTIONS, [project])
-                ids = sorted(r.id for r in rows)
+                rows = await self.d.registry.storage.current_resources(project, "Subscription")
+                ids = [r.id for r in rows]
         entries = []
         for subscription_id in ids:
             info = await self._subscription(project, subscription_id)

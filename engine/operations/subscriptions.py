@@ -21,7 +21,6 @@ from fhirbots.engine.errors import BadRequest, Issue, Unprocessable
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.stages.matcher import load_config
 from fhirbots.engine.storage.port import Storage
-from fhirbots.engine.storage.sql import RESOURCE_COLUMNS
 from fhirbots.engine.web.context import principal, services
 from fhirbots.engine.web.http import fhir_response, read_json
 from fhirbots.schemas.events import ChangeEvent
@@ -34,11 +33,6 @@ __all__ = ["EXPLAIN_PATH", "build_explain_event", "install"]
 
 EXPLAIN_PATH = "/fhir/R4/Subscription/$explain"
 
-TOPICS_QUERY = (
-    f"SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.project = ? "
-    "AND r.resource_type = 'SubscriptionTopic' AND NOT r.deleted"
-)
-
 
 def _refuse(exc: CriteriaError) -> Unprocessable:
     expression = (exc.expression,) if exc.expression else ()
@@ -49,7 +43,7 @@ def _refuse(exc: CriteriaError) -> Unprocessable:
 
 async def _topics(storage: Storage, project: str) -> dict[str, Topic]:
     topics: dict[str, Topic] = {}
-    for row in await storage.search(TOPICS_QUERY, [project]):
+    for row in await storage.current_resources(project, "SubscriptionTopic"):
         if row.content is None:
             continue
         try:

@@ -41,7 +41,6 @@ from fhirbots.engine.eventlog.port import (
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.engine.storage.port import Storage
-from fhirbots.engine.storage.sql import RESOURCE_COLUMNS
 from fhirbots.schemas.events import ChangeEvent
 from fhirbots.schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED
 from fhirbots.subscriptions.config import ProjectConfig, build_config
@@ -64,12 +63,6 @@ MATCHER_GROUP = "fhirbots-matcher"
 
 MATCHER_AUTHOR = "system/matcher"
 """Author of the writes the matcher makes (marking a subscription as errored)."""
-
-CONFIG_QUERY = (
-    f"SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.project = ? "
-    "AND r.resource_type IN ('Subscription', 'SubscriptionTopic') AND NOT r.deleted"
-)
-"""A project's current Subscriptions and SubscriptionTopics (one query per reload)."""
 
 ErrorMarker = Callable[[str, Failure], Awaitable[None]]
 """``(project, failure)``: record a subscription's run-time failure durably."""
@@ -98,8 +91,8 @@ class MatcherTopics:
 
 
 async def load_config(storage: Storage, project: str, generation: int) -> ProjectConfig:
-    """Read and parse a project's subscriptions and topics from the datastore."""
-    rows = await storage.search(CONFIG_QUERY, [project])
+    """Read and parse a project's subscriptions and topics from the datastore (one query)."""
+    rows = await storage.current_resources(project, "Subscription", "SubscriptionTopic")
     return build_config(project, generation, (r.content for r in rows if r.content is not None))
 
 

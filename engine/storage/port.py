@@ -1,12 +1,16 @@
 """The storage port: everything the engine asks of a datastore.
 
-Adapters: :mod:`fhirbots.engine.storage.sqlite` (embedded default) and
-:mod:`fhirbots.engine.storage.postgres`. Both pass the same test suite (``tests/engine/storage``).
+Every question is a typed method (a search takes the parsed
+:class:`fhirbots.subscriptions.search.SearchQuery`): the SQL lives in the adapters
+(:mod:`fhirbots.engine.storage.sqlite`, the embedded default, and
+:mod:`fhirbots.engine.storage.postgres`) and the modules they share
+(:mod:`~fhirbots.engine.storage.sql`, :mod:`~fhirbots.engine.storage.search_index`). Both
+adapters pass the same test suite (``tests/engine/storage``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,6 +24,7 @@ from fhirbots.engine.storage.model import (
     WriteOp,
     WriteResult,
 )
+from fhirbots.subscriptions.search import SearchQuery
 
 __all__ = ["SearchIndexer", "Storage"]
 
@@ -28,7 +33,7 @@ class Storage(Protocol):
     """A FHIR datastore with version history, projects, API keys and a transactional outbox."""
 
     dialect: str
-    """``sqlite`` or ``postgres``: which SQL the compiled searches must be written in."""
+    """``sqlite`` or ``postgres``: which engine holds the data."""
 
     async def open(self) -> None:
         """Connect and create the schema if it is missing."""
@@ -70,15 +75,52 @@ class Storage(Protocol):
     async def count_by_type(self, project: str) -> dict[str, int]:
         """Live (not deleted) resources per type."""
 
-    async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
-        """Run a compiled search query (``?`` placeholders) selecting
-        :data:`fhirbots.engine.storage.sql.RESOURCE_COLUMNS` of ``resources r``."""
+    async def current_resources(self, project: str, *resource_types: str) -> list[StoredResource]:
+        """The live (not deleted) resources of ``resource_types`` in ``project``, ordered by
+        type, then id."""
 
-    async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Run a read-only query over the search index; plain rows."""
+    async def current_by_ids(
+        self, project: str, resource_type: str, ids: Sequence[str]
+    ) -> list[StoredResource]:
+        """The live resources of ``resource_type`` among ``ids``, ordered by id; ids that never
+        existed or are deleted are left out."""
 
-    async def search_count(self, sql_text: str, params: Sequence[Any]) -> int:
-        """Run a compiled count query."""
+    async def current_ids_everywhere(self, resource_type: str) -> list[tuple[str, str]]:
+        """``(project, id)`` of every live resource of ``resource_type`` in every project,
+        ordered (for work that spans projects, such as cron schedules)."""
+
+    async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
+        """The page of ``project``'s live resources matching ``query``: sorted by its
+        ``_sort`` keys, then type and id; ``count`` from ``offset`` (all when ``count`` is
+        None). Includes are not followed (see :meth:`include_targets`).
+
+        Raises:
+            SearchError: a clause or sort key the datastore cannot search.
+        """
+
+    async def search_count(self, project: str, query: SearchQuery) -> int:
+        """How many of ``project``'s live resources match ``query`` (paging ignored).
+
+        Raises:
+            SearchError: a clause the datastore cannot search.
+        """
+
+    async def include_targets(
+        self, project: str, source_type: str, params: Sequence[str], source_ids: Sequence[str]
+    ) -> set[tuple[str, str]]:
+        """``(type, id)`` of every reference that the reference parameters ``params`` of the
+        ``source_type`` resources ``source_ids`` hold (``_include``); the targets may not
+        exist."""
+
+    async def revinclude_sources(
+        self,
+        project: str,
+        source_type: str,
+        params: Sequence[str],
+        targets: Iterable[tuple[str, str]],
+    ) -> set[tuple[str, str]]:
+        """``(type, id)`` of the ``source_type`` resources whose reference parameters
+        ``params`` point to one of ``targets``, ``(type, id)`` pairs (``_revinclude``)."""
 
     async def ensure_project(self, project: str, name: str) -> bool:
         """Create the project if missing; True if it was created."""

@@ -8,7 +8,7 @@ resource serialise, and its outbox rows get sequence numbers in commit order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,14 @@ from fhirbots.engine.storage.model import (
 )
 from fhirbots.engine.storage.planner import op_target, plan_write
 from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.search_index import (
+    compile_count,
+    compile_search,
+    include_statements,
+    revinclude_statements,
+)
 from fhirbots.schemas.events import CONFIG_TYPES
+from fhirbots.subscriptions.search import SearchQuery
 
 __all__ = ["PostgresStorage"]
 
@@ -72,6 +79,11 @@ class PostgresStorage:
     def pool(self) -> asyncpg.Pool:
         """The connection pool of writes and reads (open only)."""
         return _opened(self._pool)
+
+    @property
+    def search_pool(self) -> asyncpg.Pool:
+        """The connection pool of searches, planned with their values each time (open only)."""
+        return _opened(self._search_pool)
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
@@ -213,19 +225,57 @@ class PostgresStorage:
         )
         return {str(r["resource_type"]): int(r["n"]) for r in rows}
 
-    @property
-    def _searches(self) -> asyncpg.Pool:
-        return _opened(self._search_pool)
+    async def _pairs(self, statements: list[tuple[str, list[Any]]]) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for statement, params in statements:
+            rows = await self.search_pool.fetch(sql.numbered(statement), *params)
+            found |= {(str(a), str(b)) for a, b in rows}
+        return found
 
-    async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
-        rows = await self._searches.fetch(sql.numbered(sql_text), *params)
+    async def current_resources(self, project: str, *resource_types: str) -> list[StoredResource]:
+        if not resource_types:
+            return []
+        rows = await self.pool.fetch(
+            sql.numbered(sql.live_of_types(len(resource_types))), project, *resource_types
+        )
+        return sorted(map(_to_stored, rows), key=lambda r: (r.resource_type, r.id))
+
+    async def current_by_ids(
+        self, project: str, resource_type: str, ids: Sequence[str]
+    ) -> list[StoredResource]:
+        if not ids:
+            return []
+        rows = await self.search_pool.fetch(
+            sql.numbered(sql.live_by_ids(len(ids))), project, resource_type, *ids
+        )
+        return sorted(map(_to_stored, rows), key=lambda r: r.id)
+
+    async def current_ids_everywhere(self, resource_type: str) -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(sql.numbered(sql.SELECT_LIVE_IDS_EVERYWHERE), resource_type)
+        return sorted((str(p), str(i)) for p, i in rows)
+
+    async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
+        statement, params = compile_search(query, project=project, dialect="postgres")
+        rows = await self.search_pool.fetch(sql.numbered(statement), *params)
         return [_to_stored(r) for r in rows]
 
-    async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._searches.fetch(sql.numbered(sql_text), *params)]
+    async def search_count(self, project: str, query: SearchQuery) -> int:
+        statement, params = compile_count(query, project=project, dialect="postgres")
+        return int(await self.search_pool.fetchval(sql.numbered(statement), *params))
 
-    async def search_count(self, sql_text: str, params: Sequence[Any]) -> int:
-        return int(await self._searches.fetchval(sql.numbered(sql_text), *params))
+    async def include_targets(
+        self, project: str, source_type: str, params: Sequence[str], source_ids: Sequence[str]
+    ) -> set[tuple[str, str]]:
+        return await self._pairs(include_statements(project, source_type, params, source_ids))
+
+    async def revinclude_sources(
+        self,
+        project: str,
+        source_type: str,
+        params: Sequence[str],
+        targets: Iterable[tuple[str, str]],
+    ) -> set[tuple[str, str]]:
+        return await self._pairs(revinclude_statements(project, source_type, params, targets))
 
     # -- projects and keys ------------------------------------------------------------------
 

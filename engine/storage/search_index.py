@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhirbots.engine.storage.model import IndexOwner
-from fhirbots.engine.storage.sql import RESOURCE_COLUMNS, SELECT_PROJECT_KEY
+from fhirbots.engine.storage.sql import RESOURCE_COLUMNS, SELECT_PROJECT_KEY, marks
 from fhirbots.subscriptions.search import SearchQuery, default_registry
 from fhirbots.subscriptions.search.entries import composite_groups, entries_for
 from fhirbots.subscriptions.search.errors import UnsupportedSearchError
@@ -50,9 +50,11 @@ __all__ = [
     "compile_count",
     "compile_search",
     "delete_statements",
+    "include_statements",
     "index_ddl",
     "index_rows",
     "insert_statement",
+    "revinclude_statements",
 ]
 
 Dialect = Literal["sqlite", "postgres"]
@@ -706,3 +708,53 @@ def compile_count(
     """
     where, params = _where(query, project, dialect)
     return f"SELECT COUNT(*) FROM resources r WHERE {where}", params
+
+
+# --- includes ------------------------------------------------------------------------------
+
+
+def include_statements(
+    project: str, source_type: str, params: Sequence[str], source_ids: Sequence[str]
+) -> list[tuple[str, list[Any]]]:
+    """Statements selecting ``(ref_type, ref_id)`` of the references that the parameters
+    ``params`` of the ``source_type`` resources ``source_ids`` hold (``_include``).
+
+    Returns:
+        ``(sql, params)`` pairs with ``?`` placeholders: one, or none when either list is empty.
+    """
+    if not params or not source_ids:
+        return []
+    statement = (
+        "SELECT s.ref_type, s.ref_id FROM resources r JOIN search_reference s ON s.res = r.key"
+        f" WHERE r.project = ? AND r.resource_type = ? AND r.id IN ({marks(len(source_ids))})"
+        f" AND s.param IN ({marks(len(params))})"
+        " AND s.ref_type IS NOT NULL AND s.ref_id IS NOT NULL"
+    )
+    return [(statement, [project, source_type, *source_ids, *params])]
+
+
+def revinclude_statements(
+    project: str, source_type: str, params: Sequence[str], targets: Iterable[tuple[str, str]]
+) -> list[tuple[str, list[Any]]]:
+    """Statements selecting ``(resource_type, id)`` of the ``source_type`` resources whose
+    parameters ``params`` reference one of ``targets``, ``(type, id)`` pairs (``_revinclude``).
+
+    Returns:
+        ``(sql, params)`` pairs with ``?`` placeholders: one per target type, none when
+        ``params`` or ``targets`` is empty.
+    """
+    by_type: dict[str, list[str]] = {}
+    for target_type, target_id in targets:
+        by_type.setdefault(target_type, []).append(target_id)
+    if not params:
+        return []
+    statements: list[tuple[str, list[Any]]] = []
+    for target_type, ids in sorted(by_type.items()):
+        statement = (
+            "SELECT r.resource_type, r.id FROM search_reference s JOIN resources r"
+            f" ON r.key = s.res WHERE s.proj = {PROJECT_KEY} AND s.resource_type = ?"
+            f" AND s.param IN ({marks(len(params))}) AND s.ref_type = ?"
+            f" AND s.ref_id IN ({marks(len(ids))})"
+        )
+        statements.append((statement, [project, source_type, *params, target_type, *ids]))
+    return statements

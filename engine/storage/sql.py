@@ -19,6 +19,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SELECT_CURRENT",
     "SELECT_GENERATION",
+    "SELECT_LIVE_IDS_EVERYWHERE",
     "SELECT_PROJECT_KEY",
     "SELECT_VERSION",
     "SQLITE_OUTBOX_MARK",
@@ -29,6 +30,9 @@ __all__ = [
     "IncompatibleSchema",
     "check_schema_version",
     "history_query",
+    "live_by_ids",
+    "live_of_types",
+    "marks",
     "numbered",
     "schema",
 ]
@@ -183,6 +187,33 @@ BUMP_GENERATION = (
     " RETURNING generation"
 )
 SELECT_GENERATION = "SELECT generation FROM config_generations WHERE project = ?"
+SELECT_LIVE_IDS_EVERYWHERE = (
+    "SELECT project, id FROM resources WHERE resource_type = ? AND NOT deleted"
+)
+"""``(project, id)`` of every live resource of one type, in every project."""
+
+
+def marks(count: int) -> str:
+    """``count`` placeholders for an ``IN (...)`` list (``count`` > 0)."""
+    return ", ".join("?" * count)
+
+
+def live_of_types(type_count: int) -> str:
+    """The live resources of one project of ``type_count`` types; parameters: the project,
+    then the types."""
+    return (
+        f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE project = ?"
+        f" AND resource_type IN ({marks(type_count)}) AND NOT deleted"
+    )
+
+
+def live_by_ids(id_count: int) -> str:
+    """The live resources of one project and type among ``id_count`` ids; parameters: the
+    project, the type, then the ids."""
+    return (
+        f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE project = ? AND resource_type = ?"
+        f" AND id IN ({marks(id_count)}) AND NOT deleted"
+    )
 
 
 def history_query(

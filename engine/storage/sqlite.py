@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +45,12 @@ from fhirbots.engine.storage.model import (
 )
 from fhirbots.engine.storage.planner import format_instant, op_target
 from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.search_index import (
+    compile_count,
+    compile_search,
+    include_statements,
+    revinclude_statements,
+)
 from fhirbots.engine.storage.sqlite_writes import (
     Outcome,
     Request,
@@ -53,6 +59,7 @@ from fhirbots.engine.storage.sqlite_writes import (
     connect_writer,
     row_to_stored,
 )
+from fhirbots.subscriptions.search import SearchQuery
 
 __all__ = ["SqliteStorage", "WriterStopped"]
 
@@ -367,23 +374,70 @@ class SqliteStorage:
 
         return await self._read(work)
 
-    async def search(self, sql_text: str, params: Sequence[Any]) -> list[StoredResource]:
+    async def _resources(self, statement: str, params: Sequence[Any]) -> list[StoredResource]:
         def work(conn: sqlite3.Connection) -> list[StoredResource]:
-            return [row_to_stored(r) for r in conn.execute(sql_text, list(params)).fetchall()]
+            return [row_to_stored(r) for r in conn.execute(statement, list(params)).fetchall()]
 
         return await self._read(work)
 
-    async def search_rows(self, sql_text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        def work(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return [tuple(r) for r in conn.execute(sql_text, list(params)).fetchall()]
+    async def _pairs(self, statements: list[tuple[str, list[Any]]]) -> set[tuple[str, str]]:
+        def work(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+            return {
+                (str(a), str(b))
+                for statement, params in statements
+                for a, b in conn.execute(statement, params).fetchall()
+            }
+
+        return await self._read(work) if statements else set()
+
+    async def current_resources(self, project: str, *resource_types: str) -> list[StoredResource]:
+        if not resource_types:
+            return []
+        found = await self._resources(
+            sql.live_of_types(len(resource_types)), [project, *resource_types]
+        )
+        return sorted(found, key=lambda r: (r.resource_type, r.id))
+
+    async def current_by_ids(
+        self, project: str, resource_type: str, ids: Sequence[str]
+    ) -> list[StoredResource]:
+        if not ids:
+            return []
+        found = await self._resources(sql.live_by_ids(len(ids)), [project, resource_type, *ids])
+        return sorted(found, key=lambda r: r.id)
+
+    async def current_ids_everywhere(self, resource_type: str) -> list[tuple[str, str]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(sql.SELECT_LIVE_IDS_EVERYWHERE, (resource_type,)).fetchall()
+            return sorted((str(p), str(i)) for p, i in rows)
 
         return await self._read(work)
 
-    async def search_count(self, sql_text: str, params: Sequence[Any]) -> int:
+    async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
+        statement, params = compile_search(query, project=project, dialect="sqlite")
+        return await self._resources(statement, params)
+
+    async def search_count(self, project: str, query: SearchQuery) -> int:
+        statement, params = compile_count(query, project=project, dialect="sqlite")
+
         def work(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(sql_text, list(params)).fetchone()[0])
+            return int(conn.execute(statement, params).fetchone()[0])
 
         return await self._read(work)
+
+    async def include_targets(
+        self, project: str, source_type: str, params: Sequence[str], source_ids: Sequence[str]
+    ) -> set[tuple[str, str]]:
+        return await self._pairs(include_statements(project, source_type, params, source_ids))
+
+    async def revinclude_sources(
+        self,
+        project: str,
+        source_type: str,
+        params: Sequence[str],
+        targets: Iterable[tuple[str, str]],
+    ) -> set[tuple[str, str]]:
+        return await self._pairs(revinclude_statements(project, source_type, params, targets))
 
     # -- projects and keys ------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import pytest_asyncio
 from fhirbots.engine.storage.model import CreateOp, WriteContext
 from fhirbots.engine.storage.port import Storage
 from fhirbots.engine.storage.postgres import PostgresStorage
-from fhirbots.engine.storage.search_index import SqlSearchIndexer, compile_count, compile_search
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from fhirbots.engine.storage.sqlite import SqliteStorage
 from fhirbots.subscriptions.search import SearchQuery, matches, parse_params, resource_entries
 from fhirbots.subscriptions.search.entries import composite_groups
@@ -82,8 +82,8 @@ async def _load(name: str, storage: Storage, bundles: list[list[dict[str, Any]]]
         await storage.apply(PROJECT, [CreateOp(r, id=r["id"]) for r in bundle], WriteContext())
     stored: list[dict[str, Any]] = []
     for resource_type in sorted({r["resourceType"] for b in bundles for r in b}):
-        sql, params = compile_search(SearchQuery(resource_type), project=PROJECT)
-        stored.extend(s.content for s in await storage.search(sql, params) if s.content)
+        found = await storage.search(PROJECT, SearchQuery(resource_type))
+        stored.extend(s.content for s in found if s.content)
     return Loaded(name, storage, stored)
 
 
@@ -312,9 +312,7 @@ def expected_ids(query: SearchQuery, resources: list[dict[str, Any]]) -> set[str
 
 
 async def sql_ids(loaded: Loaded, query: SearchQuery) -> list[str]:
-    dialect = "postgres" if loaded.name == "postgres" else "sqlite"
-    sql, params = compile_search(query, project=PROJECT, dialect=dialect)
-    return [f"{s.resource_type}/{s.id}" for s in await loaded.storage.search(sql, params)]
+    return [f"{s.resource_type}/{s.id}" for s in await loaded.storage.search(PROJECT, query)]
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -351,10 +349,8 @@ async def test_sql_search_equals_in_memory_matcher(engines: list[Loaded], engine
 @pytest.mark.parametrize("engine", [0, 1], ids=["sqlite", "postgres"])
 async def test_counts_agree(engines: list[Loaded], engine: int) -> None:
     loaded = engines[engine]
-    dialect = "postgres" if loaded.name == "postgres" else "sqlite"
     for query in generate_queries(engines[0].resources, 40):
-        sql, params = compile_count(query, project=PROJECT, dialect=dialect)
-        assert await loaded.storage.search_count(sql, params) == len(
+        assert await loaded.storage.search_count(PROJECT, query) == len(
             expected_ids(query, loaded.resources)
         )
 

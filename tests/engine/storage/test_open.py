@@ -97,7 +97,7 @@ async def test_postgres_plans_each_search_with_its_values() -> None:
     _, store = await _empty_postgres()
     await store.open()
     try:
-        assert await store.search_rows("SHOW plan_cache_mode", []) == [("force_custom_plan",)]
+        assert await store.search_pool.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
         assert await store.pool.fetchval("SHOW plan_cache_mode") == "auto"
     finally:
         await store.close()

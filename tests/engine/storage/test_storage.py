@@ -12,6 +12,7 @@ from fhirbots.engine.errors import PreconditionFailed
 from fhirbots.engine.storage.model import CreateOp, DeleteOp, UpdateOp, WriteContext
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.events import CausationLink, ChangeEvent
+from fhirbots.subscriptions.search import SearchError, parse_search
 
 CTX = WriteContext(author="ApiKey/k1", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
 
@@ -167,8 +168,116 @@ async def test_config_writes_bump_the_generation_every_event_carries(storage: St
 async def test_a_write_registers_its_project(storage: Storage) -> None:
     await storage.apply("unregistered", [CreateOp(patient("A"))], CTX)
     assert not await storage.ensure_project("unregistered", "Named later")
-    assert await storage.search_rows(
-        "SELECT COUNT(*) FROM search_string s JOIN resources r ON r.key = s.res"
-        " WHERE r.project = ? AND s.param = ?",
-        ["unregistered", "family"],
-    ) == [(1,)]
+    # Its index rows carry the project's key, so a search in the project finds the resource.
+    found = await storage.search("unregistered", parse_search("Patient?family=A").query)
+    assert [r.content["name"] for r in found if r.content] == [[{"family": "A"}]]
+
+
+def observation(oid: str, **refs: str) -> dict[str, object]:
+    """An Observation with id ``oid`` and a reference per keyword (``subject="Patient/a"``)."""
+    references = {name: {"reference": target} for name, target in refs.items()}
+    if "performer" in references:
+        references["performer"] = [references["performer"]]  # Observation.performer is a list
+    return {"resourceType": "Observation", "id": oid, "status": "final", **references}
+
+
+async def _put(storage: Storage, project: str, *resources: dict[str, object]) -> None:
+    ops = [UpdateOp(str(r["resourceType"]), str(r["id"]), r) for r in resources]
+    await storage.apply(project, ops, CTX)
+
+
+async def test_current_resources_are_the_live_ones_of_the_types(storage: Storage) -> None:
+    await _put(
+        storage,
+        "p1",
+        {**patient("A"), "id": "a1"},
+        {**patient("B"), "id": "Z1"},
+        {**patient("C"), "id": "gone"},
+        observation("o1"),
+        {"resourceType": "Basic", "id": "b1", "code": {"text": "other type"}},
+    )
+    await storage.apply("p1", [DeleteOp("Patient", "gone")], CTX)
+    await _put(storage, "p2", {**patient("D"), "id": "other"})
+    found = await storage.current_resources("p1", "Patient", "Observation")
+    # Type, then id by code point ("Z1" before "a1") on both engines.
+    assert [(r.resource_type, r.id) for r in found] == [
+        ("Observation", "o1"),
+        ("Patient", "Z1"),
+        ("Patient", "a1"),
+    ]
+    assert all(not r.deleted and r.content is not None for r in found)
+    assert await storage.current_resources("p1") == []
+    assert await storage.current_resources("p3", "Patient") == []
+
+
+async def test_current_by_ids_leaves_out_missing_and_deleted(storage: Storage) -> None:
+    await _put(
+        storage,
+        "p1",
+        *({**patient(i), "id": i} for i in ("b", "a", "gone")),
+    )
+    await storage.apply("p1", [DeleteOp("Patient", "gone")], CTX)
+    found = await storage.current_by_ids("p1", "Patient", ["b", "gone", "never", "a"])
+    assert [r.id for r in found] == ["a", "b"]
+    assert await storage.current_by_ids("p2", "Patient", ["a"]) == []
+    assert await storage.current_by_ids("p1", "Patient", []) == []
+
+
+async def test_current_ids_everywhere_spans_projects(storage: Storage) -> None:
+    await _put(storage, "p2", {**patient("A"), "id": "x"})
+    await _put(storage, "p1", {**patient("B"), "id": "y"}, {**patient("C"), "id": "gone"})
+    await _put(storage, "p1", observation("o1"))
+    await storage.apply("p1", [DeleteOp("Patient", "gone")], CTX)
+    assert await storage.current_ids_everywhere("Patient") == [("p1", "y"), ("p2", "x")]
+    assert await storage.current_ids_everywhere("Bot") == []
+
+
+async def test_search_takes_the_parsed_query(storage: Storage) -> None:
+    await _put(storage, "p1", *({**patient(f), "id": f.lower()} for f in ("Abbot", "Abel", "Zed")))
+    await _put(storage, "p2", {**patient("Abner"), "id": "elsewhere"})
+    await storage.apply("p1", [DeleteOp("Patient", "abel")], CTX)
+    query = parse_search("Patient?family=ab&_sort=-family").query
+    assert [r.id for r in await storage.search("p1", query)] == ["abbot"]
+    assert await storage.search_count("p1", query) == 1
+    everyone = parse_search("Patient?_sort=family&_count=1&_offset=1").query
+    assert [r.id for r in await storage.search("p1", everyone)] == ["zed"]
+    assert await storage.search_count("p1", everyone) == 2
+    with pytest.raises(SearchError, match="cannot sort"):
+        await storage.search("p1", parse_search("Observation?_sort=code-value-quantity").query)
+
+
+async def test_include_targets_and_revinclude_sources(storage: Storage) -> None:
+    await _put(
+        storage,
+        "p1",
+        {**patient("A"), "id": "a"},
+        observation("o1", subject="Patient/a", performer="Practitioner/dr"),
+        observation("o2", subject="Patient/never"),
+        observation("o3"),
+    )
+    await _put(storage, "p2", observation("o4", subject="Patient/a"))
+    ids = ["o1", "o2", "o3", "o4"]
+    # Targets need not exist; another project's resources are not sources.
+    assert await storage.include_targets("p1", "Observation", ["subject"], ids) == {
+        ("Patient", "a"),
+        ("Patient", "never"),
+    }
+    assert await storage.include_targets("p1", "Observation", ["subject", "performer"], ids) == {
+        ("Patient", "a"),
+        ("Patient", "never"),
+        ("Practitioner", "dr"),
+    }
+    assert await storage.include_targets("p1", "Observation", [], ids) == set()
+    assert await storage.include_targets("p1", "Observation", ["subject"], []) == set()
+    targets = [("Patient", "a"), ("Practitioner", "dr"), ("Group", "g")]
+    assert await storage.revinclude_sources("p1", "Observation", ["subject"], targets) == {
+        ("Observation", "o1")
+    }
+    assert await storage.revinclude_sources(
+        "p1", "Observation", ["subject", "performer"], [*targets, ("Patient", "never")]
+    ) == {("Observation", "o1"), ("Observation", "o2")}
+    assert await storage.revinclude_sources("p2", "Observation", ["subject"], targets) == {
+        ("Observation", "o4")
+    }
+    assert await storage.revinclude_sources("p1", "Observation", [], targets) == set()
+    assert await storage.revinclude_sources("p1", "Observation", ["subject"], []) == set()
