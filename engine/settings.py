@@ -8,10 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["DEFAULT_PORT", "Settings"]
+__all__ = ["API_PATH", "DEFAULT_PORT", "Settings"]
 
 DEFAULT_PORT = 8080
 """Port of ``fhirbots serve``; client commands default to it too."""
+
+API_PATH = "/fhir/R4"
+"""Path of the FHIR API on the server. FHIR servers name the FHIR version in their base URL,
+so clients written for other R4 servers find it where they expect it, and an API of another
+FHIR version could be served beside it. Every route and every base URL is built from this."""
 
 
 def _writer_mode(value: str) -> bool:
@@ -47,7 +52,8 @@ class Settings:
     """structlog level (``FHIRBOTS_LOG_LEVEL``)."""
 
     public_url: str | None = None
-    """Base URL clients reach the API at, for links; taken from each request when None."""
+    """Base URL clients reach the API at, for links (``FHIRBOTS_PUBLIC_URL``); when None,
+    :meth:`base_url` builds it from the request, or from ``host`` and ``port``."""
 
     allowed_endpoint_networks: tuple[str, ...] = ()
     """CIDR blocks of loopback/private/link-local addresses that delivery endpoints may
@@ -105,6 +111,20 @@ class Settings:
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields changed; None values are ignored (unset CLI flags)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    def base_url(self, origin: str | None = None) -> str:
+        """The FHIR API's base URL, as links (``fullUrl``, ``Location``, status URLs) give it.
+
+        Args:
+            origin: ``scheme://host[:port]`` of the request being answered, if any.
+
+        Returns:
+            :attr:`public_url` when set (without a trailing slash); otherwise :data:`API_PATH`
+            on ``origin``, or on the address the server listens on when there is no request.
+        """
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"{origin or f'http://{self.host}:{self.port}'}{API_PATH}"
 
     @property
     def sqlite_path(self) -> Path:

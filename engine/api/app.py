@@ -13,13 +13,14 @@ from fhirbots.engine.api import fhir, search
 from fhirbots.engine.errors import FhirError, MethodNotAllowed, NotFound
 from fhirbots.engine.fhir.outcome import outcome_for
 from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent, trace_id_of
+from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.web.auth import Authenticator
 from fhirbots.engine.web.context import PRINCIPAL, SERVICES, TRACEPARENT_KEY, Services
 from fhirbots.engine.web.http import fhir_response
 
 __all__ = ["AUTHENTICATOR", "OPEN_PATHS", "create_app"]
 
-OPEN_PATHS = frozenset({"/fhir/R4/metadata", "/healthz", "/fhir/R4/Subscription/$websocket"})
+OPEN_PATHS = frozenset({f"{API_PATH}/metadata", "/healthz", f"{API_PATH}/Subscription/$websocket"})
 """The only paths served without an API key. The websocket authenticates each binding with the
 short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
 

@@ -12,6 +12,7 @@ from fhirbots.engine.api.capability import capability_statement
 from fhirbots.engine.errors import BadRequest, Issue
 from fhirbots.engine.fhir.bundles import process_bundle
 from fhirbots.engine.fhir.outcome import operation_outcome
+from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.storage.model import HistoryPage, StoredResource, WriteResult
 from fhirbots.engine.storage.planner import format_instant
 from fhirbots.engine.web.context import principal, services, write_context
@@ -37,7 +38,7 @@ def _if_match(request: web.Request) -> int | None:
 
 
 def _location(request: web.Request, stored: StoredResource) -> str:
-    base = base_url(request, services(request).settings.public_url)
+    base = base_url(request)
     return f"{base}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
 
 
@@ -65,7 +66,7 @@ def _write_response(request: web.Request, result: WriteResult, status: int) -> w
 async def metadata(request: web.Request) -> web.Response:
     """The CapabilityStatement (no authentication)."""
     svc = services(request)
-    base = base_url(request, svc.settings.public_url)
+    base = base_url(request)
     return fhir_response(capability_statement(base, svc.search_capabilities()))
 
 
@@ -170,8 +171,8 @@ def _since(request: web.Request) -> datetime | None:
 def _history_bundle(
     request: web.Request, page: HistoryPage, count: int, offset: int
 ) -> dict[str, Any]:
-    base = base_url(request, services(request).settings.public_url)
-    path = request.path.removeprefix("/fhir/R4")
+    base = base_url(request)
+    path = request.path.removeprefix(API_PATH)
     query = {k: v for k, v in request.query.items() if k not in ("_count", "_offset")}
 
     def link(relation: str, at: int) -> dict[str, str]:
@@ -259,7 +260,7 @@ async def bundle(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     """The routes, most specific first (``_history`` before ``{id}``)."""
-    base = "/fhir/R4"
+    base = API_PATH
     return [
         web.get(f"{base}/metadata", metadata),
         web.get(f"{base}/_history", history_system),

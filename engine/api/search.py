@@ -11,6 +11,7 @@ from aiohttp import web
 from fhirbots.engine.errors import UnsupportedMediaType
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import check_type
+from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.web.context import principal, services
 from fhirbots.engine.web.http import base_url, fhir_response, prefer
 
@@ -39,7 +40,7 @@ async def _search(request: web.Request, resource_type: str | None) -> web.Respon
         lenient=prefer(request, "handling", "strict") == "lenient",
     )
     path = f"/{resource_type}" if resource_type else ""
-    base = base_url(request, svc.settings.public_url)
+    base = base_url(request)
     return fhir_response(searchset(base, path, pairs, result))
 
 
@@ -55,7 +56,7 @@ async def search_system(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     """Search routes; they go before the instance routes (``_search`` is not an id)."""
-    base = "/fhir/R4"
+    base = API_PATH
     return [
         web.get(base, search_system),
         web.post(f"{base}/_search", search_system),

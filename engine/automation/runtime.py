@@ -78,10 +78,6 @@ def create_bot_store(settings: Settings) -> BotStore:
     return SqliteBotStore(settings.data_dir / BOTS_DB)
 
 
-def _base_url(settings: Settings) -> str:
-    return settings.public_url or f"http://{settings.host}:{settings.port}/fhir/R4"
-
-
 class BotRuntime:
     """Runs the Bots of an engine.
 
@@ -130,7 +126,7 @@ class BotRuntime:
         """The runtime of an engine built from ``settings``."""
         return cls(
             fhir=fhir,
-            gateway=EngineFhirGateway(fhir, search, get_url, _base_url(settings)),
+            gateway=EngineFhirGateway(fhir, search, get_url, settings.base_url()),
             store=create_bot_store(settings),
             secrets=DirectorySecrets(settings.data_dir / SECRETS_DIR),
             recorder=ExecutionRecorder(fhir, event_log),

@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from fhirbots.engine.settings import DEFAULT_PORT
+from fhirbots.engine.settings import Settings
 
 __all__ = ["DEFAULT_URL", "ClientError", "FhirClient", "client_settings"]
 
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}/fhir/R4"
+DEFAULT_URL = Settings().base_url()
 """Where ``fhirbots serve`` listens by default."""
 
 

@@ -71,10 +71,7 @@ async def _serve(args: argparse.Namespace) -> int:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
         await site.start()
         mode = "distributed" if settings.kafka or settings.database_url else "embedded"
-        print(
-            f"fhirbots serving http://{settings.host}:{settings.port}/fhir/R4 ({mode})",
-            flush=True,
-        )
+        print(f"fhirbots serving {settings.base_url()} ({mode})", flush=True)
         log.info("serving", host=settings.host, port=settings.port, mode=mode)
         await _until_signalled()
         await runner.cleanup()

@@ -7,7 +7,7 @@ from fhirbots.engine.delivery.store import DeliveryStore
 from fhirbots.engine.delivery.store_sqlite import DELIVERY_DB, SqliteDeliveryStore
 from fhirbots.engine.settings import Settings
 
-__all__ = ["base_url_of", "create_delivery_store", "defaults_from"]
+__all__ = ["create_delivery_store", "defaults_from"]
 
 
 def defaults_from(settings: Settings) -> DeliveryDefaults:
@@ -28,8 +28,3 @@ def create_delivery_store(settings: Settings) -> DeliveryStore:
 
         return PostgresDeliveryStore(settings.database_url)
     return SqliteDeliveryStore(settings.data_dir / DELIVERY_DB)
-
-
-def base_url_of(settings: Settings) -> str:
-    """Base of ``fullUrl`` in notification Bundles."""
-    return settings.public_url or f"http://{settings.host}:{settings.port}/fhir/R4"

@@ -39,7 +39,8 @@ from fhirbots.engine.errors import (
 )
 from fhirbots.engine.fhir.outcome import operation_outcome
 from fhirbots.engine.fhir.service import FhirService, WriteCheck
-from fhirbots.engine.web.context import TRACEPARENT_KEY, principal, services, write_context
+from fhirbots.engine.settings import API_PATH
+from fhirbots.engine.web.context import TRACEPARENT_KEY, principal, write_context
 from fhirbots.engine.web.http import FHIR_JSON, base_url, fhir_response, prefer, version_headers
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
     "read_input",
 ]
 
-JOB_PATH = "/fhir/R4/Bot/$job/{job}"
+JOB_PATH = f"{API_PATH}/Bot/$job/{{job}}"
 """Status URL of an asynchronous ``$execute`` (``$`` cannot start an id, so no clash)."""
 
 EXECUTION_HEADER = "X-Fhirbots-Execution"
@@ -227,7 +228,7 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
         stored = result.stored
         assert stored is not None
         assert stored.content is not None
-        base = base_url(request, services(request).settings.public_url)
+        base = base_url(request)
         location = f"{base}/Bot/{bot_id}/_history/{stored.version_id}"
         return fhir_response(stored.content, headers=version_headers(stored, location))
 
@@ -248,8 +249,8 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
         try:
             if prefer(request, "respond-async", "absent") != "absent":
                 job = await runtime.submit(execution, trigger="execute", bot_version=loaded.version)
-                base = base_url(request, services(request).settings.public_url)
-                status_url = f"{base}{JOB_PATH.removeprefix('/fhir/R4').format(job=job.id)}"
+                base = base_url(request)
+                status_url = f"{base}{JOB_PATH.removeprefix(API_PATH).format(job=job.id)}"
                 accepted = Issue(
                     f"{loaded.bot.reference} is running; poll {status_url}",
                     severity="information",
@@ -285,9 +286,9 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
 
     return [
         web.get(JOB_PATH, job_status),
-        web.post("/fhir/R4/Bot/{id}/$deploy", deploy),
-        web.post("/fhir/R4/Bot/{id}/$execute", execute),
-        web.get("/fhir/R4/Bot/{id}/$execute", execute),
+        web.post(f"{API_PATH}/Bot/{{id}}/$deploy", deploy),
+        web.post(f"{API_PATH}/Bot/{{id}}/$execute", execute),
+        web.get(f"{API_PATH}/Bot/{{id}}/$execute", execute),
     ]
 
 

@@ -33,13 +33,14 @@ from fhirbots.engine.delivery.subscriptions import SubscriptionInfo, topic_of
 from fhirbots.engine.delivery.websocket import Binding
 from fhirbots.engine.errors import BadRequest, NotFound
 from fhirbots.engine.fhir.service import check_id
+from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.stages.dispatcher import Dispatcher
 from fhirbots.engine.web.context import principal
 from fhirbots.engine.web.http import base_url, fhir_response, read_json
 
 __all__ = ["WEBSOCKET_PATH", "delivery_routes"]
 
-PREFIX = "/fhir/R4/Subscription"
+PREFIX = f"{API_PATH}/Subscription"
 WEBSOCKET_PATH = f"{PREFIX}/$websocket"
 """Where websocket clients connect."""
 
@@ -164,7 +165,7 @@ class _Handlers:
         if hub is None:
             raise BadRequest("this server does not serve websockets")
         token, binding = hub.issue_token(project, str(info.resource["id"]))
-        ws_base = base_url(request).replace("http", "ws", 1).removesuffix("/fhir/R4")
+        ws_base = base_url(request).replace("http", "ws", 1).removesuffix(API_PATH)
         parameters = {
             "resourceType": "Parameters",
             "parameter": [

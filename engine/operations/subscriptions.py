@@ -19,6 +19,7 @@ from aiohttp import web
 
 from fhirbots.engine.errors import BadRequest, Issue, Unprocessable
 from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.stages.matcher import load_config
 from fhirbots.engine.storage.port import Storage
 from fhirbots.engine.web.context import principal, services
@@ -31,7 +32,7 @@ from fhirbots.subscriptions.model import ALL_INTERACTIONS, Topic
 
 __all__ = ["EXPLAIN_PATH", "build_explain_event", "install"]
 
-EXPLAIN_PATH = "/fhir/R4/Subscription/$explain"
+EXPLAIN_PATH = f"{API_PATH}/Subscription/$explain"
 
 
 def _refuse(exc: CriteriaError) -> Unprocessable:

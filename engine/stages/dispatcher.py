@@ -30,7 +30,7 @@ import structlog
 from fhirbots.engine.delivery import metrics
 from fhirbots.engine.delivery.bot import BotInvoker
 from fhirbots.engine.delivery.errors import DeliveryError
-from fhirbots.engine.delivery.factory import base_url_of, create_delivery_store, defaults_from
+from fhirbots.engine.delivery.factory import create_delivery_store, defaults_from
 from fhirbots.engine.delivery.lane import Lane, LaneContext
 from fhirbots.engine.delivery.lifecycle import Lifecycle
 from fhirbots.engine.delivery.marker import DeliveredMarker
@@ -452,7 +452,7 @@ async def open_dispatcher(
         storage=storage,
         fhir=fhir,
         defaults=defaults_from(settings),
-        base_url=base_url_of(settings),
+        base_url=settings.base_url(),
         bots=bots,
         hub=hub if hub is not None else WebSocketHub(),
     )

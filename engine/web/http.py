@@ -11,6 +11,7 @@ from aiohttp import web
 
 from fhirbots.engine.errors import BadRequest, UnsupportedMediaType
 from fhirbots.engine.storage.model import StoredResource
+from fhirbots.engine.web.context import services
 
 __all__ = [
     "FHIR_JSON",
@@ -34,11 +35,11 @@ def http_date(moment: datetime) -> str:
     return format_datetime(moment, usegmt=True)
 
 
-def base_url(request: web.Request, public_url: str | None = None) -> str:
-    """The API's base URL (``…/fhir/R4``) as the client reached it."""
-    if public_url:
-        return public_url.rstrip("/")
-    return f"{request.scheme}://{request.host}/fhir/R4"
+def base_url(request: web.Request) -> str:
+    """The API's base URL for links in the answer to ``request``: the configured public URL,
+    or the API at the origin the client reached (see
+    :meth:`fhirbots.engine.settings.Settings.base_url`)."""
+    return services(request).settings.base_url(f"{request.scheme}://{request.host}")
 
 
 async def read_json(request: web.Request, *, patch: bool = False) -> Any:

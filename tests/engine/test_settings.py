@@ -41,3 +41,10 @@ def test_sqlite_writer_mode() -> None:
     assert Settings.from_env({"FHIRBOTS_SQLITE_WRITER": "thread"}).sqlite_writer_process is False
     with pytest.raises(ValueError, match="FHIRBOTS_SQLITE_WRITER"):
         Settings.from_env({"FHIRBOTS_SQLITE_WRITER": "fork"})
+
+
+def test_base_url_is_the_public_url_or_the_api_path_on_an_origin() -> None:
+    assert Settings(port=9000).base_url() == "http://127.0.0.1:9000/fhir/R4"
+    assert Settings().base_url("https://api.example.org") == "https://api.example.org/fhir/R4"
+    public = Settings(public_url="https://x/fhir/R4/")
+    assert public.base_url() == public.base_url("http://other") == "https://x/fhir/R4"

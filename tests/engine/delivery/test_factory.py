@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fhirbots.engine.delivery.factory import base_url_of, create_delivery_store, defaults_from
+from fhirbots.engine.delivery.factory import create_delivery_store, defaults_from
 from fhirbots.engine.delivery.store_postgres import PostgresDeliveryStore
 from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
 from fhirbots.engine.settings import Settings
@@ -31,8 +31,3 @@ def test_store_follows_the_datastore(tmp_path: Path) -> None:
     assert embedded.path == tmp_path / "delivery.db"
     distributed = create_delivery_store(Settings(database_url="postgresql://u@127.0.0.1/db"))
     assert isinstance(distributed, PostgresDeliveryStore)
-
-
-def test_base_url() -> None:
-    assert base_url_of(Settings(port=9000)) == "http://127.0.0.1:9000/fhir/R4"
-    assert base_url_of(Settings(public_url="https://x/fhir/R4")) == "https://x/fhir/R4"
