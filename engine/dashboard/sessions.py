@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -68,14 +69,15 @@ class DashboardSession:
 
 
 class SessionStore(Protocol):
-    """Where sessions live: shared by every API process of a deployment."""
+    """Where sessions live, shared by every API process of a deployment (the observatory
+    store is one)."""
 
-    async def put_session(self, token_hash: str, session: DashboardSession) -> None:
-        """Store (or replace) the session of ``token_hash``."""
+    async def put_session(self, token_hash: str, session: str, expires: datetime) -> None:
+        """Store (or replace) the session of ``token_hash`` as opaque JSON until ``expires``."""
         ...
 
-    async def get_session(self, token_hash: str) -> DashboardSession | None:
-        """The session of ``token_hash``, or None."""
+    async def get_session(self, token_hash: str) -> str | None:
+        """The JSON of the unexpired session of ``token_hash``, or None."""
         ...
 
     async def delete_session(self, token_hash: str) -> None:
@@ -85,6 +87,18 @@ class SessionStore(Protocol):
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _dumps(session: DashboardSession) -> str:
+    fields = asdict(session)
+    fields["expires"] = session.expires.isoformat()
+    return json.dumps(fields)
+
+
+def _loads(text: str) -> DashboardSession:
+    fields = json.loads(text)
+    fields["expires"] = datetime.fromisoformat(fields["expires"])
+    return DashboardSession(**fields)
 
 
 class Sessions:
@@ -120,7 +134,7 @@ class Sessions:
             csrf=secrets.token_urlsafe(32),
             expires=datetime.now(UTC) + self._lifetime,
         )
-        await self._store.put_session(_token_hash(token), session)
+        await self._store.put_session(_token_hash(token), _dumps(session), session.expires)
         return token, session
 
     async def resume(self, token: str | None) -> DashboardSession:
@@ -131,7 +145,8 @@ class Sessions:
         """
         if not token:
             raise Unauthorized("not signed in")
-        session = await self._store.get_session(_token_hash(token))
+        stored = await self._store.get_session(_token_hash(token))
+        session = _loads(stored) if stored is not None else None
         if session is None or session.expires <= datetime.now(UTC):
             raise Unauthorized("the session has ended; sign in again")
         principal = await self._authenticator.authenticate_digest(session.key_digest)
@@ -151,7 +166,7 @@ class Sessions:
         if not session.admin:
             raise Forbidden("only an admin key can switch projects")
         switched = replace(session, project=project)
-        await self._store.put_session(_token_hash(token), switched)
+        await self._store.put_session(_token_hash(token), _dumps(switched), switched.expires)
         return switched
 
     async def sign_out(self, token: str) -> None:

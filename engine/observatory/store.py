@@ -99,7 +99,19 @@ class ObservatoryStore(Protocol):
         """The trace id of the step whose ref is ``ref``, or None."""
         ...
 
+    async def put_session(self, token_hash: str, session: str, expires: datetime) -> None:
+        """Store (or replace) a dashboard session: opaque JSON, kept until ``expires``."""
+        ...
+
+    async def get_session(self, token_hash: str) -> str | None:
+        """The JSON of an unexpired session, or None."""
+        ...
+
+    async def delete_session(self, token_hash: str) -> None:
+        """Forget a session (no error when there is none)."""
+        ...
+
     async def purge(self, before: datetime) -> int:
-        """Delete windows, samples, records and steps older than ``before``; returns how
-        many rows went."""
+        """Delete windows, samples, records and steps older than ``before`` (and sessions
+        expired by then); returns how many rows went."""
         ...

@@ -128,6 +128,11 @@ SCHEMA = (
     """CREATE INDEX IF NOT EXISTS observatory_activity_ref
         ON observatory_activity (project, ref)""",
     "CREATE INDEX IF NOT EXISTS observatory_activity_at ON observatory_activity (at_us)",
+    """CREATE TABLE IF NOT EXISTS dashboard_session (
+        token_hash TEXT PRIMARY KEY,
+        session TEXT NOT NULL,
+        expires_us BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dashboard_session_expires ON dashboard_session (expires_us)",
 )
 """Tables and indexes, created idempotently on open."""
 
@@ -418,6 +423,17 @@ def activity_of(row: Sequence[Any]) -> ActivityRow:
     )
 
 
+# -- dashboard sessions ----------------------------------------------------------------------
+
+PUT_SESSION = (
+    "INSERT INTO dashboard_session (token_hash, session, expires_us) VALUES (?, ?, ?)"
+    " ON CONFLICT (token_hash) DO UPDATE SET session = excluded.session,"
+    " expires_us = excluded.expires_us"
+)
+SELECT_SESSION = "SELECT session FROM dashboard_session WHERE token_hash = ? AND expires_us > ?"
+DELETE_SESSION = "DELETE FROM dashboard_session WHERE token_hash = ?"
+
+
 # -- retention -------------------------------------------------------------------------------
 
 PURGE = (
@@ -425,5 +441,6 @@ PURGE = (
     "DELETE FROM observatory_lag WHERE at_us < ?",
     "DELETE FROM observatory_execution WHERE started_us < ?",
     "DELETE FROM observatory_activity WHERE at_us < ?",
+    "DELETE FROM dashboard_session WHERE expires_us < ?",
 )
 """Deletes what is older than the cutoff (one parameter, :func:`to_us`), one table each."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -94,6 +94,20 @@ class SqliteObservatoryStore:
     async def add_activity(self, rows: Sequence[ActivityRow]) -> None:
         """See :meth:`fhirbots.engine.observatory.store.ObservatoryStore.add_activity`."""
         await self._insert_many(sql.INSERT_ACTIVITY, [sql.activity_args(r) for r in rows])
+
+    async def put_session(self, token_hash: str, session: str, expires: datetime) -> None:
+        """See :meth:`fhirbots.engine.observatory.store.ObservatoryStore.put_session`."""
+        await self._insert_many(sql.PUT_SESSION, [(token_hash, session, sql.to_us(expires))])
+
+    async def get_session(self, token_hash: str) -> str | None:
+        """See :meth:`fhirbots.engine.observatory.store.ObservatoryStore.get_session`."""
+        now = sql.to_us(datetime.now(UTC))
+        rows = await self._call(self._fetch, sql.SELECT_SESSION, (token_hash, now))
+        return str(rows[0][0]) if rows else None
+
+    async def delete_session(self, token_hash: str) -> None:
+        """See :meth:`fhirbots.engine.observatory.store.ObservatoryStore.delete_session`."""
+        await self._insert_many(sql.DELETE_SESSION, [(token_hash,)])
 
     async def purge(self, before: datetime) -> int:
         """See :meth:`fhirbots.engine.observatory.store.ObservatoryStore.purge`."""

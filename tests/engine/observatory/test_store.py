@@ -472,3 +472,20 @@ def test_the_factory_follows_the_datastore(tmp_path: Path) -> None:
     assert embedded.path == tmp_path / OBSERVATORY_DB
     distributed = create_observatory_store("postgresql://u@h/db", tmp_path)
     assert isinstance(distributed, PostgresObservatoryStore)
+
+
+async def test_sessions_are_kept_until_they_expire_and_can_be_deleted(
+    store: ObservatoryStore,
+) -> None:
+    now = datetime.now(UTC)
+    await store.put_session("a", '{"n": 1}', now + timedelta(hours=1))
+    await store.put_session("gone", '{"n": 2}', now - timedelta(seconds=1))
+    assert await store.get_session("a") == '{"n": 1}'
+    assert await store.get_session("gone") is None
+    assert await store.get_session("unknown") is None
+    await store.put_session("a", '{"n": 3}', now + timedelta(hours=1))
+    assert await store.get_session("a") == '{"n": 3}'
+    await store.delete_session("a")
+    await store.delete_session("a")
+    assert await store.get_session("a") is None
+    assert await store.purge(now) >= 1  # the expired one
