@@ -20,6 +20,7 @@ __all__ = [
     "BotIdentifier",
     "BotInteraction",
     "BotStatus",
+    "ExecutionRecording",
     "RunAs",
 ]
 
@@ -33,6 +34,10 @@ BotStatus = Literal["draft", "active", "retired"]
 """Only ``active`` bots are triggered."""
 
 RunAs = Literal["bot", "author"]
+
+ExecutionRecording = Literal["all", "errors", "none"]
+"""What is kept of a bot's executions for the dashboard beyond counters: every run (its input,
+output and logs), only the runs that did not succeed, or nothing."""
 """Whose identity a bot's writes carry: the bot's own, or the author of the triggering change."""
 
 MAX_TIMEOUT_SECONDS = 900
@@ -104,6 +109,10 @@ class Bot(_Element):
         default=None, description="Five-field cron expression (minute hour day month weekday)."
     )
     run_as: RunAs = "bot"
+    execution_recording: ExecutionRecording = Field(
+        default="all",
+        description="Which executions are kept (with input, output and logs) beyond counters.",
+    )
     access: tuple[AccessScope, ...] | None = None
     secret: tuple[str, ...] = Field(
         default=(), description="Names of project secrets this bot may read."

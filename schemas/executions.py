@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fhirbots.schemas.bot import ExecutionRecording
 from fhirbots.schemas.events import CausationLink
 
 __all__ = ["BotExecutionRecord", "ExecutionTrigger"]
@@ -45,6 +46,22 @@ class BotExecutionRecord(BaseModel):
     causation: tuple[CausationLink, ...] = Field(
         default=(), description="Bot executions that led to the trigger, oldest first."
     )
+    notification_id: str | None = Field(
+        default=None, description="The notification that triggered it (subscription runs)."
+    )
+    input: Any = Field(default=None, description="What the bot was given (kept as recorded).")
+    recording: ExecutionRecording = Field(
+        default="all",
+        description="The Bot's `executionRecording` when it ran: whether this record is kept "
+        "beyond counters (`errors`: only when the run did not succeed).",
+    )
+
+    @property
+    def kept(self) -> bool:
+        """Whether the record itself is kept (not only counted), per :attr:`recording`."""
+        if self.recording == "all":
+            return True
+        return self.recording == "errors" and self.status not in ("success", "skipped")
 
     @property
     def key(self) -> str:

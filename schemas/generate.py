@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fhirbots.schemas import topics
+from fhirbots.schemas.deliveries import DeliveryAttemptRecord
 from fhirbots.schemas.events import ChangeEvent
 from fhirbots.schemas.executions import BotExecutionRecord
 from fhirbots.schemas.notifications import Notification
@@ -37,6 +38,7 @@ PAYLOADS: Mapping[str, type[BaseModel]] = {
     topics.NOTIFICATIONS: Notification,
     topics.SUPPRESSED: SuppressedNotification,
     topics.BOT_EXECUTIONS: BotExecutionRecord,
+    topics.DELIVERIES: DeliveryAttemptRecord,
 }
 """The payload model of each topic (the dead-letter twins carry the same payloads)."""
 

@@ -6,6 +6,7 @@ __all__ = [
     "BOT_EXECUTIONS",
     "CHANGES",
     "DEADLETTER_SUFFIX",
+    "DELIVERIES",
     "NOTIFICATIONS",
     "SUPPRESSED",
     "deadletter_topic",
@@ -25,6 +26,10 @@ SUPPRESSED = "fhir.suppressed.v1"
 BOT_EXECUTIONS = "bots.executions.v1"
 """One record per bot execution, whatever triggered it (payload:
 :class:`fhirbots.schemas.executions.BotExecutionRecord`), keyed by ``project/Bot/<id>``."""
+
+DELIVERIES = "fhir.deliveries.v1"
+"""One record per attempt to deliver a notification, however it went (payload:
+:class:`fhirbots.schemas.deliveries.DeliveryAttemptRecord`), keyed by ``project/subscription``."""
 
 DEADLETTER_SUFFIX = ".deadletter"
 """A message that cannot be decoded or handled goes to its topic's dead-letter twin."""
