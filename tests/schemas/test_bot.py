@@ -23,6 +23,7 @@ FULL: dict[str, Any] = {
     "auditEventTrigger": "on-error",
     "cronString": "*/15 * * * 1-5",
     "runAs": "author",
+    "executionRecording": "errors",
     "access": [
         {"resourceType": "Observation", "interaction": ["read", "search"]},
         {"resourceType": "*", "interaction": ["create"]},
@@ -50,6 +51,7 @@ def test_scopes() -> None:
 def test_minimal_bot_defaults() -> None:
     bot = Bot.from_resource({"resourceType": "Bot", "name": "b", "code": "x"})
     assert (bot.status, bot.audit_event_trigger, bot.run_as) == ("active", "always", "bot")
+    assert bot.execution_recording == "all"
     assert bot.access is None
     assert bot.allows("Anything", "delete")
     assert bot.reference == "Bot/unsaved"
