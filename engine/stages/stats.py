@@ -1,0 +1,348 @@
+"""The statistics stage: what happened, counted in windows and indexed by trace.
+
+It reads the change, notification, delivery and bot-execution topics in a consumer group of its
+own and, for each record:
+
+* counts it in a tumbling window (:class:`fhirbots.engine.observatory.windows.WindowAggregator`):
+  changes per resource type and interaction, notifications per subscription, deliveries per
+  subscription and outcome, executions per bot and status (with their durations);
+* adds a step to its trace (:class:`fhirbots.engine.observatory.model.ActivityRow`), so the
+  dashboard can draw a write, its notifications, their deliveries, the bot runs and their writes
+  as one tree;
+* keeps execution records, as far as the Bot's ``executionRecording`` asks.
+
+Closed windows are flushed to the observatory store on a timer, so a quiet system still closes
+its windows; the same timer samples consumer lag (in events and in seconds) and purges what is
+older than the retention. The fold of one record (:func:`fold`) is pure, and the faust worker of
+Kafka mode (:mod:`fhirbots.engine.stages.stats_faust`) uses it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from fhirbots.engine.eventlog.port import ConsumerHandle, ConsumerOptions, EventLog, Record
+from fhirbots.engine.observability.tracing import trace_id_of
+from fhirbots.engine.observatory.model import ActivityKind, ActivityRow, LagSample
+from fhirbots.engine.observatory.store import ObservatoryStore
+from fhirbots.engine.observatory.windows import WindowAggregator
+from fhirbots.schemas.deliveries import DeliveryAttemptRecord
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.schemas.executions import BotExecutionRecord
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.topics import BOT_EXECUTIONS, CHANGES, DELIVERIES, NOTIFICATIONS
+
+__all__ = [
+    "SOURCES",
+    "STATS_GROUP",
+    "Folded",
+    "StatsStage",
+    "decode",
+    "fold",
+]
+
+STATS_GROUP = "fhirbots-stats"
+"""Consumer group of the statistics stage."""
+
+SOURCES = (CHANGES, NOTIFICATIONS, DELIVERIES, BOT_EXECUTIONS)
+"""The topics it reads."""
+
+TICK = timedelta(seconds=2)
+"""How often closed windows are flushed and lag is sampled: a chart is at most a window and a
+tick behind."""
+
+PURGE_EVERY = timedelta(hours=1)
+"""How often records older than the retention are deleted."""
+
+log = structlog.get_logger(__name__)
+
+FOLDED = Counter(
+    "fhirbots_stats_records_total", "Records counted by the statistics stage", ["topic"]
+)
+LAG_EVENTS = Gauge("fhirbots_consumer_lag_events", "Records not yet committed", ["group"])
+LAG_SECONDS = Gauge(
+    "fhirbots_consumer_lag_seconds", "Age of the oldest record not yet committed", ["group"]
+)
+
+Payload = ChangeEvent | Notification | DeliveryAttemptRecord | BotExecutionRecord
+
+
+def decode(record: Record) -> Payload:
+    """The payload of a record of one of :data:`SOURCES` (raises on a malformed one)."""
+    if record.topic == CHANGES:
+        return ChangeEvent.model_validate_json(record.value)
+    if record.topic == NOTIFICATIONS:
+        return Notification.model_validate_json(record.value)
+    if record.topic == DELIVERIES:
+        return DeliveryAttemptRecord.model_validate_json(record.value)
+    if record.topic == BOT_EXECUTIONS:
+        return BotExecutionRecord.model_validate_json(record.value)
+    raise ValueError(f"the statistics stage does not read {record.topic!r}")
+
+
+def _trace(traceparent: str | None) -> str | None:
+    if not traceparent:
+        return None
+    try:
+        return trace_id_of(traceparent)
+    except IndexError:
+        return None
+
+
+def _step(
+    record: Record,
+    project: str,
+    trace_id: str,
+    kind: ActivityKind,
+    ref: str,
+    parent: str | None,
+    at: datetime,
+    duration_ms: float | None = None,
+    *,
+    summary: dict[str, Any],
+) -> ActivityRow:
+    """A trace step that points at its full record in the log."""
+    return ActivityRow(
+        project,
+        trace_id,
+        kind,
+        ref,
+        parent,
+        at,
+        duration_ms,
+        summary,
+        record.topic,
+        record.partition,
+        record.offset,
+    )
+
+
+@dataclass
+class Folded:
+    """What a batch of records adds to the store besides window counts."""
+
+    activity: list[ActivityRow] = field(default_factory=list)
+    executions: list[BotExecutionRecord] = field(default_factory=list)
+
+
+def fold(record: Record, payload: Payload, windows: WindowAggregator, out: Folded) -> None:
+    """Count one record in ``windows`` and add its trace step (and execution) to ``out``."""
+    if isinstance(payload, ChangeEvent):
+        windows.add(
+            payload.project, "changes", (payload.resource_type, payload.interaction), payload.time
+        )
+        trace = _trace(payload.traceparent)
+        if trace is not None:
+            out.activity.append(
+                _step(
+                    record,
+                    payload.project,
+                    trace,
+                    "change",
+                    payload.event_id,
+                    payload.causation[-1].execution if payload.causation else None,
+                    payload.time,
+                    summary={
+                        "resource": f"{payload.resource_type}/{payload.resource_id}",
+                        "version": payload.version_id,
+                        "interaction": payload.interaction,
+                        "author": payload.author,
+                    },
+                )
+            )
+    elif isinstance(payload, Notification):
+        windows.add(payload.project, "notifications", (payload.subscription_id,), record.timestamp)
+        trace = _trace(payload.traceparent)
+        if trace is not None:
+            out.activity.append(
+                _step(
+                    record,
+                    payload.project,
+                    trace,
+                    "notification",
+                    payload.notification_id,
+                    payload.event_id,
+                    record.timestamp,
+                    summary={
+                        "subscription": payload.subscription_id,
+                        "resource": f"{payload.resource_type}/{payload.resource_id}",
+                        "channel": payload.channel.type,
+                        "endpoint": payload.channel.endpoint,
+                    },
+                )
+            )
+    elif isinstance(payload, DeliveryAttemptRecord):
+        windows.add(
+            payload.project,
+            "deliveries",
+            (payload.subscription_id, payload.outcome),
+            payload.started,
+            duration_ms=payload.duration_ms,
+        )
+        if payload.trace_id is not None:
+            out.activity.append(
+                _step(
+                    record,
+                    payload.project,
+                    payload.trace_id,
+                    "delivery",
+                    payload.attempt_id,
+                    payload.notification_id,
+                    payload.started,
+                    payload.duration_ms,
+                    summary={
+                        "subscription": payload.subscription_id,
+                        "event_number": payload.event_number,
+                        "endpoint": payload.endpoint,
+                        "attempt": payload.attempt,
+                        "outcome": payload.outcome,
+                        "status": payload.status,
+                        "error": payload.error,
+                        "response": payload.response_excerpt,
+                    },
+                )
+            )
+    else:
+        windows.add(
+            payload.project,
+            "executions",
+            (payload.bot, payload.status),
+            payload.started,
+            duration_ms=payload.duration_ms,
+        )
+        if payload.kept:
+            out.executions.append(payload)
+        trace = _trace(payload.trace_id)
+        if trace is not None:
+            out.activity.append(
+                _step(
+                    record,
+                    payload.project,
+                    trace,
+                    "execution",
+                    payload.execution_id,
+                    payload.notification_id,
+                    payload.started,
+                    payload.duration_ms,
+                    summary={
+                        "bot": payload.bot,
+                        "status": payload.status,
+                        "trigger": payload.trigger,
+                        "error": payload.error,
+                        "kept": payload.kept,
+                    },
+                )
+            )
+    FOLDED.labels(record.topic).inc()
+
+
+async def sample_lag(event_log: EventLog, groups: Sequence[str], now: datetime) -> list[LagSample]:
+    """How far behind each group is: records not committed, and the age of the oldest one."""
+    samples = []
+    for group in groups:
+        behind = await event_log.lag(group)
+        events = sum(behind.values())
+        oldest: datetime | None = None
+        for (topic, partition), count in behind.items():
+            if count <= 0:
+                continue
+            end = (await event_log.end_offsets(topic)).get(partition, 0)
+            first = await event_log.read(topic, partition, offset=max(end - count, 0), limit=1)
+            if first and (oldest is None or first[0].timestamp < oldest):
+                oldest = first[0].timestamp
+        seconds = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+        LAG_EVENTS.labels(group).set(events)
+        LAG_SECONDS.labels(group).set(seconds)
+        samples.append(LagSample(group, now, events, seconds))
+    return samples
+
+
+class StatsStage:
+    """Runs the fold over the source topics and keeps the observatory store up to date.
+
+    Args:
+        store: Where windows, samples, records and trace steps go.
+        retention: How long they are kept.
+        lag_groups: Consumer groups whose lag is sampled.
+    """
+
+    def __init__(
+        self,
+        store: ObservatoryStore,
+        *,
+        retention: timedelta,
+        lag_groups: Sequence[str] = (),
+    ) -> None:
+        self.store = store
+        self.retention = retention
+        self.lag_groups = tuple(lag_groups)
+        self.windows = WindowAggregator()
+        self._handle: ConsumerHandle | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._last_purge: datetime | None = None
+
+    async def handle(self, records: list[Record]) -> None:
+        """Fold one batch (the consumer's handler); steps and records are stored before the
+        batch is committed, windows when they close."""
+        out = Folded()
+        for record in records:
+            fold(record, decode(record), self.windows, out)
+        if out.activity:
+            await self.store.add_activity(out.activity)
+        if out.executions:
+            await self.store.add_executions(out.executions)
+
+    async def tick(self, event_log: EventLog | None, now: datetime | None = None) -> None:
+        """Flush closed windows, sample lag, purge when due."""
+        now = now or datetime.now(UTC)
+        closed = self.windows.flush(now)
+        if closed:
+            await self.store.add_windows(closed)
+        if event_log is not None and self.lag_groups:
+            await self.store.add_lag(await sample_lag(event_log, self.lag_groups, now))
+        if self._last_purge is None or now - self._last_purge >= PURGE_EVERY:
+            purged = await self.store.purge(now - self.retention)
+            self._last_purge = now
+            if purged:
+                log.info("observatory purged", rows=purged, retention=str(self.retention))
+
+    async def _tick_forever(self, event_log: EventLog) -> None:
+        while True:
+            await asyncio.sleep(TICK.total_seconds())
+            try:
+                await self.tick(event_log)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("statistics tick failed; trying again next tick")
+
+    async def start(self, event_log: EventLog, *, options: ConsumerOptions | None = None) -> None:
+        """Join the consumer group of the source topics and start the timer."""
+        for topic in SOURCES:
+            await event_log.create_topic(topic)
+        self._handle = await event_log.consume(
+            list(SOURCES), STATS_GROUP, self.handle, options=options, validate=decode
+        )
+        self._ticker = asyncio.create_task(self._tick_forever(event_log), name="stats-tick")
+
+    async def stop(self) -> None:
+        """Leave the group, then flush every window still open (nothing counted is lost)."""
+        if self._handle is not None:
+            await self._handle.stop()
+            self._handle = None
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        rest = self.windows.flush(everything=True)
+        if rest:
+            await self.store.add_windows(rest)
