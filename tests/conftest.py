@@ -17,6 +17,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def child_env(*first: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Python child process a test starts: ``first`` and this checkout
+    lead its import path, so that it runs the code under test, not a copy of fhirbots
+    installed elsewhere (two checkouts may run their suites side by side)."""
+    inherited = os.environ.get("PYTHONPATH", "")
+    paths = [*map(str, first), str(REPO_ROOT / "src"), str(REPO_ROOT), inherited]
+    return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def shared_path() -> Path:
     """The shared reference data folder: ``$FHIRBOTS_SHARED`` or ``<repo>/../shared``."""
     return Path(os.environ.get("FHIRBOTS_SHARED", REPO_ROOT / ".." / "shared")).resolve()

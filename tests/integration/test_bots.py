@@ -5,10 +5,8 @@ execution is recorded and audited, and a bot reacting to its own writes is stopp
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from fhirbots.schemas.events import ChangeEvent
 from fhirbots.schemas.executions import BotExecutionRecord
 from fhirbots.schemas.topics import BOT_EXECUTIONS, CHANGES
 from tests.conftest import REPO_ROOT, shared_path
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -125,16 +124,6 @@ class Stack:
         return out
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 @pytest.fixture
 async def stack(
     adapter: tuple[str, str], tmp_path: Path, unique: Callable[[str], str]
@@ -182,7 +171,9 @@ async def test_subscription_runs_the_example_bot_which_writes_back(stack: Stack)
     key = f"Observation/{stored['id']}/_history/{updated['meta']['versionId']}"
 
     flags = await eventually(
-        lambda: stack.search(f"Flag?identifier=urn:fhirbots:critical-lab|{key}"), "the Flag"
+        lambda: stack.search(f"Flag?identifier=urn:fhirbots:critical-lab|{key}"),
+        "the Flag",
+        within=WAIT_SECONDS,
     )
     [flag] = flags
     assert flag["code"]["text"] == "Critical high Potassium: 7.2 mmol/L"
@@ -198,7 +189,7 @@ async def test_subscription_runs_the_example_bot_which_writes_back(stack: Stack)
         events = [ChangeEvent.model_validate_json(v) for v in await stack.read_topic(CHANGES)]
         return [e for e in events if e.project == stack.project and e.resource_type == "Flag"]
 
-    [change] = await eventually(flag_change, "the Flag's change event")
+    [change] = await eventually(flag_change, "the Flag's change event", within=WAIT_SECONDS)
     assert change.author == f"Bot/{bot_id}"
     assert [(link.bot, link.execution) for link in change.causation] == [
         (f"Bot/{bot_id}", execution)
@@ -213,7 +204,7 @@ async def test_subscription_runs_the_example_bot_which_writes_back(stack: Stack)
 
     # (Observations of the load still in flight may also reach the new subscription; the
     # bot leaves normal values alone, so only this execution's record matters here.)
-    [record] = await eventually(records, "the execution record")
+    [record] = await eventually(records, "the execution record", within=WAIT_SECONDS)
     assert record.project == stack.project and record.bot == f"Bot/{bot_id}"
     assert record.execution_id == execution and record.status == "success"
     assert record.trigger == "subscription" and record.fhir_calls == 3
@@ -234,9 +225,21 @@ async def test_a_bot_reacting_to_its_own_writes_is_stopped(stack: Stack) -> None
     }
     first = await stack.call("POST", "Flag", seed, 201)
     await eventually(
-        lambda: stack.search(f"Flag?_tag={BOT_TAG_SYSTEM}|Bot/{bot_id}"), "the bot's Flag"
+        lambda: stack.search(f"Flag?_tag={BOT_TAG_SYSTEM}|Bot/{bot_id}"),
+        "the bot's Flag",
+        within=WAIT_SECONDS,
     )
-    await asyncio.sleep(3.0)  # room for a loop to show itself
+
+    async def refused() -> list[BotExecutionRecord]:
+        found = [
+            BotExecutionRecord.model_validate_json(v)
+            for v in await stack.read_topic(BOT_EXECUTIONS)
+        ]
+        return [r for r in found if r.bot == f"Bot/{bot_id}" and r.status == "skipped"]
+
+    # Its own Flag notifies the bot again: that run is refused as a loop and recorded, so
+    # no further Flag can come.
+    await eventually(refused, "the bot's looping run refused", within=WAIT_SECONDS)
     flags = await stack.search("Flag?_count=50")
     assert sorted(f["code"]["text"] for f in flags) == sorted(["seed", f"echo of {first['id']}"])
 
@@ -270,7 +273,7 @@ async def test_a_failed_run_is_retried_with_the_same_idempotency_key(stack: Stac
         ]
         return [r for r in found if r.bot == f"Bot/{bot_id}"]
 
-    [failed, *_] = await eventually(runs, "a failed run")
+    [failed, *_] = await eventually(runs, "a failed run", within=WAIT_SECONDS)
     assert failed.status == "error" and "not ready yet" in (failed.error or "")
     marker = {
         "resourceType": "Basic",
@@ -278,7 +281,9 @@ async def test_a_failed_run_is_retried_with_the_same_idempotency_key(stack: Stac
         "code": {"text": "ready"},
     }
     await stack.call("POST", "Basic", marker, 201)
-    [flag] = await eventually(lambda: stack.search("Flag"), "the retried run's Flag")
+    [flag] = await eventually(
+        lambda: stack.search("Flag"), "the retried run's Flag", within=WAIT_SECONDS
+    )
     assert flag["code"]["text"] == failed.idempotency_key
     attempts = await runs()
     assert attempts[-1].status == "success"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,9 @@ from fhirbots.engine.eventlog.port import (
     TopicSpec,
 )
 from fhirbots.schemas.topics import deadletter_topic
+from tests.conftest import child_env
 from tests.integration.conftest import make_event_log
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +54,6 @@ class Collector:
         return {(r.topic, r.partition, r.offset) for r in self.records}
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds``."""
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting: {what}")
-
-
 async def test_order_per_key(event_log: EventLog, unique: Callable[[str], str]) -> None:
     topic, group = unique("orders"), unique("g")
     await event_log.create_topic(topic, partitions=4)
@@ -75,7 +67,7 @@ async def test_order_per_key(event_log: EventLog, unique: Callable[[str], str]) 
     published.append(await event_log.publish(topic, "default/Patient/0", b'{"n": 1000}'))
     seen = Collector(1001)
     consumer = await event_log.consume([topic], group, seen, options=ConsumerOptions(100))
-    await asyncio.wait_for(seen.done.wait(), timeout=60)
+    await eventually(seen.done.wait, "all 1001 records")
     await consumer.stop()
 
     for r in published:
@@ -92,7 +84,7 @@ async def test_order_per_key(event_log: EventLog, unique: Callable[[str], str]) 
 
 
 KILLABLE_CONSUMER = """
-import asyncio, os, sys, time
+import asyncio, os, sys
 from datetime import timedelta
 from pathlib import Path
 from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
@@ -112,11 +104,15 @@ async def main():
                                                 poll_interval=timedelta(milliseconds=50)))
     await log.start()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    handled = 0
     async def handler(batch):
+        nonlocal handled
         lines = "".join(f"{r.topic} {r.partition} {r.offset}\\n" for r in batch)
         os.write(fd, lines.encode())
         os.fsync(fd)
-        await asyncio.sleep(0.15)  # the kill lands while a batch is in hand
+        handled += len(batch)
+        if handled >= 100:  # keep this batch in hand, uncommitted, until the kill
+            await asyncio.Event().wait()
     await log.consume([topic], group, handler, options=ConsumerOptions(batch_size=20))
     await asyncio.Event().wait()
 
@@ -147,7 +143,6 @@ async def test_nothing_lost_when_consumer_is_killed_mid_batch(
     script.write_text(KILLABLE_CONSUMER)
     out = tmp_path / "seen.txt"
     session = "6" if kind == "kafka" else "2"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         str(script),
@@ -158,13 +153,13 @@ async def test_nothing_lost_when_consumer_is_killed_mid_batch(
         str(out),
         session,
         cwd=REPO,
-        env=env,
+        env=child_env(),
     )
     try:
-        await wait_for(lambda: len(read_positions(out)) >= 100, 60, "child consumed")
+        await eventually(lambda: len(read_positions(out)) >= 100, "the child's first 100 records")
     finally:
         child.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(child.wait(), timeout=10)
+        await child.wait()
     before_kill = read_positions(out)
     assert len(before_kill) < 400, "the child finished before it was killed"
 
@@ -172,8 +167,8 @@ async def test_nothing_lost_when_consumer_is_killed_mid_batch(
     restarted = Collector(400 - len(set(before_kill)))
     consumer = await event_log.consume([topic], group, restarted, options=ConsumerOptions(50))
     expected = {(topic, r.partition, r.offset) for r in published}
-    await wait_for(
-        lambda: set(before_kill) | restarted.positions() >= expected, 60, "all handled again"
+    await eventually(
+        lambda: set(before_kill) | restarted.positions() >= expected, "all handled again"
     )
     await consumer.stop()
 
@@ -202,7 +197,7 @@ async def test_rebalance_between_two_consumers(
     def split() -> bool:
         return len(a.assignment()) == 2 and len(b.assignment()) == 2
 
-    await wait_for(split, 60, "partitions split between two members")
+    await eventually(split, "partitions split between two members")
     assert not a.assignment() & b.assignment()
     assert a.assignment() | b.assignment() == {(topic, p) for p in range(4)}
 
@@ -210,15 +205,13 @@ async def test_rebalance_between_two_consumers(
         topic, [OutgoingMessage(f"k{i}", b"2") for i in range(200)]
     )
     expected = {(topic, r.partition, r.offset) for r in published}
-    await wait_for(
-        lambda: first.positions() | second.positions() >= expected, 60, "all 400 handled"
-    )
+    await eventually(lambda: first.positions() | second.positions() >= expected, "all 400 handled")
     assert second.positions(), "the second member handled nothing"
     later_partitions = {r.partition for r in second.records}
     assert {(topic, p) for p in later_partitions} <= b.assignment()
 
     await a.stop()
-    await wait_for(lambda: len(b.assignment()) == 4, 60, "survivor owns every partition")
+    await eventually(lambda: len(b.assignment()) == 4, "survivor owns every partition")
     await b.stop()
     assert set((await event_log.lag(group)).values()) == {0}
 
@@ -228,16 +221,23 @@ async def test_replay_from_offset_and_time(
 ) -> None:
     topic, group = unique("replay"), unique("g")
     await event_log.create_topic(topic, partitions=1)
-    await event_log.publish_many(topic, [OutgoingMessage("k", b"%d" % i) for i in range(10)])
-    await asyncio.sleep(0.05)
-    middle = datetime.now(UTC)
-    await asyncio.sleep(0.05)
+    first = await event_log.publish_many(
+        topic, [OutgoingMessage("k", b"%d" % i) for i in range(10)]
+    )
+    latest = max(r.timestamp for r in first)
+
+    def after_first() -> datetime | None:
+        # Both logs stamp records in milliseconds: "middle" must fall in a later one.
+        now = datetime.now(UTC)
+        return now if now - latest >= timedelta(milliseconds=1) else None
+
+    middle = await eventually(after_first, "the clock to pass the first records' millisecond")
     await event_log.publish_many(topic, [OutgoingMessage("k", b"%d" % i) for i in range(10, 15)])
 
     async def consume_all(expected: int) -> list[int]:
         seen = Collector(expected)
         consumer: ConsumerHandle = await event_log.consume([topic], group, seen)
-        await asyncio.wait_for(seen.done.wait(), timeout=60)
+        await eventually(seen.done.wait, f"{expected} records")
         await consumer.stop()
         return [int(r.value) for r in seen.records]
 
@@ -275,9 +275,9 @@ async def test_poison_message_goes_to_dead_letter_topic(
     )
     seen = Collector(2)
     consumer = await event_log.consume([topic], group, seen, validate=lambda r: json.loads(r.value))
-    await asyncio.wait_for(seen.done.wait(), timeout=60)
+    await eventually(seen.done.wait, "the two valid records")
     await event_log.publish(topic, "k", b'{"n": 3}')
-    await wait_for(lambda: len(seen.records) == 3, 60, "consumer went on after the poison")
+    await eventually(lambda: len(seen.records) == 3, "the consumer to go on after the poison")
     await consumer.stop()
 
     assert [json.loads(r.value)["n"] for r in seen.records] == [1, 2, 3]
@@ -307,20 +307,17 @@ async def test_lag_per_partition_before_and_after_commit(
     records = await event_log.publish_many(
         topic, [OutgoingMessage(f"k{i}", b"x") for i in range(7)]
     )
-    await asyncio.wait_for(entered.wait(), timeout=60)
+    await eventually(entered.wait, "the handler to hold a batch")
     per_partition = {(topic, p): 0 for p in range(2)}
     for r in records:
         per_partition[(topic, r.partition)] += 1
     assert await event_log.lag(group) == per_partition  # assigned, nothing committed yet
     release.set()
 
-    async def lag_total() -> int:
-        return sum((await event_log.lag(group)).values())
+    async def caught_up() -> bool:
+        return sum((await event_log.lag(group)).values()) == 0
 
-    for _ in range(600):
-        if await lag_total() == 0:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(caught_up, "the group's lag to reach zero")
     await consumer.stop()
     assert await event_log.lag(group) == {(topic, 0): 0, (topic, 1): 0}
 

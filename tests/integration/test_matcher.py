@@ -5,8 +5,6 @@ it."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from fhirbots.schemas.events import CausationLink
 from fhirbots.schemas.notifications import Notification
 from fhirbots.schemas.subscriptions import SuppressedNotification
 from tests.integration.conftest import make_event_log
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +55,11 @@ class World:
     async def wait(
         self, predicate: Callable[[list[Any]], bool], topic: str, model: Any
     ) -> list[Any]:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            items = await self.read(topic, model)
-            if predicate(items):
-                return await self.read(topic, model)  # a read started after it held
-            assert time.monotonic() < deadline, f"timed out; {topic}: {len(items)} items"
-            await asyncio.sleep(0.1)
+        async def holds() -> bool:
+            return predicate(await self.read(topic, model))
+
+        await eventually(holds, f"the expected items on {topic}", within=WAIT_SECONDS)
+        return await self.read(topic, model)  # a read started after it held
 
     async def notes(self, predicate: Callable[[list[Notification]], bool]) -> list[Notification]:
         return await self.wait(predicate, self.topics.notifications, Notification)

@@ -3,12 +3,9 @@ created or changed takes effect for the very next write, whichever process reads
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,9 @@ from fhirbots.engine.settings import Settings
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.schemas.notifications import Notification
 from fhirbots.schemas.topics import NOTIFICATIONS
+from tests.conftest import child_env
 from tests.integration.conftest import kafka_settings
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +32,11 @@ WAIT_SECONDS = 90.0
 
 @pytest.fixture
 def workers(kafka_bootstrap: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = {
-        **os.environ,
-        "FHIRBOTS_KAFKA": kafka_bootstrap,
-        "FHIRBOTS_DATA_DIR": str(tmp_path),
-        "FHIRBOTS_LOG_LEVEL": "WARNING",
-    }
+    env = child_env(
+        FHIRBOTS_KAFKA=kafka_bootstrap,
+        FHIRBOTS_DATA_DIR=str(tmp_path),
+        FHIRBOTS_LOG_LEVEL="WARNING",
+    )
     env.pop("FHIRBOTS_DATABASE_URL", None)
     logs = [(tmp_path / f"worker{i}.log").open("wb") for i in range(2)]
     started = [
@@ -92,13 +90,11 @@ async def read_notes(log: KafkaEventLog, project: str) -> list[Notification]:
 async def wait_notes(
     log: KafkaEventLog, project: str, predicate: Callable[[list[Notification]], bool]
 ) -> list[Notification]:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        notes = await read_notes(log, project)
-        if predicate(notes):
-            return await read_notes(log, project)
-        assert time.monotonic() < deadline, f"timed out with {len(notes)} notifications"
-        await asyncio.sleep(0.2)
+    async def holds() -> bool:
+        return predicate(await read_notes(log, project))
+
+    await eventually(holds, "the expected notifications", within=WAIT_SECONDS)
+    return await read_notes(log, project)
 
 
 def subscription(criteria: str) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from fhirbots.engine.delivery.policy import MAX_ATTEMPTS_URLS
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
 from fhirbots.engine.storage.model import WriteContext
-from tests.engine.scenarios.delivery import Receiver, wait_until
+from tests.engine.scenarios.delivery import Receiver
+from tests.waiting import eventually
 
 
 async def _run(*argv: str) -> int:
@@ -77,7 +78,7 @@ async def test_list_retry_discard_resend(
     async def two_dead() -> bool:
         return len(await dispatcher.store.dead_letters("p1")) == 2
 
-    await wait_until(two_dead, what="two dead letters")
+    await eventually(two_dead, "two dead letters")
     capsys.readouterr()
     assert await _run("deadletter", "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)

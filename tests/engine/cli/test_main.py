@@ -9,15 +9,16 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from fhirbots.engine.storage.sqlite import SqliteStorage
+from tests.conftest import child_env
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -29,40 +30,39 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRBOTS_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fhirbots.engine.cli.main",
-            "serve",
-            "--data-dir",
-            str(tmp_path),
-            "--port",
-            str(port),
-        ],
+    env = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fhirbots.engine.cli.main",
+        "serve",
+        "--data-dir",
+        str(tmp_path),
+        "--port",
+        str(port),
         env=env,
-        stdout=subprocess.PIPE,
-        text=True,
+        stdout=asyncio.subprocess.PIPE,
     )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            assert proc.returncode is None, "serve exited"
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None, "serve exited"
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.2)
+        await eventually(lambda: asyncio.to_thread(healthy), "serve to answer /healthz")
         yield f"http://127.0.0.1:{port}/fhir/R4", tmp_path
     finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        if proc.returncode is None:
+            proc.terminate()
+        out, _ = await proc.communicate()
         assert proc.returncode == 0
-        assert "admin-token" in out
+        assert b"admin-token" in out
 
 
 def test_serve_writes_admin_token_owner_only(server: tuple[str, Path]) -> None:

@@ -4,7 +4,6 @@ after it, with the same event number."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import textwrap
@@ -13,8 +12,9 @@ from pathlib import Path
 from aiohttp import web
 
 from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
-from tests.conftest import REPO_ROOT
-from tests.engine.scenarios.delivery import PROJECT, Harness, Receiver, wait_until
+from tests.conftest import REPO_ROOT, child_env
+from tests.engine.scenarios.delivery import PROJECT, Harness, Receiver
+from tests.waiting import eventually
 
 CHILD = textwrap.dedent(
     """
@@ -53,25 +53,27 @@ async def test_sigkill_mid_delivery_then_another_dispatcher_redelivers(
     await harness.subscription("s1", receiver.url + "/kill")
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FHIRBOTS_LOG_LEVEL": "WARNING"}
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         str(script),
         str(harness.data_dir),
-        env=env,
+        env=child_env(FHIRBOTS_LOG_LEVEL="WARNING"),
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
     )
     try:
         assert child.stdout is not None
-        async with asyncio.timeout(60):
-            line = b""
-            while line.strip() != b"ready":
-                line = await child.stdout.readline()
-                assert line, "the dispatcher process ended before it was ready"
+        output = child.stdout
+
+        async def ready() -> bool:
+            line = await output.readline()
+            assert line, "the dispatcher process ended before it was ready"
+            return line.strip() == b"ready"
+
+        await eventually(ready, "the dispatcher process to be ready")
         notes = [harness.notification("s1", receiver.url + "/kill") for _ in range(2)]
         await harness.publish(*notes)
-        (first,) = await receiver.wait_for("/kill", 1, within=30)
+        (first,) = await receiver.wait_for("/kill", 1)
         assert first.headers["X-Event-Number"] == "1"
         child.send_signal(signal.SIGKILL)
         await child.wait()
@@ -82,7 +84,7 @@ async def test_sigkill_mid_delivery_then_another_dispatcher_redelivers(
     hang.set()
     store = SqliteDeliveryStore(harness.data_dir / "delivery.db")
     await harness.start(store)
-    got = await receiver.wait_for("/kill", 3, within=60)
+    got = await receiver.wait_for("/kill", 3)
     assert [r.headers["X-Event-Number"] for r in got] == ["1", "1", "2"]
     assert got[1].headers["X-Notification-Id"] == notes[0].notification_id
 
@@ -90,4 +92,4 @@ async def test_sigkill_mid_delivery_then_another_dispatcher_redelivers(
         row = await store.get(PROJECT, notes[1].notification_id)
         return row is not None and row.state == "delivered"
 
-    await wait_until(delivered, what="both delivered")
+    await eventually(delivered, "the second notification to be delivered")

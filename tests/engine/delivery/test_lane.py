@@ -8,7 +8,8 @@ import pytest
 from aiohttp import web
 
 from fhirbots.engine.delivery import lane
-from tests.engine.scenarios.delivery import Harness, Receiver, wait_until
+from tests.engine.scenarios.delivery import Harness, Receiver
+from tests.waiting import eventually
 
 
 async def test_overflow_reloads_from_store_in_order(
@@ -56,7 +57,7 @@ async def test_requeued_dead_letter_is_delivered_while_lane_is_busy(
         row = await harness.store.get("p1", dead.notification_id)
         return row is not None and row.state == "dead"
 
-    await wait_until(is_dead, what="dead letter")
+    await eventually(is_dead, "the first notification to be a dead letter")
     fail_first = False
     await harness.publish(*(harness.notification("s1", receiver.url + "/q") for _ in range(3)))
     assert await dispatcher.retry_dead_letters("p1", subscription_id="s1") == 1

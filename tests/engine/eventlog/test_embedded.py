@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
-from fhirbots.engine.eventlog.errors import EventLogClosed, TopicNotFound
+from fhirbots.engine.eventlog.errors import BrokerError, EventLogClosed, TopicNotFound
 from fhirbots.engine.eventlog.port import (
     HEADER_ERROR,
     ConsumerOptions,
@@ -16,6 +17,7 @@ from fhirbots.engine.eventlog.port import (
     RetryPolicy,
 )
 from fhirbots.schemas.topics import deadletter_topic
+from tests.waiting import DEADLINE, eventually
 
 
 class Collector:
@@ -34,17 +36,20 @@ class Collector:
             self.done.set()
 
 
-async def test_consumer_is_woken_immediately_by_publish(log: EmbeddedEventLog) -> None:
+async def test_consumer_is_woken_by_publish(settings: EmbeddedSettings) -> None:
+    # An idle consumer looks again only after an hour, far beyond the test's deadline: the
+    # record can only reach it because the publish woke it.
+    assert timedelta(hours=1).total_seconds() > DEADLINE
+    log = EmbeddedEventLog(replace(settings, poll_interval=timedelta(hours=1)))
+    await log.start()
     await log.create_topic("t", 2)
     seen = Collector(1)
     consumer = await log.consume(["t"], "g", seen)
-    await consumer.wait_assigned()
-    await asyncio.sleep(0.05)  # the consumer is now idle, waiting (poll interval is 5 s)
-    started = time.perf_counter()
+    await consumer.wait_assigned()  # it polled once, found nothing and waits
     await log.publish("t", "k", b"v")
-    await asyncio.wait_for(seen.done.wait(), timeout=2)
-    assert time.perf_counter() - started < 0.5
+    await eventually(seen.done.wait, "the record published after the consumer went idle")
     await consumer.stop()
+    await log.stop()
 
 
 async def test_batches_keep_key_order_and_commit(log: EmbeddedEventLog) -> None:
@@ -53,7 +58,7 @@ async def test_batches_keep_key_order_and_commit(log: EmbeddedEventLog) -> None:
     await log.publish_many("t", messages)
     seen = Collector(1000)
     consumer = await log.consume(["t"], "g", seen, options=ConsumerOptions(batch_size=64))
-    await asyncio.wait_for(seen.done.wait(), timeout=10)
+    await eventually(seen.done.wait, "1000 records")
     await consumer.stop()
     assert seen.batches >= 1000 // 64
     per_key: dict[str, list[int]] = {}
@@ -72,7 +77,7 @@ async def test_restart_resumes_from_committed_offsets(settings: EmbeddedSettings
     await first.publish_many("t", [OutgoingMessage("k", str(i).encode()) for i in range(10)])
     seen = Collector(10)
     consumer = await first.consume(["t"], "g", seen)
-    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await eventually(seen.done.wait, "the first 10 records")
     await consumer.stop()
     await first.publish_many("t", [OutgoingMessage("k", str(i).encode()) for i in range(10, 15)])
     await first.stop()
@@ -82,7 +87,7 @@ async def test_restart_resumes_from_committed_offsets(settings: EmbeddedSettings
     assert await second.lag("g") == {("t", 0): 5}
     rest = Collector(5)
     consumer = await second.consume(["t"], "g", rest)
-    await asyncio.wait_for(rest.done.wait(), timeout=5)
+    await eventually(rest.done.wait, "the 5 records after the restart")
     await consumer.stop()
     assert [int(r.value) for r in rest.records] == list(range(10, 15))
     await second.stop()
@@ -102,7 +107,7 @@ async def test_failing_handler_gets_the_same_batch_again(log: EmbeddedEventLog) 
 
     retry = RetryPolicy(initial_backoff=timedelta(milliseconds=10))
     consumer = await log.consume(["t"], "g", flaky, options=ConsumerOptions(retry=retry))
-    await asyncio.wait_for(done.wait(), timeout=5)
+    await eventually(done.wait, "the third attempt")
     await consumer.stop()
     assert calls == [[0, 1, 2, 3, 4]] * 3
     assert await log.lag("g") == {("t", 0): 0}
@@ -120,10 +125,11 @@ async def test_retry_ceiling_sends_batch_to_dead_letter(log: EmbeddedEventLog) -
 
     retry = RetryPolicy(initial_backoff=timedelta(milliseconds=1), max_attempts=2)
     consumer = await log.consume(["t"], "g", broken, options=ConsumerOptions(retry=retry))
-    for _ in range(200):
-        if await log.lag("g") == {("t", 0): 0}:
-            break
-        await asyncio.sleep(0.01)
+
+    async def committed() -> bool:
+        return await log.lag("g") == {("t", 0): 0}
+
+    await eventually(committed, "the dead-lettered batch committed")
     await consumer.stop()
     assert attempts == 2
     (dead,) = await log.read(deadletter_topic("t"), 0, offset=0)
@@ -140,16 +146,19 @@ async def test_stop_during_retry_does_not_commit(log: EmbeddedEventLog) -> None:
         failed.set()
         raise RuntimeError("down")
 
-    retry = RetryPolicy(initial_backoff=timedelta(seconds=30))
+    # A back-off far beyond the test's deadline: stop returns only if it cuts the back-off.
+    hour = timedelta(hours=1)
+    assert hour.total_seconds() > DEADLINE
+    retry = RetryPolicy(initial_backoff=hour, max_backoff=hour)
     consumer = await log.consume(["t"], "g", broken, options=ConsumerOptions(retry=retry))
-    await asyncio.wait_for(failed.wait(), timeout=5)
-    started = time.perf_counter()
-    await consumer.stop()
-    assert time.perf_counter() - started < 1
+    await eventually(failed.wait, "the first failure")
+    stopping = asyncio.create_task(consumer.stop())
+    await eventually(stopping.done, "stop() to return during the back-off")
+    await stopping
     assert await log.lag("g") == {}  # nothing committed, no members left
     again = Collector(1)
     consumer = await log.consume(["t"], "g", again)
-    await asyncio.wait_for(again.done.wait(), timeout=5)
+    await eventually(again.done.wait, "the record again, for a new member")
     await consumer.stop()
     assert [r.value for r in again.records] == [b"v"]
 
@@ -160,18 +169,11 @@ async def test_two_members_split_partitions_and_rebalance_on_leave(
     await log.create_topic("t", 4)
     a = await log.consume(["t"], "g", Collector(0))
     b = await log.consume(["t"], "g", Collector(0))
-    for _ in range(100):
-        if a.assignment() and b.assignment():
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: a.assignment() and b.assignment(), "partitions for both members")
     assert a.assignment() | b.assignment() == {("t", p) for p in range(4)}
     assert not a.assignment() & b.assignment()
     await b.stop()
-    for _ in range(100):
-        if len(a.assignment()) == 4:
-            break
-        await asyncio.sleep(0.02)
-    assert len(a.assignment()) == 4
+    await eventually(lambda: len(a.assignment()) == 4, "every partition for the one left")
     await a.stop()
 
 
@@ -182,17 +184,21 @@ async def test_start_from_latest_skips_history(log: EmbeddedEventLog) -> None:
     consumer = await log.consume(["t"], "g", seen, options=ConsumerOptions(start_from="latest"))
     await consumer.wait_assigned()
     await log.publish("t", "k", b"new")
-    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await eventually(seen.done.wait, "the new record")
     await consumer.stop()
     assert [r.value for r in seen.records] == [b"new"]
 
 
 async def test_reset_offsets_by_offset_and_time(log: EmbeddedEventLog) -> None:
     await log.create_topic("t", 1)
-    await log.publish_many("t", [OutgoingMessage("k", b"a"), OutgoingMessage("k", b"b")])
-    await asyncio.sleep(0.01)
-    middle = datetime.now(UTC)
-    await asyncio.sleep(0.01)
+    _, b = await log.publish_many("t", [OutgoingMessage("k", b"a"), OutgoingMessage("k", b"b")])
+
+    def after_b() -> datetime | None:
+        # The log stamps records in milliseconds: "middle" must fall in a later one than b.
+        now = datetime.now(UTC)
+        return now if now - b.timestamp >= timedelta(milliseconds=1) else None
+
+    middle = await eventually(after_b, "the clock to pass b's millisecond")
     await log.publish("t", "k", b"c")
     assert await log.reset_offsets("g", "t", offset=1) == {0: 1}
     assert await log.lag("g") == {("t", 0): 2}
@@ -201,7 +207,7 @@ async def test_reset_offsets_by_offset_and_time(log: EmbeddedEventLog) -> None:
     seen = Collector(1)
     await log.reset_offsets("g", "t", offset=2)
     consumer = await log.consume(["t"], "g", seen)
-    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await eventually(seen.done.wait, "the record after the reset offset")
     await consumer.stop()
     assert [r.value for r in seen.records] == [b"c"]
 
@@ -216,8 +222,6 @@ async def test_read_without_group(log: EmbeddedEventLog) -> None:
 
 
 async def test_topics_from_settings_and_errors(settings: EmbeddedSettings) -> None:
-    from dataclasses import replace
-
     from fhirbots.engine.eventlog.port import TopicSpec
 
     log = EmbeddedEventLog(replace(settings, topics=(TopicSpec("fhir.x.v1", 3),)))
@@ -234,8 +238,6 @@ async def test_topics_from_settings_and_errors(settings: EmbeddedSettings) -> No
 
 
 async def test_two_processes_share_the_file_by_polling(settings: EmbeddedSettings) -> None:
-    from dataclasses import replace
-
     fast = replace(settings, poll_interval=timedelta(milliseconds=20))
     writer, reader = EmbeddedEventLog(fast), EmbeddedEventLog(fast)
     await writer.start()
@@ -244,7 +246,7 @@ async def test_two_processes_share_the_file_by_polling(settings: EmbeddedSetting
     seen = Collector(50)
     consumer = await reader.consume(["t"], "g", seen)
     await writer.publish_many("t", [OutgoingMessage(f"k{i}", b"v") for i in range(50)])
-    await asyncio.wait_for(seen.done.wait(), timeout=5)
+    await eventually(seen.done.wait, "50 records published by the other log")
     await consumer.stop()
     await writer.stop()
     await reader.stop()
@@ -275,10 +277,11 @@ async def test_consumer_survives_storage_errors(
     seen = Collector(3)
     consumer = await log.consume(["t"], "g", seen)
     await log.publish_many("t", [OutgoingMessage("k", b"%d" % i) for i in range(3)])
-    for _ in range(200):
-        if await log.lag("g") == {("t", 0): 0}:
-            break
-        await asyncio.sleep(0.01)
+
+    async def committed() -> bool:
+        return await log.lag("g") == {("t", 0): 0}
+
+    await eventually(committed, "the batch committed after two failed commits")
     await consumer.stop()
     assert failures == 2
     assert await log.lag("g") == {("t", 0): 0}
@@ -296,18 +299,30 @@ async def test_dead_letter_topic_is_created_when_missing(log: EmbeddedEventLog) 
 
 
 async def test_retention_runs_in_the_background(settings: EmbeddedSettings) -> None:
-    from dataclasses import replace
-
     from fhirbots.engine.eventlog.port import Retention
 
     log = EmbeddedEventLog(replace(settings, retention_interval=timedelta(milliseconds=20)))
     await log.start()
     await log.create_topic("t", 1, Retention(age=timedelta(milliseconds=1)))
     await log.publish_many("t", [OutgoingMessage("k", b"v") for _ in range(3)])
-    for _ in range(100):
-        if not await log.read("t", 0, offset=0):
-            break
-        await asyncio.sleep(0.02)
-    assert await log.read("t", 0, offset=0) == []
+
+    async def trimmed() -> bool:
+        return await log.read("t", 0, offset=0) == []
+
+    await eventually(trimmed, "retention to delete the aged records")
     assert await log.end_offsets("t") == {0: 3}  # offsets are never reused
     await log.stop()
+
+
+async def test_a_failed_read_is_a_broker_error(
+    log: EmbeddedEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.create_topic("t", 1)
+
+    def locked(*_args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(log.reader, "fetch", locked)
+    with pytest.raises(BrokerError, match="database is locked") as failed:
+        await log.read("t", 0, offset=0)
+    assert isinstance(failed.value.__cause__, sqlite3.OperationalError)

@@ -18,7 +18,8 @@ from fhirbots.engine.eventlog.port import Record
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
 from fhirbots.schemas.notifications import Notification
-from tests.engine.scenarios.delivery import Receiver, wait_until
+from tests.engine.scenarios.delivery import Receiver
+from tests.waiting import eventually
 
 TOPIC_URL = "http://example.org/topics/patient-change"
 CONTENT_URL = (
@@ -154,7 +155,7 @@ async def test_dead_letters_through_the_api(api: Api, receiver: Receiver) -> Non
         found = await api.call("GET", "/Subscription/$dead-letters")
         return len(found.get("parameter", [])) == 2
 
-    await wait_until(two_dead, what="two dead letters")
+    await eventually(two_dead, "two dead letters")
     listed = await api.call("GET", "/Subscription/$dead-letters?subscription=s1")
     parts = [{p["name"]: p for p in d["part"]} for d in listed["parameter"]]
     assert [p["eventNumber"]["valueInteger"] for p in parts] == [1, 2]
@@ -177,7 +178,7 @@ async def test_dead_letters_through_the_api(api: Api, receiver: Receiver) -> Non
         return bool(found["status"] == "active")
 
     # The matcher skips subscriptions in error: write once delivery has recovered.
-    await wait_until(active, what="active after the retried delivery")
+    await eventually(active, "status active after the retried delivery")
     patient = await api.patient("Three")
     await receiver.wait_for("/dl", 4)
     resent = await api.call("POST", f"/Subscription/s1/$resend?resource=Patient/{patient['id']}")
@@ -197,13 +198,13 @@ async def test_websocket_binds_and_receives(api: Api) -> None:
     assert url.startswith("ws://") and url.endswith("/fhir/R4/Subscription/$websocket")
     socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
     await socket.send_str("bind-with-token not-a-token")
-    refused = await socket.receive(timeout=5)
+    refused = await eventually(socket.receive, "the answer to a bad token")
     assert refused.type == WSMsgType.TEXT and refused.data.startswith("error")
     await socket.send_str(f"bind-with-token {params['token']['valueString']}")
-    handshake = json.loads((await socket.receive(timeout=5)).data)
+    handshake = json.loads((await eventually(socket.receive, "the handshake")).data)
     assert handshake["entry"][0]["resource"]["type"] == "handshake"
     patient = await api.patient()
-    message = await socket.receive(timeout=10)
+    message = await eventually(socket.receive, "the notification")
     bundle = json.loads(message.data)
     status = bundle["entry"][0]["resource"]
     assert status["type"] == "event-notification"
@@ -234,7 +235,7 @@ async def test_message_channel_publishes_on_named_topic(api: Api) -> None:
     async def arrived() -> bool:
         return len(await read_all()) == 1
 
-    await wait_until(arrived, what="message on topic")
+    await eventually(arrived, "the message on its topic")
     (record,) = await read_all()
     assert record.key == "p1/m1"
     assert record.header("X-Event-Number") == b"1"
@@ -263,7 +264,7 @@ async def test_bot_endpoint_routes_to_invoker(api: Api) -> None:
     async def two_calls() -> bool:
         return len(invoker.calls) >= 2
 
-    await wait_until(two_calls, within=15, what="bot retried")
+    await eventually(two_calls, "the bot invoked a second time")
     project, bot_id, notification, key = invoker.calls[0]
     assert (project, bot_id) == ("p1", "triage")
     assert notification.resource is not None and notification.resource["id"] == patient["id"]
@@ -296,7 +297,7 @@ async def test_topic_handshake_activates_and_heartbeats_arrive(
         found = await api.call("GET", "/Subscription/t1")
         return bool(found["status"] == "active")
 
-    await wait_until(active, what="active after handshake")
+    await eventually(active, "status active after the handshake")
     patient = await api.patient()
 
     def kinds() -> list[str]:
@@ -306,7 +307,7 @@ async def test_topic_handshake_activates_and_heartbeats_arrive(
         seen = kinds()
         return "event-notification" in seen and seen.count("heartbeat") >= 1
 
-    await wait_until(notified_and_heartbeat, within=15, what="notification and heartbeat")
+    await eventually(notified_and_heartbeat, "a notification and a heartbeat")
     note = next(
         json.loads(r.body)
         for r in receiver.at("/topic")
@@ -325,7 +326,7 @@ async def test_requested_criteria_subscription_is_set_up_and_fires(
         found = await api.call("GET", "/Subscription/r1")
         return bool(found["status"] == "active")
 
-    await wait_until(active, what="active once set up")
+    await eventually(active, "status active once set up")
     await api.patient()
     assert len(await receiver.wait_for("/r1", 1)) == 1
 
@@ -348,7 +349,7 @@ async def test_failed_handshake_sets_error(api: Api, receiver: Receiver) -> None
         found = await api.call("GET", "/Subscription/t2")
         return bool(found["status"] == "error")
 
-    await wait_until(errored, what="error after handshake")
+    await eventually(errored, "status error after the handshake")
     found = await api.call("GET", "/Subscription/t2")
     assert "403" in found["error"]
     await asyncio.sleep(0)
@@ -372,10 +373,13 @@ async def test_websocket_heartbeats_for_topic_subscription(api: Api) -> None:
     value = token["parameter"][0]["valueString"]
     socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
     await socket.send_str(f"bind-with-token {value}")
-    kinds = []
-    async with asyncio.timeout(15):
-        while "heartbeat" not in kinds:
-            message = await socket.receive()
-            kinds.append(json.loads(message.data)["entry"][0]["resource"]["type"])
+    kinds: list[str] = []
+
+    async def heartbeat() -> bool:
+        message = await socket.receive()
+        kinds.append(json.loads(message.data)["entry"][0]["resource"]["type"])
+        return kinds[-1] == "heartbeat"
+
+    await eventually(heartbeat, "a heartbeat on the socket")
     assert kinds[0] == "handshake"
     await socket.close()

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from fhirbots.engine.cli.subscriptions import add_commands, match_stream
 from fhirbots.schemas.notifications import Notification
 from fhirbots.schemas.topics import NOTIFICATIONS
 from tests.engine.conftest import Api
+from tests.waiting import eventually
 
 BASE = "/fhir/R4"
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
@@ -169,19 +169,20 @@ async def test_explain(api: Api) -> None:
     assert _results(body)[f"Subscription/{a['id']}"]["failed"] == ["interaction"]
 
 
-async def _wait_notes(api: Api, predicate: Any) -> list[Notification]:
+async def _wait_notes(
+    api: Api, predicate: Callable[[list[Notification]], bool]
+) -> list[Notification]:
     log = api.engine.event_log
     assert log is not None
-    deadline = time.monotonic() + 15
-    while True:
-        notes: list[Notification] = []
+
+    async def notes() -> list[Notification] | None:
+        found: list[Notification] = []
         for partition in range(await log.partitions(NOTIFICATIONS)):
             for record in await log.read(NOTIFICATIONS, partition, offset=0, limit=1000):
-                notes.append(Notification.model_validate_json(record.value))
-        if predicate(notes):
-            return notes
-        assert time.monotonic() < deadline, notes
-        await asyncio.sleep(0.05)
+                found.append(Notification.model_validate_json(record.value))
+        return found if predicate(found) else None
+
+    return await eventually(notes, "the expected notifications")
 
 
 async def test_immediate_effect_over_http(api: Api) -> None:

@@ -3,7 +3,6 @@ dispatcher on the embedded log, Subscriptions and notifications."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from fhirbots.engine.stages.dispatcher import Dispatcher
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.schemas.notifications import ChannelSpec, Notification
 from fhirbots.schemas.topics import NOTIFICATIONS
+from tests.waiting import eventually
 
 PROJECT = "p1"
 
@@ -59,7 +59,6 @@ class Receiver:
     url: str = ""
     received: list[Received] = field(default_factory=list)
     behaviours: dict[str, Responder] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on(self, path: str, responder: Responder) -> None:
         self.behaviours[path] = responder
@@ -71,21 +70,19 @@ class Receiver:
         body = await request.read()
         count = len(self.at(request.path)) + 1
         self.received.append(Received(request.path, dict(request.headers), body, time.time()))
-        self.arrived.set()
         responder = self.behaviours.get(request.path)
         if responder is not None:
             return await responder(request, count)
         return web.Response(status=200)
 
-    async def wait_for(self, path: str, count: int, within: float = 10.0) -> list[Received]:
-        deadline = time.monotonic() + within
-        while len(self.at(path)) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{path}: got {len(self.at(path))} of {count} requests")
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), 0.05)
-        return self.at(path)
+    async def wait_for(self, path: str, count: int) -> list[Received]:
+        """Wait until ``path`` has had ``count`` requests (or more); returns them all."""
+
+        def arrived() -> list[Received] | None:
+            got = self.at(path)
+            return got if len(got) >= count else None
+
+        return await eventually(arrived, f"{count} requests at {path}")
 
 
 @contextlib.asynccontextmanager
@@ -111,17 +108,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     """A real local HTTP receiver."""
     async with running_receiver() as rec:
         yield rec
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it holds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Harness:

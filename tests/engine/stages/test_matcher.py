@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +11,16 @@ import pytest
 from fhirbots.engine.eventlog.port import EventLog
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
-from fhirbots.engine.storage.model import WriteContext
+from fhirbots.engine.storage.model import StoredResource, WriteContext
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.events import CausationLink
 from fhirbots.schemas.notifications import Notification
 from fhirbots.schemas.subscriptions import SuppressedNotification
 from fhirbots.schemas.topics import CHANGES, NOTIFICATIONS, SUPPRESSED, deadletter_topic
 from fhirbots.subscriptions.model import CRITERIA_ERROR_URL
+from tests.waiting import eventually
 
 FHIRPATH_URL = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
-WAIT_SECONDS = 15.0
-"""Longest a test waits for the stage (it normally answers within a poll interval)."""
-
 CTX = WriteContext(author="ApiKey/test")
 
 
@@ -45,7 +41,9 @@ async def notifications(log: EventLog) -> list[Notification]:
     return [Notification.model_validate_json(v) for v in await read_all(log, NOTIFICATIONS)]
 
 
-async def wait_for(log: EventLog, predicate: Any, topic: str = NOTIFICATIONS) -> list[Any]:
+async def wait_for(
+    log: EventLog, predicate: Callable[[list[Any]], bool], topic: str = NOTIFICATIONS
+) -> list[Any]:
     """Wait until ``predicate(items)`` holds for the topic's decoded items; return them.
 
     The items returned come from a read started after the predicate held: a batch's messages
@@ -53,14 +51,15 @@ async def wait_for(log: EventLog, predicate: Any, topic: str = NOTIFICATIONS) ->
     saw part of a batch may have missed the rest.
     """
     model: Any = Notification if topic == NOTIFICATIONS else SuppressedNotification
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        items = [model.model_validate_json(v) for v in await read_all(log, topic)]
-        if predicate(items):
-            return [model.model_validate_json(v) for v in await read_all(log, topic)]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; {topic} holds {items}")
-        await asyncio.sleep(0.05)
+
+    async def decoded() -> list[Any]:
+        return [model.model_validate_json(v) for v in await read_all(log, topic)]
+
+    async def holds() -> bool:
+        return predicate(await decoded())
+
+    await eventually(holds, f"the expected items on {topic}")
+    return await decoded()
 
 
 @pytest.fixture
@@ -146,14 +145,14 @@ async def test_runtime_failure_marks_the_subscription_and_spares_others(engine: 
     await engine.fhir.create("p1", observation(), CTX)
     items = await wait_for(log, lambda n: len(n) >= 1)
     assert {n.subscription_id for n in items} == {good.stored.id}
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
+
+    async def errored() -> StoredResource | None:
         stored = await engine.fhir.read("p1", "Subscription", bad.stored.id)
         assert stored.content is not None
-        if stored.content["status"] == "error":
-            break
-        assert time.monotonic() < deadline, "subscription never marked as errored"
-        await asyncio.sleep(0.05)
+        return stored if stored.content["status"] == "error" else None
+
+    stored = await eventually(errored, "the broken subscription marked as errored")
+    assert stored.content is not None
     assert "foo" in stored.content["error"]
     assert {"url": CRITERIA_ERROR_URL, "valueBoolean": True} in stored.content["extension"]
     # a subscription whose criteria failed stays quiet: the next event notifies only the

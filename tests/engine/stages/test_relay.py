@@ -16,6 +16,7 @@ from fhirbots.engine.storage.model import DeleteOp, UpdateOp, WriteContext
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.events import ChangeEvent
 from fhirbots.schemas.topics import CHANGES
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ async def read_all(log: EventLog, expected: int) -> list[Record]:
             done.set()
 
     handle = await log.consume([CHANGES], "reader", handler)
-    await asyncio.wait_for(done.wait(), 10)
+    await eventually(done.wait, f"{expected} records on {CHANGES}")
     await handle.stop()
     return seen
 

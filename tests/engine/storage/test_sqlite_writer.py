@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
+import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from fhirbots.engine.storage.model import CreateOp, UpdateOp, WriteContext
 from fhirbots.engine.storage.planner import new_id
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from fhirbots.engine.storage.sqlite import SqliteStorage, WriterStopped
+from tests.waiting import eventually
 
 CTX = WriteContext(author="ApiKey/k1")
 
@@ -29,11 +33,23 @@ def writer_pid(storage: SqliteStorage) -> int:
     return writer._process.pid
 
 
+def awaiting_the_writer_process(storage: SqliteStorage) -> bool:
+    """Whether the writer thread has sent a group to its process and waits for the answer."""
+    writer = storage._writer
+    assert writer is not None and writer.ident is not None
+    frame = sys._current_frames().get(writer.ident)
+    names = set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return {"_remote", "recv"} <= names
+
+
 @pytest.fixture
-async def storage(tmp_path: Path) -> SqliteStorage:
+async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
     opened = SqliteStorage(tmp_path / "w.db", indexer=SqlSearchIndexer())
     await opened.open()
-    yield opened  # type: ignore[misc]
+    yield opened
     await opened.close()
 
 
@@ -51,12 +67,22 @@ async def test_a_killed_writer_fails_the_writes_it_held_and_is_replaced(
     [before] = await storage.apply("p1", [CreateOp(patient("Before"))], CTX)
     assert before.stored is not None
     first = writer_pid(storage)
-    big = [CreateOp(patient(f"Lost{i}")) for i in range(3000)]
-    held = asyncio.create_task(storage.apply("p1", big, CTX))
-    await asyncio.sleep(0.1)  # the group is in the writer, committing
-    os.kill(first, signal.SIGKILL)
-    with pytest.raises(WriterStopped) as refused:
-        await held
+    # The test holds the write lock, so the writer process cannot commit the group it is sent
+    # (it waits for the lock) until it is killed.
+    blocker = sqlite3.connect(storage.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        held = asyncio.create_task(storage.apply("p1", [CreateOp(patient("Lost"))], CTX))
+        await eventually(
+            lambda: held.done() or awaiting_the_writer_process(storage),
+            "the write sent to the writer process",
+        )
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(WriterStopped) as refused:
+            await held
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
     assert refused.value.status == 503
     [after] = await storage.apply("p1", [CreateOp(patient("After"))], CTX)
     assert after.stored is not None and writer_pid(storage) != first
@@ -70,8 +96,11 @@ async def test_a_writer_that_died_while_idle_is_replaced_without_failing_a_write
     storage: SqliteStorage,
 ) -> None:
     first = writer_pid(storage)
+    writer = storage._writer
+    assert writer is not None and writer._process is not None
+    process = writer._process
     os.kill(first, signal.SIGKILL)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: process.poll() is not None, "the killed writer process to end")
     [written] = await storage.apply("p1", [CreateOp(patient("Next"))], CTX)
     assert written.stored is not None and writer_pid(storage) != first
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from fhirbots.engine.storage.model import CreateOp, UpdateOp, WriteContext, Writ
 from fhirbots.engine.storage.planner import op_target
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from fhirbots.engine.storage.sqlite_writes import Request, commit_group, connect, connect_writer
+from tests.waiting import eventually
 
 CTX = WriteContext(author="ApiKey/k1")
 INDEXER = SqlSearchIndexer()
@@ -76,7 +76,7 @@ def test_a_failing_write_rolls_back_alone(conn: sqlite3.Connection) -> None:
     assert not conn.in_transaction
 
 
-def test_the_checkpointer_copies_commits_into_the_database_file(tmp_path: Path) -> None:
+async def test_the_checkpointer_copies_commits_into_the_database_file(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     writer, checkpointer = connect_writer(path)
     try:
@@ -87,10 +87,9 @@ def test_the_checkpointer_copies_commits_into_the_database_file(tmp_path: Path) 
         # 2 MB sit in the WAL: the writer itself checkpoints only past 20,000 pages.
         assert path.stat().st_size < 1_000_000
         checkpointer.committed()
-        deadline = time.monotonic() + 10
-        while path.stat().st_size < 2_000_000 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert path.stat().st_size >= 2_000_000
+        await eventually(
+            lambda: path.stat().st_size >= 2_000_000, "the checkpoint to grow the database file"
+        )
     finally:
         checkpointer.close()
         writer.close()
