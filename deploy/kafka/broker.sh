@@ -4,9 +4,15 @@
 # Usage: deploy/kafka/broker.sh fetch|start|stop|status
 #
 #   fetch   resolve the Kafka jars from Maven Central into deploy/kafka/lib (needs mvn)
-#   start   format the storage (first time) and start the broker; returns when it is ready
-#   stop    stop the broker (SIGTERM, then SIGKILL after KAFKA_STOP_TIMEOUT seconds)
+#   start   format the storage (first time) and start the broker; returns when it answers on
+#           its port, or fails with the log's tail after stopping what it started
+#   stop    stop the broker of this state dir (SIGTERM, then SIGKILL after KAFKA_STOP_TIMEOUT
+#           seconds); brokers of other state dirs are left alone
 #   status  exit 0 and print the bootstrap address if the broker is running
+#
+# Several brokers may run on one machine (two test suites each start one): each has its own
+# KAFKA_STATE_DIR and KAFKA_PORT, and this script only ever signals the process it recorded in
+# its state dir, checked to be the broker of that dir's config.
 #
 # Environment:
 #   KAFKA_PORT          client port on 127.0.0.1 (default 19092; the controller uses PORT+1)
@@ -20,7 +26,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LIB="$HERE/lib"
 PORT="${KAFKA_PORT:-19092}"
 CONTROLLER_PORT="$((PORT + 1))"
-STATE="${KAFKA_STATE_DIR:-$HERE/target/broker}"
+# Absolute, as the broker's command line names its config by this path: stop and status find
+# the broker of this dir by it, from whatever folder they are run.
+STATE="$(realpath -m "${KAFKA_STATE_DIR:-$HERE/target/broker}")"
 HEAP="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
@@ -30,14 +38,57 @@ CONFIG="$STATE/server.properties"
 
 die() { echo "broker.sh: $*" >&2; exit 1; }
 
+# Whether process $1 exists and has not ended (one that ended but is not yet reaped by its
+# parent, a zombie, still answers kill -0).
+alive() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [[ "$state" != Z* ]]
+}
+
+# Whether process $1 is the broker of this state dir: a pid file left by a machine that was
+# restarted may name an unrelated process, or the broker of another suite.
+is_our_broker() {
+  alive "$1" || return 1
+  tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF "$CONFIG"
+}
+
 running_pid() {
   [[ -f "$PIDFILE" ]] || return 1
   local pid
   pid="$(cat "$PIDFILE")"
-  kill -0 "$pid" 2>/dev/null || return 1
-  # A pid file left by a machine that was restarted may name an unrelated process.
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
+  is_our_broker "$pid" || return 1
   echo "$pid"
+}
+
+# Signal $2 to what start launched as $1: its whole process group when it leads one (it does:
+# start runs it under setsid), else the process alone.
+signal_broker() {
+  local pgid
+  pgid="$(ps -o pgid= -p "$1" 2>/dev/null | tr -d ' ')" || pgid=""
+  if [[ "$pgid" == "$1" ]]; then
+    kill "-$2" -- "-$1" 2>/dev/null || true
+  else
+    kill "-$2" "$1" 2>/dev/null || true
+  fi
+}
+
+# Stop process $1 (SIGTERM, SIGKILL after STOP_TIMEOUT seconds) and wait until it is gone.
+terminate() {
+  local pid="$1" waited=0
+  signal_broker "$pid" TERM
+  while alive "$pid"; do
+    if ((waited >= STOP_TIMEOUT * 5)); then
+      signal_broker "$pid" KILL
+      while alive "$pid"; do sleep 0.2; done
+      break
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+  # Reap it if it is our child (start's failure path), so it leaves no zombie behind.
+  wait "$pid" 2>/dev/null || true
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
@@ -116,23 +167,42 @@ start() {
       -t "$cluster_id" -c "$CONFIG" >"$STATE/format.log" 2>&1 \
       || die "storage format failed, see $STATE/format.log"
   fi
+  # setsid: the broker leads a process group of its own, so that stopping it reaches every
+  # process it may start, and only those. The background child is not a group leader, so
+  # setsid execs java in place and $! is the JVM's pid.
   # shellcheck disable=SC2046
-  nohup java $(java_opts) -cp "$LIB/*" kafka.Kafka "$CONFIG" >"$LOG" 2>&1 &
-  echo $! >"$PIDFILE"
+  setsid java $(java_opts) -cp "$LIB/*" kafka.Kafka "$CONFIG" </dev/null >"$LOG" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$PIDFILE"
+  # Whatever ends this start early (a failure below, or a signal) stops what it launched.
+  trap 'abandon '"$pid" EXIT
+  trap 'exit 1' INT TERM HUP
   local waited=0
+  # Ready means the broker says so and its port answers. Until then the process is checked by
+  # its pid alone: for a moment it is still this shell's child, not yet the JVM.
   until grep -q "Kafka Server started" "$LOG" 2>/dev/null && port_open; do
-    if ! running_pid >/dev/null; then
+    if ! alive "$pid"; then
       tail -30 "$LOG" >&2
       die "broker exited during start-up, log: $LOG"
     fi
     if ((waited >= START_TIMEOUT * 5)); then
       tail -30 "$LOG" >&2
-      die "broker not ready after ${START_TIMEOUT}s, log: $LOG"
+      die "broker not ready after ${START_TIMEOUT}s (stopped it), log: $LOG"
     fi
     sleep 0.2
     waited=$((waited + 1))
   done
-  echo "started (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+  is_our_broker "$pid" || die "process $pid answers on 127.0.0.1:$PORT but is not this broker"
+  trap - EXIT INT TERM HUP
+  echo "started (pid $pid) on 127.0.0.1:$PORT"
+}
+
+# The EXIT trap of a start that did not finish: stop the broker it launched.
+abandon() {
+  local code=$?
+  terminate "$1"
+  rm -f "$PIDFILE"
+  exit "$code"
 }
 
 stop() {
@@ -142,16 +212,7 @@ stop() {
     rm -f "$PIDFILE"
     return
   fi
-  kill -TERM "$pid"
-  local waited=0
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((waited >= STOP_TIMEOUT * 5)); then
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-    waited=$((waited + 1))
-  done
+  terminate "$pid"
   rm -f "$PIDFILE"
   echo "stopped"
 }

@@ -33,7 +33,7 @@ EMBEDDED_SESSION_TIMEOUT = timedelta(seconds=2)
 """Same for the embedded log, which has no minimum."""
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     """A port P such that P and P+1 (the controller) are free on loopback."""
     for _ in range(50):
         with socket.socket() as s:
@@ -57,7 +57,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    port = _free_port_pair()
+    port = free_port_pair()
     env = {
         **os.environ,
         "KAFKA_PORT": str(port),
