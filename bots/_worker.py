@@ -53,6 +53,10 @@ def handler(fhir, event):
 (``time`` for ``date.today()``, ``_strptime``, ``locale``, the idna codec) gets loaded
 before limits apply, since bot code cannot import them itself (see ``_import_guard``)."""
 
+_WARM_UP_MODULES = frozenset({"json", "datetime", "decimal"})
+"""What :data:`_WARM_UP_SOURCE` imports: allowed to it even when the policy allows bots
+fewer modules."""
+
 _PRELOADED_MODULES = ("time", "_strptime", "locale", "calendar", "unicodedata", "encodings.idna")
 """Modules trusted C code may import on a bot's frame; loaded at start for the same reason."""
 
@@ -226,11 +230,15 @@ class Worker:
         """Load lazily imported modules and run a bot that touches them."""
         for name in _PRELOADED_MODULES:
             importlib.import_module(name)
-        code, _ = self._code_for({"digest": "warm-up", "source": _WARM_UP_SOURCE})
-        env = self._namespace.build_globals(FhirError, LogBuffer(1024))
+        # The warm-up is our code, not a bot's: under a policy that leaves out one of its
+        # modules it would be refused and the worker would never start. It gets a policy and
+        # a namespace of its own; bots keep the worker's.
+        policy = self.policy.with_modules(*_WARM_UP_MODULES)
+        code = compile_bot(_WARM_UP_SOURCE, policy).code
+        namespace = SandboxNamespace(build_proxies(policy.allowed_modules))
+        env = namespace.build_globals(FhirError, LogBuffer(1024))
         _run_module(code, env)
         env[HANDLER_NAME](None, BotEvent({}))
-        self._cache.pop("warm-up", None)
 
     def serve(self) -> None:
         """Answer ``exec`` messages until ``stop`` or the channel closes."""

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 
+from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.engine.api.app import create_app
 from fhirbots.engine.automation.runtime import BotRuntime
 from fhirbots.engine.errors import BadRequest
@@ -59,9 +60,22 @@ class Bootstrap:
 
 
 class Engine:
-    """All parts of one engine process."""
+    """All parts of one engine process.
 
-    def __init__(self, settings: Settings, *, storage: Storage | None = None) -> None:
+    Args:
+        settings: What the engine is configured with.
+        storage: The datastore; the one ``settings`` name when None.
+        policy: The bot sandbox policy, built at the entry point; when None, built here from
+            ``settings`` (:meth:`Settings.sandbox_policy`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage | None = None,
+        policy: SandboxPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.storage = storage or create_storage(settings, indexer=SqlSearchIndexer())
         self.event_log: EventLog | None = None
@@ -86,6 +100,7 @@ class Engine:
             search=self.search,
             get_url=self._get_url,
             event_log=lambda: self.event_log,
+            policy=policy or settings.sandbox_policy(),
         )
         """Runs Bots ($execute, ``Bot/<id>`` endpoints, cron); workers start on first use."""
         install_bots(self.bots, self.fhir, self.routes)

@@ -3,10 +3,15 @@ passed down. No module reads the environment on its own."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
+
+from fhirbots.bots.errors import PolicyError
+from fhirbots.bots.policy import MIB, SandboxPolicy
 
 __all__ = ["API_PATH", "DEFAULT_PORT", "Settings"]
 
@@ -19,10 +24,70 @@ so clients written for other R4 servers find it where they expect it, and an API
 FHIR version could be served beside it. Every route and every base URL is built from this."""
 
 
+_POLICY = SandboxPolicy()
+"""The sandbox policy's own defaults: the ``bot_*`` settings start from them."""
+
+_BOT_VARIABLES = {
+    "allowed_modules": "FHIRBOTS_BOT_ALLOWED_MODULES",
+    "timeout_seconds": "FHIRBOTS_BOT_TIMEOUT",
+    "cpu_seconds": "FHIRBOTS_BOT_CPU_SECONDS",
+    "memory_bytes": "FHIRBOTS_BOT_MEMORY_MB",
+    "max_open_files": "FHIRBOTS_BOT_MAX_OPEN_FILES",
+    "forbid_processes": "FHIRBOTS_BOT_FORBID_PROCESSES",
+    "max_output_bytes": "FHIRBOTS_BOT_MAX_OUTPUT_BYTES",
+    "max_log_bytes": "FHIRBOTS_BOT_MAX_LOG_BYTES",
+    "max_source_bytes": "FHIRBOTS_BOT_MAX_SOURCE_BYTES",
+    "max_fhir_calls": "FHIRBOTS_BOT_MAX_FHIR_CALLS",
+    "max_message_bytes": "FHIRBOTS_BOT_MAX_MESSAGE_BYTES",
+    "pool_size": "FHIRBOTS_BOT_WORKERS",
+    "max_executions_per_worker": "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER",
+    "code_cache_size": "FHIRBOTS_BOT_CODE_CACHE_SIZE",
+}
+"""The variable setting each :class:`SandboxPolicy` field, so that a refusal, which names the
+field, also names what the operator set."""
+
+_T = TypeVar("_T")
+
+
 def _writer_mode(value: str) -> bool:
     if value not in ("process", "thread"):
         raise ValueError(f"FHIRBOTS_SQLITE_WRITER must be 'process' or 'thread', not {value!r}")
     return value == "process"
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        # float() takes "inf" and "nan"; neither is a time limit.
+        raise ValueError(value)
+    return seconds
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.lower() == "true"
+
+
+def _modules(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _parsed(
+    env: Mapping[str, str], name: str, parse: Callable[[str], _T], kind: str, default: _T
+) -> _T:
+    """``env[name]`` parsed, or ``default`` when unset or blank.
+
+    Raises:
+        ValueError: the value does not parse; the message names the variable.
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be {kind}, not {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -74,9 +139,65 @@ class Settings:
     """How often a bot may already be in a change's causation chain and still be triggered by
     it; deeper, the notification is suppressed (``FHIRBOTS_LOOP_GUARD_DEPTH``)."""
 
+    # The bot sandbox: each bot_* setting is a field of the SandboxPolicy that
+    # sandbox_policy() builds, which validates them; the defaults are the policy's own.
+
+    bot_allowed_modules: tuple[str, ...] = tuple(sorted(_POLICY.allowed_modules))
+    """Every module bots may import, replacing the default list
+    (``FHIRBOTS_BOT_ALLOWED_MODULES``, comma-separated; top-level names only)."""
+
+    bot_timeout: float = _POLICY.timeout_seconds
+    """Wall-clock seconds per execution, FHIR calls included; a Bot's own ``timeout`` can only
+    lower it (``FHIRBOTS_BOT_TIMEOUT``)."""
+
+    bot_cpu_seconds: int = _POLICY.cpu_seconds
+    """CPU seconds per execution (``FHIRBOTS_BOT_CPU_SECONDS``)."""
+
+    bot_memory_mb: int = _POLICY.memory_bytes // MIB
+    """Address-space ceiling of a sandbox worker in MiB, interpreter included, at least 64; a
+    Bot's own ``memoryLimit`` can only lower it (``FHIRBOTS_BOT_MEMORY_MB``)."""
+
+    bot_max_output_bytes: int = _POLICY.max_output_bytes
+    """Largest return value of an execution, as JSON (``FHIRBOTS_BOT_MAX_OUTPUT_BYTES``)."""
+
+    bot_max_log_bytes: int = _POLICY.max_log_bytes
+    """Captured log text per execution (``FHIRBOTS_BOT_MAX_LOG_BYTES``)."""
+
+    bot_max_source_bytes: int = _POLICY.max_source_bytes
+    """Largest bot source accepted at deploy (``FHIRBOTS_BOT_MAX_SOURCE_BYTES``)."""
+
+    bot_max_fhir_calls: int = _POLICY.max_fhir_calls
+    """FHIR calls per execution (``FHIRBOTS_BOT_MAX_FHIR_CALLS``; 0 allows none)."""
+
+    bot_max_message_bytes: int = _POLICY.max_message_bytes
+    """Largest message between the engine and a sandbox worker; must hold a whole result
+    (``FHIRBOTS_BOT_MAX_MESSAGE_BYTES``)."""
+
+    bot_workers: int = _POLICY.pool_size
+    """Sandbox worker processes, i.e. concurrent executions (``FHIRBOTS_BOT_WORKERS``)."""
+
+    bot_max_executions_per_worker: int = _POLICY.max_executions_per_worker
+    """Executions after which a worker is replaced
+    (``FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER``)."""
+
+    bot_code_cache_size: int = _POLICY.code_cache_size
+    """Compiled bots each worker keeps (``FHIRBOTS_BOT_CODE_CACHE_SIZE``)."""
+
+    bot_max_open_files: int = _POLICY.max_open_files
+    """Open files per worker (``FHIRBOTS_BOT_MAX_OPEN_FILES``)."""
+
+    bot_forbid_processes: bool = _POLICY.forbid_processes
+    """Workers cannot start processes (``FHIRBOTS_BOT_FORBID_PROCESSES``, ``true`` or
+    ``false``)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Defaults overridden by ``FHIRBOTS_*`` environment variables."""
+        """Defaults overridden by ``FHIRBOTS_*`` environment variables.
+
+        Raises:
+            ValueError: a value that does not parse (for the ``FHIRBOTS_BOT_*`` variables and
+                ``FHIRBOTS_SQLITE_WRITER``, the message names the variable).
+        """
         env = os.environ if environ is None else environ
         base = cls()
         return replace(
@@ -106,6 +227,76 @@ class Settings:
                     "FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER", str(base.delivery_auto_disable_after)
                 )
             ),
+            bot_allowed_modules=_parsed(
+                env,
+                "FHIRBOTS_BOT_ALLOWED_MODULES",
+                _modules,
+                "a comma-separated list of module names",
+                base.bot_allowed_modules,
+            ),
+            bot_timeout=_parsed(
+                env, "FHIRBOTS_BOT_TIMEOUT", _seconds, "a number of seconds", base.bot_timeout
+            ),
+            bot_cpu_seconds=_parsed(
+                env, "FHIRBOTS_BOT_CPU_SECONDS", int, "a whole number", base.bot_cpu_seconds
+            ),
+            bot_memory_mb=_parsed(
+                env, "FHIRBOTS_BOT_MEMORY_MB", int, "a whole number", base.bot_memory_mb
+            ),
+            bot_max_output_bytes=_parsed(
+                env,
+                "FHIRBOTS_BOT_MAX_OUTPUT_BYTES",
+                int,
+                "a whole number",
+                base.bot_max_output_bytes,
+            ),
+            bot_max_log_bytes=_parsed(
+                env, "FHIRBOTS_BOT_MAX_LOG_BYTES", int, "a whole number", base.bot_max_log_bytes
+            ),
+            bot_max_source_bytes=_parsed(
+                env,
+                "FHIRBOTS_BOT_MAX_SOURCE_BYTES",
+                int,
+                "a whole number",
+                base.bot_max_source_bytes,
+            ),
+            bot_max_fhir_calls=_parsed(
+                env, "FHIRBOTS_BOT_MAX_FHIR_CALLS", int, "a whole number", base.bot_max_fhir_calls
+            ),
+            bot_max_message_bytes=_parsed(
+                env,
+                "FHIRBOTS_BOT_MAX_MESSAGE_BYTES",
+                int,
+                "a whole number",
+                base.bot_max_message_bytes,
+            ),
+            bot_workers=_parsed(
+                env, "FHIRBOTS_BOT_WORKERS", int, "a whole number", base.bot_workers
+            ),
+            bot_max_executions_per_worker=_parsed(
+                env,
+                "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER",
+                int,
+                "a whole number",
+                base.bot_max_executions_per_worker,
+            ),
+            bot_code_cache_size=_parsed(
+                env,
+                "FHIRBOTS_BOT_CODE_CACHE_SIZE",
+                int,
+                "a whole number",
+                base.bot_code_cache_size,
+            ),
+            bot_max_open_files=_parsed(
+                env, "FHIRBOTS_BOT_MAX_OPEN_FILES", int, "a whole number", base.bot_max_open_files
+            ),
+            bot_forbid_processes=_parsed(
+                env,
+                "FHIRBOTS_BOT_FORBID_PROCESSES",
+                _flag,
+                "true or false",
+                base.bot_forbid_processes,
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -125,6 +316,37 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"{origin or f'http://{self.host}:{self.port}'}{API_PATH}"
+
+    def sandbox_policy(self) -> SandboxPolicy:
+        """The bot sandbox policy of these settings; built once, at the entry point.
+
+        Raises:
+            PolicyError: the policy refuses a limit; the message names the policy's field and
+                the variable that sets it.
+        """
+        try:
+            return SandboxPolicy(
+                allowed_modules=frozenset(self.bot_allowed_modules),
+                timeout_seconds=self.bot_timeout,
+                cpu_seconds=self.bot_cpu_seconds,
+                memory_bytes=self.bot_memory_mb * MIB,
+                max_open_files=self.bot_max_open_files,
+                forbid_processes=self.bot_forbid_processes,
+                max_output_bytes=self.bot_max_output_bytes,
+                max_log_bytes=self.bot_max_log_bytes,
+                max_source_bytes=self.bot_max_source_bytes,
+                max_fhir_calls=self.bot_max_fhir_calls,
+                max_message_bytes=self.bot_max_message_bytes,
+                pool_size=self.bot_workers,
+                max_executions_per_worker=self.bot_max_executions_per_worker,
+                code_cache_size=self.bot_code_cache_size,
+            )
+        except PolicyError as exc:
+            # The policy names the field(s) it refuses; an operator knows the variables.
+            named = [name for field, name in _BOT_VARIABLES.items() if field in str(exc)]
+            if not named:
+                raise
+            raise PolicyError(f"{exc} (set by {', '.join(named)})") from exc
 
     @property
     def sqlite_path(self) -> Path:

@@ -121,9 +121,19 @@ class BotRuntime:
         search: SearchService,
         get_url: GetUrl,
         event_log: EventLogSource,
-        policy: SandboxPolicy | None = None,
+        policy: SandboxPolicy,
     ) -> BotRuntime:
-        """The runtime of an engine built from ``settings``."""
+        """The runtime of an engine built from ``settings``.
+
+        Args:
+            settings: The engine's settings (base URL, bot store, data dir).
+            fhir: The engine's FHIR service.
+            search: The engine's search service (the bots' searches).
+            get_url: Resolves GET entries of the bots' Bundles.
+            event_log: The event log execution records go to, once open.
+            policy: The sandbox policy, built once at the entry point
+                (:meth:`fhirbots.engine.settings.Settings.sandbox_policy`).
+        """
         return cls(
             fhir=fhir,
             gateway=EngineFhirGateway(fhir, search, get_url, settings.base_url()),

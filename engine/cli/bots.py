@@ -7,8 +7,9 @@
 * ``bot run FILE --input INPUT``: runs the source in FILE once on INPUT (a JSON file, or text
   such as an HL7 v2 message) in the sandbox, without deploying it. Its FHIR calls go to the
   embedded engine in ``--data-dir`` (project ``--project``), or to the server at ``--url``
-  with ``FHIRBOTS_TOKEN``. The output is printed as JSON on stdout, the logs on stderr; the
-  exit status is 0 on success, 1 when the bot failed, 2 when its source is refused.
+  with ``FHIRBOTS_TOKEN``, under the sandbox limits of the ``FHIRBOTS_BOT_*`` variables. The
+  output is printed as JSON on stdout, the logs on stderr; the exit status is 0 on success, 1
+  when the bot failed, 2 when its source or a setting is refused.
 """
 
 from __future__ import annotations
@@ -129,17 +130,23 @@ def _report(result: ExecutionResult) -> int:
     return 0
 
 
-async def _run_remote(args: argparse.Namespace, request: ExecutionRequest) -> ExecutionResult:
+async def _run_remote(
+    args: argparse.Namespace, request: ExecutionRequest, policy: SandboxPolicy
+) -> ExecutionResult:
     async with (
         FhirClient(client_settings(args.url)) as client,
-        ProcessBotExecutor(HttpFhirGateway(client), SandboxPolicy(pool_size=1)) as executor,
+        ProcessBotExecutor(HttpFhirGateway(client), policy) as executor,
     ):
         return await executor.execute(request)
 
 
-async def _run_embedded(args: argparse.Namespace, request: ExecutionRequest) -> ExecutionResult:
-    settings = Settings.from_env().with_overrides(data_dir=args.data_dir)
-    engine = Engine(settings)
+async def _run_embedded(
+    args: argparse.Namespace,
+    request: ExecutionRequest,
+    settings: Settings,
+    policy: SandboxPolicy,
+) -> ExecutionResult:
+    engine = Engine(settings, policy=policy)
     await engine.open()
     try:
         await engine.storage.ensure_project(args.project, args.project)
@@ -157,9 +164,16 @@ async def _run_embedded(args: argparse.Namespace, request: ExecutionRequest) -> 
 
 async def _run(args: argparse.Namespace) -> int:
     configure_logging(RUN_LOG_LEVEL, json=False)
+    try:
+        settings = Settings.from_env().with_overrides(data_dir=args.data_dir)
+        # One execution needs one worker, whatever the engine's pool size.
+        policy = settings.sandbox_policy().with_pool_size(1)
+    except ValueError as exc:  # an unparsable value, or the policy's PolicyError
+        print(f"fhirbots: {exc}", file=sys.stderr)
+        return 2
     source = _source(args.file)
     try:
-        compile_bot(source)
+        compile_bot(source, policy)
     except BotCompileError as exc:
         _problems(args.file, exc)
         return 2
@@ -169,9 +183,9 @@ async def _run(args: argparse.Namespace) -> int:
     bot = make_bot(source, name=Path(args.file).stem)
     request = ExecutionRequest(bot=bot, input=value, content_type=media, project=args.project)
     if args.url:
-        result = await _run_remote(args, request)
+        result = await _run_remote(args, request, policy)
     else:
-        result = await _run_embedded(args, request)
+        result = await _run_embedded(args, request, settings, policy)
     return _report(result)
 
 

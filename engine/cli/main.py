@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
@@ -31,6 +32,9 @@ from fhirbots.engine.settings import Settings
 __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
+
+INVALID_SETTING_STATUS = 2
+"""Exit status of a server command refused by an invalid setting (argparse's for a bad flag)."""
 
 
 async def _until_signalled() -> None:
@@ -49,10 +53,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _configured(args: argparse.Namespace) -> tuple[Settings, SandboxPolicy] | None:
+    """The settings of a server command and the bot sandbox policy built from them, or None
+    once the reason a value is invalid is printed (a message naming it, not a traceback)."""
+    try:
+        settings = _settings(args)
+        return settings, settings.sandbox_policy()
+    except ValueError as exc:  # an unparsable value, or the policy's PolicyError
+        print(f"fhirbots: {exc}", file=sys.stderr)
+        return None
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    configured = _configured(args)
+    if configured is None:
+        return INVALID_SETTING_STATUS
+    settings, policy = configured
     configure_logging(settings.log_level)
-    engine = Engine(settings)
+    engine = Engine(settings, policy=policy)
     await engine.open()
     engine.validator.warm()
     try:
@@ -81,9 +99,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    configured = _configured(args)
+    if configured is None:
+        return INVALID_SETTING_STATUS
+    settings, policy = configured
     configure_logging(settings.log_level)
-    engine = Engine(settings)
+    engine = Engine(settings, policy=policy)
     await engine.open()
     try:
         if args.role == "relay":

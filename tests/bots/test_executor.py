@@ -434,3 +434,18 @@ async def test_cpu_limit_stops_a_busy_bot_before_the_wall_clock(gateway: SlowGat
         assert "s of CPU time" in (result.error or "")
         assert result.duration_ms < 15_000
         await assert_healthy(executor)
+
+
+@MODULE_LOOP
+async def test_workers_start_under_a_policy_without_the_warm_up_modules(
+    gateway: SlowGateway,
+) -> None:
+    policy = SandboxPolicy(pool_size=1, allowed_modules=frozenset({"math"}))
+    async with ProcessBotExecutor(gateway, policy) as executor:
+        allowed = await run(
+            executor, "import math\ndef handler(fhir, event):\n    return math.floor(2.5)\n"
+        )
+        refused = await run(executor, "import json\ndef handler(fhir, event):\n    return 1\n")
+    assert (allowed.status, allowed.output) == ("success", 2)
+    assert refused.status == "error"
+    assert "SandboxPolicy.with_modules('json')" in (refused.error or "")

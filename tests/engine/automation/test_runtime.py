@@ -1,22 +1,28 @@
-"""BotRuntime: the dispatcher's BotInvoker, loop refusal, records and AuditEvents."""
+"""BotRuntime: the dispatcher's BotInvoker, loop refusal, records and AuditEvents, the
+sandbox limits of the settings."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from fhirbots.bots.executor import ExecutionResult
 from fhirbots.engine.automation.runtime import result_json
 from fhirbots.engine.automation.tags import BOT_TAG_SYSTEM
+from fhirbots.engine.errors import Unprocessable
 from fhirbots.engine.eventlog.factory import create_event_log
 from fhirbots.engine.runtime import Engine
+from fhirbots.engine.settings import Settings
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.schemas.events import CausationLink
 from fhirbots.schemas.executions import BotExecutionRecord
 from fhirbots.schemas.notifications import ChannelSpec, Notification
 from fhirbots.schemas.topics import BOT_EXECUTIONS
-from tests.engine.scenarios.bots import PROJECT, changes, store_bot
+from tests.engine.scenarios.bots import PROJECT, changes, open_engine, store_bot
 
 FLAGGER = """
 def handler(fhir, event):
@@ -174,3 +180,42 @@ async def test_start_bots_warms_workers_and_runs_the_scheduler(engine: Engine) -
     await engine.bots.close()
     assert engine.bots.scheduler is None
     assert engine.bots.executor.worker_pids == []
+
+
+LOOPER = "def handler(fhir, event):\n    while True:\n        pass\n"
+
+SHORTENER = """
+import textwrap
+
+def handler(fhir, event):
+    return textwrap.shorten("limits set by the operator", 16)
+"""
+
+
+async def run_once(engine: Engine, bot_id: str) -> ExecutionResult:
+    loaded = await engine.bots.load(PROJECT, bot_id)
+    request = await engine.bots.request(loaded, PROJECT, None)
+    return await engine.bots.run(request, trigger="execute", bot_version=loaded.version)
+
+
+async def test_a_configured_timeout_stops_a_running_bot(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, bot_timeout=1.0, bot_workers=1)
+    async with open_engine("sqlite", tmp_path, settings) as engine:
+        result = await run_once(engine, await store_bot(engine, LOOPER))
+    assert result.status == "timeout"
+    assert result.error == "the bot ran longer than its 1 s timeout"
+
+
+async def test_a_module_allowed_by_setting_can_be_imported(tmp_path: Path) -> None:
+    async with open_engine("sqlite", tmp_path / "default") as engine:
+        with pytest.raises(Unprocessable, match="textwrap"):
+            await store_bot(engine, SHORTENER)
+    relaxed = Settings(
+        data_dir=tmp_path / "relaxed",
+        bot_allowed_modules=(*Settings().bot_allowed_modules, "textwrap"),
+        bot_workers=1,
+    )
+    async with open_engine("sqlite", relaxed.data_dir, relaxed) as engine:
+        result = await run_once(engine, await store_bot(engine, SHORTENER))
+    assert result.ok, result.error
+    assert result.output == "limits set [...]"

@@ -26,6 +26,15 @@ def handler(fhir, event):
 """
 
 
+WRAPPER = """
+import textwrap
+
+def handler(fhir, event):
+    return {"text": textwrap.dedent("  a")}
+"""
+"""Imports a module outside the default allow-list."""
+
+
 def args(*argv: str) -> argparse.Namespace:
     return _parser().parse_args(list(argv))
 
@@ -123,6 +132,30 @@ async def test_run_reports_failures(tmp_path: Path, capsys: pytest.CaptureFixtur
     namespace = args("bot", "run", source, "--data-dir", str(tmp_path / "data"))
     assert await run(namespace) == 1
     assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+async def test_run_uses_the_bot_limits_of_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write(tmp_path, "wrap.py", WRAPPER)
+    namespace = args("bot", "run", source, "--data-dir", str(tmp_path / "data"))
+    assert await run(namespace) == 2
+    assert "SandboxPolicy.with_modules('textwrap')" in capsys.readouterr().err
+    monkeypatch.setenv("FHIRBOTS_BOT_ALLOWED_MODULES", "json,textwrap")
+    assert await run(namespace) == 0
+    assert json_output(capsys.readouterr().out) == {"text": "a"}
+
+
+async def test_run_refuses_an_invalid_bot_limit_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write(tmp_path, "ok.py", "def handler(fhir, event):\n    return 1\n")
+    monkeypatch.setenv("FHIRBOTS_BOT_MEMORY_MB", "32")
+    assert await run(args("bot", "run", source, "--data-dir", str(tmp_path / "data"))) == 2
+    err = capsys.readouterr().err
+    assert "SandboxPolicy.memory_bytes must be at least 64 MiB" in err
+    assert "FHIRBOTS_BOT_MEMORY_MB" in err
+    assert not (tmp_path / "data").exists()
 
 
 def test_input_files_are_json_hl7_or_text(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fhirbots.engine.cli.main import main
 from fhirbots.engine.storage.sqlite import SqliteStorage
 from tests.conftest import child_env
 from tests.waiting import eventually
@@ -113,3 +114,31 @@ async def test_load_every_sample_bundle(server: tuple[str, Path], shared_dir: Pa
         assert set(counts) - set(expected) <= {"AuditEvent"}
     finally:
         await storage.close()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker", "bots"]])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "FHIRBOTS_BOT_TIMEOUT",
+            "-1",
+            "SandboxPolicy.timeout_seconds must be positive, got -1.0 "
+            "(set by FHIRBOTS_BOT_TIMEOUT)",
+        ),
+        ("FHIRBOTS_BOT_WORKERS", "two", "FHIRBOTS_BOT_WORKERS must be a whole number, not 'two'"),
+    ],
+)
+def test_server_commands_refuse_an_invalid_bot_limit_by_name(
+    command: list[str],
+    variable: str,
+    value: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main([*command, "--data-dir", str(tmp_path / "data")]) == 2
+    assert capsys.readouterr().err == f"fhirbots: {message}\n"
+    assert not (tmp_path / "data").exists()

@@ -4,6 +4,7 @@ and the change events the datastore recorded."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,28 @@ async def changes(engine: Engine) -> list[ChangeEvent]:
     return [ChangeEvent.model_validate_json(row.payload) for row in rows]
 
 
+@asynccontextmanager
+async def open_engine(
+    kind: str, tmp_path: Path, settings: Settings | None = None
+) -> AsyncIterator[Engine]:
+    """An open engine (no HTTP) on storage ``kind``, with project :data:`PROJECT`.
+
+    Args:
+        kind: The storage adapter (see :func:`tests.engine.conftest.open_storage`).
+        tmp_path: Its data dir.
+        settings: The engine's settings (the defaults in ``tmp_path`` when None).
+    """
+    storage = await open_storage(kind, tmp_path)
+    opened = Engine(settings or Settings(data_dir=tmp_path), storage=storage)
+    try:
+        await opened.storage.ensure_project(PROJECT, "Project one")
+        yield opened
+    finally:
+        await opened.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
     """An open engine (no HTTP) on each storage adapter, with project :data:`PROJECT`."""
-    storage = await open_storage(request.param, tmp_path)
-    opened = Engine(Settings(data_dir=tmp_path), storage=storage)
-    await opened.storage.ensure_project(PROJECT, "Project one")
-    yield opened
-    await opened.close()
+    async with open_engine(request.param, tmp_path) as opened:
+        yield opened
