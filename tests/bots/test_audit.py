@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from fhir.resources.R4B.auditevent import AuditEvent
 
 from fhirbots.bots.audit import MAX_AUDIT_TEXT, audit_event
-from fhirbots.bots.executor import ExecutionRequest, ExecutionResult
+from fhirbots.bots.executor import ExecutionRequest, ExecutionResult, ExecutionStatus
 from fhirbots.bots.testing import make_bot
 
 BOT = make_bot("def handler(fhir, event):\n    pass\n", id="b1", name="Flagger")
@@ -41,7 +41,13 @@ def test_success_event_is_valid_and_references_bot_input_and_requester() -> None
 
 def test_failures_are_graded_and_text_is_capped() -> None:
     request = ExecutionRequest(bot=BOT, input="raw text")
-    for status, outcome in (("error", "4"), ("timeout", "8"), ("memory", "8"), ("killed", "8")):
+    graded: list[tuple[ExecutionStatus, str]] = [
+        ("error", "4"),
+        ("timeout", "8"),
+        ("memory", "8"),
+        ("killed", "8"),
+    ]
+    for status, outcome in graded:
         result = ExecutionResult(
             status=status, execution_id="e", error="boom", logs="x" * (2 * MAX_AUDIT_TEXT)
         )

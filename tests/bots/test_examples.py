@@ -286,12 +286,12 @@ async def test_adt_a01_becomes_patient_and_encounter_idempotently() -> None:
         assert other.output["patient"] == result.output["patient"]
         assert len(gateway.all("Encounter")) == 2
         visit = gateway.get("Encounter", other.output["encounter"].split("/")[1])
-        assert visit["period"]["start"] == "2024-01-15T12:25:00-05:00"
+        assert visit is not None and visit["period"]["start"] == "2024-01-15T12:25:00-05:00"
 
         offset = ADT_A01.replace("EVN|A01|202401151225", "EVN|A01|202407011225+0200")
         summer = await harness.run(bot, input=offset.replace("V100", "V300"))
         visit = gateway.get("Encounter", summer.output["encounter"].split("/")[1])
-        assert visit["period"]["start"] == "2024-07-01T12:25:00+02:00"
+        assert visit is not None and visit["period"]["start"] == "2024-07-01T12:25:00+02:00"
 
 
 async def test_adt_bot_refuses_other_messages() -> None:

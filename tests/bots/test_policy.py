@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,9 @@ def test_copy_builders_change_one_field() -> None:
         ({"max_message_bytes": 1024 * 1024}, "max_message_bytes"),
     ],
 )
-def test_impossible_values_are_refused_naming_the_field(changes: dict, named: str) -> None:
+def test_impossible_values_are_refused_naming_the_field(
+    changes: dict[str, Any], named: str
+) -> None:
     with pytest.raises(PolicyError, match=named) as refused:
         SandboxPolicy(**changes)
     assert isinstance(refused.value, BotError)

@@ -111,7 +111,8 @@ def test_run_bot_outside_an_event_loop() -> None:
         gateway=gateway,
     )
     assert result.ok
-    assert gateway.get("Basic", result.output)["code"]["text"] == "hello"
+    stored = gateway.get("Basic", result.output)
+    assert stored is not None and stored["code"]["text"] == "hello"
 
 
 async def test_harness_refuses_like_a_deploy_and_accepts_bots() -> None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from fhirbots.engine.runtime import Engine
@@ -46,7 +47,9 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 class Api:
     """An HTTP client on a running engine, with the admin key of a project."""
 
-    def __init__(self, client: TestClient, engine: Engine, token: str) -> None:
+    def __init__(
+        self, client: TestClient[web.Request, web.Application], engine: Engine, token: str
+    ) -> None:
         self.client = client
         self.engine = engine
         self.token = token

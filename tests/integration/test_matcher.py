@@ -15,7 +15,7 @@ from fhirbots.engine.eventlog.port import EventLog
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.stages.matcher import MatcherStage, MatcherTopics
 from fhirbots.engine.stages.relay import OutboxRelay
-from fhirbots.engine.storage.model import WriteContext
+from fhirbots.engine.storage.model import StoredResource, WriteContext
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from fhirbots.engine.storage.sqlite import SqliteStorage
 from fhirbots.schemas.events import CausationLink
@@ -60,6 +60,12 @@ class World:
 
         await eventually(holds, f"the expected items on {topic}", within=WAIT_SECONDS)
         return await self.read(topic, model)  # a read started after it held
+
+    async def create(self, resource: dict[str, Any], ctx: WriteContext = CTX) -> StoredResource:
+        """Create ``resource`` in project p1; returns the stored version."""
+        written = await self.fhir.create("p1", resource, ctx)
+        assert written.stored is not None
+        return written.stored
 
     async def notes(self, predicate: Callable[[list[Notification]], bool]) -> list[Notification]:
         return await self.wait(predicate, self.topics.notifications, Notification)
@@ -125,42 +131,43 @@ def observation(code: str, patient: str) -> dict[str, Any]:
 
 
 async def test_two_matchers_immediate_effect(world: World) -> None:
-    watcher = await world.fhir.create("p1", subscription("Observation"), CTX)
-    sub = await world.fhir.create("p1", subscription("Observation?code=1111-1"), CTX)
+    watcher = await world.create(subscription("Observation"))
+    sub = await world.create(subscription("Observation?code=1111-1"))
     # At once, events on many resources (so on many partitions, read by both members).
-    first = [await world.fhir.create("p1", observation("1111-1", f"a{i}"), CTX) for i in range(12)]
-    first_ids = {w.stored.id for w in first}
+    first = [await world.create(observation("1111-1", f"a{i}")) for i in range(12)]
+    first_ids = {w.id for w in first}
     notes = await world.notes(
-        lambda n: first_ids <= {x.resource_id for x in n if x.subscription_id == sub.stored.id}
+        lambda n: first_ids <= {x.resource_id for x in n if x.subscription_id == sub.id}
     )
-    assert {n.resource_id for n in notes if n.subscription_id == watcher.stored.id} >= first_ids
+    assert {n.resource_id for n in notes if n.subscription_id == watcher.id} >= first_ids
 
-    changed = {**sub.stored.content, "criteria": "Observation?code=2222-2"}  # type: ignore[dict-item]
-    await world.fhir.update("p1", "Subscription", sub.stored.id, changed, CTX)
-    second = [await world.fhir.create("p1", observation("1111-1", f"b{i}"), CTX) for i in range(12)]
-    second_ids = {w.stored.id for w in second}
+    assert sub.content is not None
+    changed = {**sub.content, "criteria": "Observation?code=2222-2"}
+    await world.fhir.update("p1", "Subscription", sub.id, changed, CTX)
+    second = [await world.create(observation("1111-1", f"b{i}")) for i in range(12)]
+    second_ids = {w.id for w in second}
     notes = await world.notes(
-        lambda n: second_ids <= {x.resource_id for x in n if x.subscription_id == watcher.stored.id}
+        lambda n: second_ids <= {x.resource_id for x in n if x.subscription_id == watcher.id}
     )
-    assert not second_ids & {n.resource_id for n in notes if n.subscription_id == sub.stored.id}
+    assert not second_ids & {n.resource_id for n in notes if n.subscription_id == sub.id}
     # Every notification is unique per (subscription, event).
     assert len({n.notification_id for n in notes}) == len(notes)
 
 
 async def test_loop_guard_on_the_log(world: World) -> None:
     channel = {"type": "rest-hook", "endpoint": "Bot/b1"}
-    sub = await world.fhir.create("p1", subscription("Observation", channel=channel), CTX)
+    sub = await world.create(subscription("Observation", channel=channel))
     links = tuple(CausationLink(bot="Bot/b1", execution=f"e{i}") for i in range(5))
-    allowed = await world.fhir.create(
-        "p1", observation("1", "x"), WriteContext(author="Bot/b1", causation=links)
+    allowed = await world.create(
+        observation("1", "x"), WriteContext(author="Bot/b1", causation=links)
     )
     deep = (*links, CausationLink(bot="Bot/b1", execution="e5"))
-    refused = await world.fhir.create(
-        "p1", observation("1", "y"), WriteContext(author="Bot/b1", causation=deep)
+    refused = await world.create(
+        observation("1", "y"), WriteContext(author="Bot/b1", causation=deep)
     )
     (record,) = await world.wait(
         lambda s: len(s) >= 1, world.topics.suppressed, SuppressedNotification
     )
-    assert record.resource_id == refused.stored.id and record.subscription_id == sub.stored.id
+    assert record.resource_id == refused.id and record.subscription_id == sub.id
     notes = await world.notes(lambda n: len(n) >= 1)
-    assert [n.resource_id for n in notes] == [allowed.stored.id]
+    assert [n.resource_id for n in notes] == [allowed.id]

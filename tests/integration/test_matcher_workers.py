@@ -15,7 +15,7 @@ import pytest
 from fhirbots.engine.eventlog.kafka import KafkaEventLog
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
-from fhirbots.engine.storage.model import WriteContext
+from fhirbots.engine.storage.model import StoredResource, WriteContext
 from fhirbots.schemas.notifications import Notification
 from fhirbots.schemas.topics import NOTIFICATIONS
 from tests.conftest import child_env
@@ -107,6 +107,13 @@ def subscription(criteria: str) -> dict[str, Any]:
     }
 
 
+async def create(engine: Engine, project: str, resource: dict[str, Any]) -> StoredResource:
+    """Create ``resource`` in ``project``; returns the stored version."""
+    written = await engine.fhir.create(project, resource, CTX)
+    assert written.stored is not None
+    return written.stored
+
+
 def observation(code: str, patient: str) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
@@ -129,40 +136,35 @@ async def test_two_worker_processes_see_subscription_changes_at_once(
     await log.create_topic(NOTIFICATIONS)  # the workers create it too; whoever is first
     try:
         # Both workers up and matching: a watcher subscription and probes on many partitions.
-        watcher = await engine.fhir.create(project, subscription("Observation"), CTX)
+        watcher = await create(engine, project, subscription("Observation"))
         probes = {
-            (await engine.fhir.create(project, observation("0", f"probe{i}"), CTX)).stored.id
-            for i in range(8)
+            (await create(engine, project, observation("0", f"probe{i}"))).id for i in range(8)
         }
         await wait_notes(log, project, lambda n: probes <= {x.resource_id for x in n})
         assert all(p.poll() is None for p in workers), "a worker exited"
 
-        sub = await engine.fhir.create(project, subscription("Observation?code=1111-1"), CTX)
+        sub = await create(engine, project, subscription("Observation?code=1111-1"))
         first = {
-            (await engine.fhir.create(project, observation("1111-1", f"a{i}"), CTX)).stored.id
-            for i in range(12)
+            (await create(engine, project, observation("1111-1", f"a{i}"))).id for i in range(12)
         }
         notes = await wait_notes(
             log,
             project,
-            lambda n: first <= {x.resource_id for x in n if x.subscription_id == sub.stored.id},
+            lambda n: first <= {x.resource_id for x in n if x.subscription_id == sub.id},
         )
 
-        assert sub.stored.content is not None
-        changed = {**sub.stored.content, "criteria": "Observation?code=2222-2"}
-        await engine.fhir.update(project, "Subscription", sub.stored.id, changed, CTX)
+        assert sub.content is not None
+        changed = {**sub.content, "criteria": "Observation?code=2222-2"}
+        await engine.fhir.update(project, "Subscription", sub.id, changed, CTX)
         second = {
-            (await engine.fhir.create(project, observation("1111-1", f"b{i}"), CTX)).stored.id
-            for i in range(12)
+            (await create(engine, project, observation("1111-1", f"b{i}"))).id for i in range(12)
         }
         notes = await wait_notes(
             log,
             project,
-            lambda n: (
-                second <= {x.resource_id for x in n if x.subscription_id == watcher.stored.id}
-            ),
+            lambda n: second <= {x.resource_id for x in n if x.subscription_id == watcher.id},
         )
-        by_sub = {x.resource_id for x in notes if x.subscription_id == sub.stored.id}
+        by_sub = {x.resource_id for x in notes if x.subscription_id == sub.id}
         assert not second & by_sub
         assert first <= by_sub
     finally:

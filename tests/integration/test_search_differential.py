@@ -59,7 +59,11 @@ def synthea_bundles(shared_dir: Path) -> list[list[dict[str, Any]]]:
             for e in bundle["entry"]
         }
         text = json.dumps([e["resource"] for e in bundle["entry"]])
-        text = _URN.sub(lambda m, urls=local: json.dumps(urls.get(m.group(1), m.group(1))), text)
+
+        def resolve(match: re.Match[str], urls: dict[str, str] = local) -> str:
+            return json.dumps(urls.get(match.group(1), match.group(1)))
+
+        text = _URN.sub(resolve, text)
         bundles.append(json.loads(text))
     # The HL7 examples add shapes Synthea lacks: Ranges, typed identifiers, uris, strings.
     examples = sorted((shared_dir / "fhir-samples" / "hl7-r4-examples").glob("*.json"))

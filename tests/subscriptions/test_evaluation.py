@@ -69,7 +69,7 @@ def event(
     return ChangeEvent(
         event_id=str(uuid.uuid4()),
         project="p1",
-        interaction=interaction,  # type: ignore[arg-type]
+        interaction=interaction,
         resource_type=subject["resourceType"],
         resource_id=subject.get("id", "x"),
         version_id="2",
@@ -257,7 +257,7 @@ def test_fhirpath_runtime_error_is_a_value() -> None:
     # foo() is unknown, but only reached for final resources: the dry run at definition
     # time cannot see it, so it fails when an event reaches it.
     expression = "iif(status = 'final', status.foo(), false)"
-    ext = {"extension": [{"url": FHIRPATH_URL, "valueString": expression}]}
+    ext: dict[str, Any] = {"extension": [{"url": FHIRPATH_URL, "valueString": expression}]}
     verdict = evaluate(spec("Observation", **ext), event(obs), {})
     assert not verdict.fires
     assert verdict.error is not None and "foo" in verdict.error

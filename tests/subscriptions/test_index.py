@@ -24,7 +24,7 @@ REGISTRY = default_registry()
 def _criteria_for(resource: dict[str, Any], rng: random.Random) -> str:
     """A criterion made from a real resource's values (so some match, most do not)."""
     rtype = resource["resourceType"]
-    choices = [f"{rtype}?_id={resource['id']}", rtype]
+    choices: list[str] = [f"{rtype}?_id={resource['id']}", rtype]
     coding = ((resource.get("code") or {}).get("coding") or [{}])[0]
     if coding.get("code") and REGISTRY.get(rtype, "code") is not None:
         choices.append(f"{rtype}?code={coding.get('system', '')}|{coding['code']}")

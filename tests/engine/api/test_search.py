@@ -26,9 +26,10 @@ async def loaded(api: Api, shared_dir: Path) -> dict[str, Any]:
         if e["response"]["location"].startswith("Patient/")
     )
     patient_id = location.split("/")[1]
-    return await (
+    patient: dict[str, Any] = await (
         await api.client.get(f"{BASE}/Patient/{patient_id}", headers=api.headers())
     ).json()
+    return patient
 
 
 async def get(api: Api, path: str, token: str | None = None, **headers: str) -> Any:

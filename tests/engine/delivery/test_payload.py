@@ -29,7 +29,7 @@ def _delivery(
         subscription_version="1",
         topic=topic,
         event_id="e1",
-        interaction=kw.pop("interaction", "update"),  # type: ignore[arg-type]
+        interaction=kw.pop("interaction", "update"),
         resource_type="Encounter",
         resource_id="enc1",
         version_id="3",
@@ -40,7 +40,7 @@ def _delivery(
             "class": {"code": "AMB"},
         },
         time=now,
-        channel=ChannelSpec(content=content, payload=kw.pop("payload", None)),  # type: ignore[arg-type]
+        channel=ChannelSpec(content=content, payload=kw.pop("payload", None)),
     )
     return Delivery(n, 7, "pending", 0, 0.0, None, now, now)
 

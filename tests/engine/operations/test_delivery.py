@@ -28,7 +28,9 @@ CONTENT_URL = (
 
 
 class Api:
-    def __init__(self, client: TestClient, engine: Engine, token: str) -> None:
+    def __init__(
+        self, client: TestClient[web.Request, web.Application], engine: Engine, token: str
+    ) -> None:
         self.client = client
         self.engine = engine
         self.headers = {

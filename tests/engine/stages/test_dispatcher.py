@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -205,7 +206,7 @@ async def test_dead_letter_error_status_audit_and_retry(
     assert await harness.store.dead_letters(PROJECT) == []
 
 
-async def _audit_events(harness: Harness) -> list[dict[str, object]]:
+async def _audit_events(harness: Harness) -> list[dict[str, Any]]:
     page = await harness.engine.fhir.history(PROJECT, "AuditEvent", count=100)
     return [e.content for e in page.entries if e.content is not None]
 

@@ -93,42 +93,49 @@ def observation(code: str = "8867-4", status: str = "final") -> dict[str, Any]:
     }
 
 
+async def create(
+    engine: Engine, resource: dict[str, Any], ctx: WriteContext = CTX
+) -> StoredResource:
+    """Create ``resource`` in project p1; returns the stored version."""
+    written = await engine.fhir.create("p1", resource, ctx)
+    assert written.stored is not None
+    return written.stored
+
+
 async def test_created_subscription_fires_for_the_very_next_write(engine: Engine) -> None:
     log = engine.event_log
     assert log is not None
-    sub = await engine.fhir.create("p1", subscription("Observation?code=8867-4"), CTX)
-    written = await engine.fhir.create("p1", observation(), CTX)  # at once, no waiting
+    sub = await create(engine, subscription("Observation?code=8867-4"))
+    written = await create(engine, observation())  # at once, no waiting
     items = await wait_for(log, lambda n: len(n) >= 1)
     (note,) = items
-    assert note.subscription_id == sub.stored.id
-    assert note.resource_id == written.stored.id
+    assert note.subscription_id == sub.id
+    assert note.resource_id == written.id
     assert note.resource is not None and note.resource["status"] == "final"
 
 
 async def test_changed_and_deleted_subscriptions_take_effect_at_once(engine: Engine) -> None:
     log = engine.event_log
     assert log is not None
-    watcher = await engine.fhir.create("p1", subscription("Observation"), CTX)
-    sub = await engine.fhir.create("p1", subscription("Observation?code=1111-1"), CTX)
-    changed = {**sub.stored.content, "criteria": "Observation?code=2222-2"}  # type: ignore[dict-item]
-    await engine.fhir.update("p1", "Subscription", sub.stored.id, changed, CTX)
-    second = await engine.fhir.create("p1", observation("2222-2"), CTX)
-    first = await engine.fhir.create("p1", observation("1111-1"), CTX)
+    watcher = await create(engine, subscription("Observation"))
+    sub = await create(engine, subscription("Observation?code=1111-1"))
+    assert sub.content is not None
+    changed = {**sub.content, "criteria": "Observation?code=2222-2"}
+    await engine.fhir.update("p1", "Subscription", sub.id, changed, CTX)
+    second = await create(engine, observation("2222-2"))
+    first = await create(engine, observation("1111-1"))
     items = await wait_for(
         log,
         lambda n: (
-            {x.resource_id for x in n if x.subscription_id == watcher.stored.id}
-            >= {first.stored.id, second.stored.id}
+            {x.resource_id for x in n if x.subscription_id == watcher.id} >= {first.id, second.id}
         ),
     )
-    mine = {n.resource_id for n in items if n.subscription_id == sub.stored.id}
-    assert mine == {second.stored.id}
-    await engine.fhir.delete("p1", "Subscription", sub.stored.id, CTX)
-    third = await engine.fhir.create("p1", observation("2222-2"), CTX)
-    items = await wait_for(log, lambda n: any(x.resource_id == third.stored.id for x in n))
-    assert not any(
-        n.subscription_id == sub.stored.id and n.resource_id == third.stored.id for n in items
-    )
+    mine = {n.resource_id for n in items if n.subscription_id == sub.id}
+    assert mine == {second.id}
+    await engine.fhir.delete("p1", "Subscription", sub.id, CTX)
+    third = await create(engine, observation("2222-2"))
+    items = await wait_for(log, lambda n: any(x.resource_id == third.id for x in n))
+    assert not any(n.subscription_id == sub.id and n.resource_id == third.id for n in items)
 
 
 async def test_runtime_failure_marks_the_subscription_and_spares_others(engine: Engine) -> None:
@@ -140,14 +147,14 @@ async def test_runtime_failure_marks_the_subscription_and_spares_others(engine: 
             {"url": FHIRPATH_URL, "valueString": "iif(status = 'final', status.foo(), false)"}
         ],
     )
-    bad = await engine.fhir.create("p1", broken, CTX)
-    good = await engine.fhir.create("p1", subscription("Observation"), CTX)
+    bad = await create(engine, broken)
+    good = await create(engine, subscription("Observation"))
     await engine.fhir.create("p1", observation(), CTX)
     items = await wait_for(log, lambda n: len(n) >= 1)
-    assert {n.subscription_id for n in items} == {good.stored.id}
+    assert {n.subscription_id for n in items} == {good.id}
 
     async def errored() -> StoredResource | None:
-        stored = await engine.fhir.read("p1", "Subscription", bad.stored.id)
+        stored = await engine.fhir.read("p1", "Subscription", bad.id)
         assert stored.content is not None
         return stored if stored.content["status"] == "error" else None
 
@@ -157,34 +164,32 @@ async def test_runtime_failure_marks_the_subscription_and_spares_others(engine: 
     assert {"url": CRITERIA_ERROR_URL, "valueBoolean": True} in stored.content["extension"]
     # a subscription whose criteria failed stays quiet: the next event notifies only the
     # good one, and the broken one is not marked again
-    after = await engine.fhir.create("p1", observation(), CTX)
-    items = await wait_for(log, lambda n: any(x.resource_id == after.stored.id for x in n))
-    assert {n.subscription_id for n in items} == {good.stored.id}
-    again = await engine.fhir.read("p1", "Subscription", bad.stored.id)
+    after = await create(engine, observation())
+    items = await wait_for(log, lambda n: any(x.resource_id == after.id for x in n))
+    assert {n.subscription_id for n in items} == {good.id}
+    again = await engine.fhir.read("p1", "Subscription", bad.id)
     assert again.version_id == stored.version_id
 
 
 async def test_delivery_errors_keep_a_subscription_firing(engine: Engine) -> None:
     log = engine.event_log
     assert log is not None
-    failing = await engine.fhir.create("p1", subscription("Observation", status="error"), CTX)
-    written = await engine.fhir.create("p1", observation(), CTX)
-    items = await wait_for(log, lambda n: any(x.resource_id == written.stored.id for x in n))
-    assert {n.subscription_id for n in items} == {failing.stored.id}
+    failing = await create(engine, subscription("Observation", status="error"))
+    written = await create(engine, observation())
+    items = await wait_for(log, lambda n: any(x.resource_id == written.id for x in n))
+    assert {n.subscription_id for n in items} == {failing.id}
 
 
 async def test_loop_guard_publishes_suppressed_records(engine: Engine) -> None:
     log = engine.event_log
     assert log is not None
     channel = {"type": "rest-hook", "endpoint": "Bot/b1"}
-    bot_sub = await engine.fhir.create("p1", subscription("Observation", channel=channel), CTX)
+    bot_sub = await create(engine, subscription("Observation", channel=channel))
     chain = tuple(CausationLink(bot="Bot/b1", execution=f"e{i}") for i in range(6))
-    written = await engine.fhir.create(
-        "p1", observation(), WriteContext(author="Bot/b1", causation=chain)
-    )
+    written = await create(engine, observation(), WriteContext(author="Bot/b1", causation=chain))
     (record,) = await wait_for(log, lambda s: len(s) >= 1, topic=SUPPRESSED)
-    assert record.subscription_id == bot_sub.stored.id
-    assert record.resource_id == written.stored.id
+    assert record.subscription_id == bot_sub.id
+    assert record.resource_id == written.id
     assert record.occurrences == 6 and len(record.causation) == 6
     assert await notifications(log) == []
 

@@ -175,7 +175,7 @@ async def test_a_write_registers_its_project(storage: Storage) -> None:
 
 def observation(oid: str, **refs: str) -> dict[str, object]:
     """An Observation with id ``oid`` and a reference per keyword (``subject="Patient/a"``)."""
-    references = {name: {"reference": target} for name, target in refs.items()}
+    references: dict[str, object] = {name: {"reference": target} for name, target in refs.items()}
     if "performer" in references:
         references["performer"] = [references["performer"]]  # Observation.performer is a list
     return {"resourceType": "Observation", "id": oid, "status": "final", **references}

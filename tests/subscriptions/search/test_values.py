@@ -26,8 +26,8 @@ from fhirbots.subscriptions.search.values import (
 )
 
 
-def us(*args: int) -> int:
-    moment = datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def us(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     return int(moment.timestamp()) * 1_000_000
 
 
