@@ -18,6 +18,7 @@ from typing import Any
 
 import fhirbots
 from fhirbots.bots._protocol import HEADER, ChannelClosedError, FrameTooLargeError, decode, encode
+from fhirbots.bots.errors import BotError
 from fhirbots.bots.policy import SandboxPolicy
 
 __all__ = ["STARTUP_TIMEOUT_SECONDS", "WorkerLostError", "WorkerProcess"]
@@ -34,7 +35,7 @@ _BOOTSTRAP = (
 """``-I`` drops the current directory from sys.path; the package root is passed explicitly."""
 
 
-class WorkerLostError(Exception):
+class WorkerLostError(BotError):
     """The worker died or broke the protocol; it must be replaced."""
 
     def __init__(self, message: str, returncode: int | None = None) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from fhirbots.bots.errors import BotError
+
 __all__ = [
     "HEADER",
     "ChannelClosedError",
@@ -32,11 +34,11 @@ HEADER = struct.Struct(">I")
 """Length prefix of every frame."""
 
 
-class ChannelClosedError(EOFError):
+class ChannelClosedError(BotError, EOFError):
     """The other end closed the channel."""
 
 
-class FrameTooLargeError(ValueError):
+class FrameTooLargeError(BotError, ValueError):
     """A frame exceeded the agreed maximum size."""
 
 

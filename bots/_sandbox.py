@@ -20,13 +20,15 @@ from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack
 
 from fhirbots.bots._modules import ModuleProxy
 from fhirbots.bots.compile import BOT_API_MODULE
+from fhirbots.bots.errors import BotError
 
 __all__ = [
     "BOT_MODULE_NAME",
+    "FHIR_ERROR_NAME",
     "BotEvent",
     "BotFhirClient",
+    "BotFhirError",
     "BotLogger",
-    "FhirError",
     "LogBuffer",
     "SandboxNamespace",
     "SandboxViolation",
@@ -100,7 +102,7 @@ _DANGEROUS_BUILTINS = frozenset(
 _MISSING = object()
 
 
-class SandboxViolation(AttributeError):
+class SandboxViolation(BotError, AttributeError):
     """Raised into bot code when it reaches for something the sandbox withholds."""
 
 
@@ -294,8 +296,17 @@ class BotLogger:
         self._log("ERROR", message, args)
 
 
-class FhirError(Exception):
-    """A FHIR call made by the bot failed; ``status`` and ``outcome`` say why."""
+FHIR_ERROR_NAME = "FhirError"
+"""The name bots know :class:`BotFhirError` by: their global, ``from fhirbots import FhirError``
+and their tracebacks. Bot code is written against it (see the bot author's guide)."""
+
+
+class BotFhirError(BotError):
+    """A FHIR call made by the bot failed; ``status`` and ``outcome`` say why.
+
+    Bots see it as ``FhirError`` (:data:`FHIR_ERROR_NAME`). Its own name keeps it apart from
+    :class:`fhirbots.engine.errors.FhirError`, the engine's error answered to API clients.
+    """
 
     def __init__(self, message: str, status: int, outcome: dict[str, Any]) -> None:
         super().__init__(message)
@@ -319,7 +330,7 @@ class BotFhirClient:
         reply = self._transport(method, args)
         if reply.get("ok"):
             return reply.get("value")
-        raise FhirError(
+        raise BotFhirError(
             str(reply.get("message", "FHIR call failed")),
             int(reply.get("status", 500)),
             dict(reply.get("outcome") or {}),
@@ -512,7 +523,7 @@ class SandboxNamespace:
         self._builtins = _safe_builtins()
         self._proxies = dict(proxies)
 
-    def build_globals(self, fhir_error: type[FhirError], buffer: LogBuffer) -> dict[str, Any]:
+    def build_globals(self, fhir_error: type[BotFhirError], buffer: LogBuffer) -> dict[str, Any]:
         """Fresh globals for one execution.
 
         Besides the guards, a bot gets ``logger`` and ``FhirError`` as globals, and can also
@@ -520,7 +531,7 @@ class SandboxNamespace:
         """
         printer = _Printer(buffer)
         logger = BotLogger(buffer)
-        api = ModuleProxy(BOT_API_MODULE, {"FhirError": fhir_error, "logger": logger})
+        api = ModuleProxy(BOT_API_MODULE, {FHIR_ERROR_NAME: fhir_error, "logger": logger})
         table = dict(self._builtins)  # per execution: CPython needs a real dict; none is shared
         table["__import__"] = _import_guard({**self._proxies, BOT_API_MODULE: api})
         return {
@@ -537,7 +548,7 @@ class SandboxNamespace:
             "_apply_": guarded_apply,
             "_print_": lambda *_args: printer,
             "logger": logger,
-            "FhirError": fhir_error,
+            FHIR_ERROR_NAME: fhir_error,
         }
 
 

@@ -26,10 +26,11 @@ import orjson
 from fhirbots.bots._modules import build_proxies
 from fhirbots.bots._protocol import ChannelClosedError, encode, read_frame, write_frame
 from fhirbots.bots._sandbox import (
+    FHIR_ERROR_NAME,
     MAX_ERROR_CHARS,
     BotEvent,
     BotFhirClient,
-    FhirError,
+    BotFhirError,
     LogBuffer,
     SandboxNamespace,
     json_default,
@@ -99,7 +100,9 @@ def _format_exception(exc: BaseException, lines: list[str]) -> str:
         message = str(exc)
     except Exception:  # a bot's own __str__ may fail
         message = "<unprintable>"
-    parts.append(f"{type(exc).__name__}: {message}"[:MAX_ERROR_CHARS])
+    # The bot knows BotFhirError by another name; its own subclasses keep theirs.
+    name = FHIR_ERROR_NAME if type(exc) is BotFhirError else type(exc).__name__
+    parts.append(f"{name}: {message}"[:MAX_ERROR_CHARS])
     return "\n".join(parts)
 
 
@@ -187,7 +190,7 @@ class Worker:
         fhir = BotFhirClient(self._fhir_transport)
         self._fhir_calls = 0
         decimal.setcontext(decimal.Context())
-        env = self._namespace.build_globals(FhirError, buffer)
+        env = self._namespace.build_globals(BotFhirError, buffer)
         status, error, output, recycle = "success", None, None, False
         # RLIMIT_CPU counts the worker's whole life: re-arm it relative to what is used.
         cpu_budget = float(limits.get("cpu_seconds", self.policy.cpu_seconds))
@@ -236,7 +239,7 @@ class Worker:
         policy = self.policy.with_modules(*_WARM_UP_MODULES)
         code = compile_bot(_WARM_UP_SOURCE, policy).code
         namespace = SandboxNamespace(build_proxies(policy.allowed_modules))
-        env = namespace.build_globals(FhirError, LogBuffer(1024))
+        env = namespace.build_globals(BotFhirError, LogBuffer(1024))
         _run_module(code, env)
         env[HANDLER_NAME](None, BotEvent({}))
 

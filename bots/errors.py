@@ -5,7 +5,7 @@ exceptions: they are :class:`fhirbots.bots.executor.ExecutionResult` values. The
 are for the people and code around a bot: a deploy that is refused, a FHIR call that fails, an
 executor used after it was closed.
 
-Tree::
+Tree (under :class:`fhirbots.schemas.errors.FhirbotsError`)::
 
     BotError
     ├── BotCompileError        source refused at deploy (syntax or sandbox policy)
@@ -13,12 +13,29 @@ Tree::
     │   └── AccessDeniedError  the call is outside the bot's access scopes
     ├── PolicyError            a sandbox policy with impossible values (also a ValueError)
     ├── CronError              a cron expression that cannot be parsed (also a ValueError)
-    └── ExecutorError          the executor itself cannot run (closed, cannot start workers)
+    ├── ExecutorError          the executor itself cannot run (closed, cannot start workers)
+    │
+    │   private to the executor and its worker processes:
+    ├── WorkerLostError        _pool: a worker died or broke the protocol; it is replaced
+    ├── ChannelClosedError     _protocol: the other end closed the channel (also an EOFError)
+    ├── FrameTooLargeError     _protocol: a frame over the agreed size (also a ValueError)
+    │
+    │   raised inside the sandbox, to bot code:
+    ├── BotFhirError           _sandbox: a FHIR call failed; bots know it as ``FhirError``
+    └── SandboxViolation       _sandbox: bot code reached for something withheld (also an
+                               AttributeError, so ``getattr`` with a default and ``hasattr``
+                               work on it)
+
+The worker translates nothing a bot raises: whatever it is, it ends the execution as a result.
+Pipe and process errors of a worker (``OSError``, ``IncompleteReadError``) become
+``WorkerLostError``; the executor turns them into results or ``ExecutorError``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from fhirbots.schemas.errors import FhirbotsError
 
 __all__ = [
     "AccessDeniedError",
@@ -32,7 +49,7 @@ __all__ = [
 ]
 
 
-class BotError(Exception):
+class BotError(FhirbotsError):
     """Root of every exception raised by :mod:`fhirbots.bots`."""
 
 

@@ -1,6 +1,8 @@
 """The engine's exception tree. Every error a client sees is one of these, rendered once as an
 OperationOutcome by :mod:`fhirbots.engine.fhir.outcome`.
 
+Under :class:`fhirbots.schemas.errors.FhirbotsError`::
+
     FhirError                      (500, base)
     ├── BadRequest                 (400) malformed JSON, bad parameters, bad Bundle
     ├── Unauthorized               (401) no or unknown API key
@@ -11,15 +13,23 @@ OperationOutcome by :mod:`fhirbots.engine.fhir.outcome`.
     ├── Gone                       (410) the resource was deleted
     ├── PreconditionFailed         (412) If-Match does not name the current version
     ├── UnsupportedMediaType       (415)
-    └── Unprocessable              (422) a resource that does not validate
+    ├── Unprocessable              (422) a resource that does not validate
+    ├── WriterStopped              (503, storage.sqlite) the SQLite writer process is gone
+    └── IncompatibleSchema         (500, storage.sql) the database has another schema version
 
 Foreign errors (database drivers, pydantic) are translated at the boundary with
-``raise ... from exc``.
+``raise ... from exc``, and so are the errors of the other packages a client can cause
+(``SearchError`` -> ``BadRequest``, ``CriteriaError`` and ``ResourceInvalid`` ->
+``Unprocessable``). The engine's other parts have trees of their own, each a root under
+``FhirbotsError``: ``eventlog.errors``, ``delivery.errors``, ``automation.errors``,
+``observatory.errors`` and ``cli.client.ClientError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+
+from fhirbots.schemas.errors import FhirbotsError
 
 __all__ = [
     "BadRequest",
@@ -47,7 +57,7 @@ class Issue:
     expression: tuple[str, ...] = field(default=())
 
 
-class FhirError(Exception):
+class FhirError(FhirbotsError):
     """Base of every error the engine reports to a client."""
 
     status = 500

@@ -26,6 +26,7 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
 
 from fhirbots.schemas.bot import Bot
+from fhirbots.schemas.errors import FhirbotsError
 
 __all__ = [
     "CUSTOM_TYPES",
@@ -48,8 +49,9 @@ class ValidationProblem:
     message: str
 
 
-class ResourceInvalid(ValueError):
-    """A resource did not validate; ``problems`` says where and why."""
+class ResourceInvalid(FhirbotsError, ValueError):
+    """A resource did not validate; ``problems`` says where and why. The one error of the
+    ``schemas`` package (see :mod:`fhirbots.schemas.errors`); also a ``ValueError``."""
 
     def __init__(self, problems: list[ValidationProblem]) -> None:
         super().__init__("; ".join(f"{p.path}: {p.message}" for p in problems))

@@ -1,6 +1,6 @@
 """Errors of the subscription layer (criteria, topics, evaluation).
 
-Tree::
+Tree (under :class:`fhirbots.schemas.errors.FhirbotsError`)::
 
     SubscriptionError          root of every subscription failure
     ├── CriteriaError          a Subscription or SubscriptionTopic names a criterion the
@@ -15,10 +15,12 @@ so the API can name it in the OperationOutcome.
 
 from __future__ import annotations
 
+from fhirbots.schemas.errors import FhirbotsError
+
 __all__ = ["CriteriaError", "EvaluationError", "SubscriptionError"]
 
 
-class SubscriptionError(Exception):
+class SubscriptionError(FhirbotsError):
     """Root of the subscription errors.
 
     Attributes:

@@ -16,15 +16,24 @@ import aiohttp
 import orjson
 
 from fhirbots.engine.settings import Settings
+from fhirbots.schemas.errors import FhirbotsError
 
-__all__ = ["DEFAULT_URL", "ClientError", "FhirClient", "client_settings"]
+__all__ = ["DEFAULT_URL", "UNREACHABLE", "ClientError", "FhirClient", "client_settings"]
 
 DEFAULT_URL = Settings().base_url()
 """Where ``fhirbots serve`` listens by default."""
 
 
-class ClientError(Exception):
-    """The server answered with an error; ``outcome`` is its OperationOutcome when it sent one."""
+UNREACHABLE = 503
+"""``ClientError.status`` when no answer came (refused, reset, timed out): what a gateway in
+front of the server would answer, and what callers already treat as "try again later"."""
+
+
+class ClientError(FhirbotsError):
+    """The server answered with an error, or could not be reached (:data:`UNREACHABLE`);
+    ``outcome`` is its OperationOutcome when it sent one. The root of the CLI client's errors,
+    under :class:`fhirbots.schemas.errors.FhirbotsError`; aiohttp's errors and answers that
+    are not JSON are translated into it."""
 
     def __init__(self, status: int, message: str, outcome: Any = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
@@ -85,9 +94,15 @@ class FhirClient:
         data = orjson.dumps(body) if body is not None else None
         send_headers = {"Content-Type": "application/fhir+json", **(headers or {})}
         url = f"{self.settings.url}/{path.lstrip('/')}" if path else self.settings.url
-        async with self._session.request(method, url, data=data, headers=send_headers) as resp:
-            raw = await resp.read()
+        try:
+            async with self._session.request(method, url, data=data, headers=send_headers) as resp:
+                status, raw = resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ClientError(UNREACHABLE, f"{method} {url}: {exc!r}") from exc
+        try:
             parsed = orjson.loads(raw) if raw else None
-            if resp.status >= 400:
-                raise ClientError(resp.status, _diagnostics(parsed), parsed)
-            return parsed
+        except orjson.JSONDecodeError as exc:
+            raise ClientError(status, f"{method} {url}: not JSON: {raw[:200]!r}") from exc
+        if status >= 400:
+            raise ClientError(status, _diagnostics(parsed), parsed)
+        return parsed

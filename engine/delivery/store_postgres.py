@@ -12,13 +12,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg
-
 from fhirbots.engine.delivery import store_sql as sql
 from fhirbots.engine.delivery.errors import DeliveryStoreError
 from fhirbots.engine.delivery.store import Accepted, Delivery, SubscriptionCounters
 from fhirbots.engine.delivery.store_sql import dead_filter, row_to_delivery
-from fhirbots.engine.storage.postgres_pool import PostgresPool
+from fhirbots.engine.storage.postgres_pool import DRIVER_ERRORS, PostgresPool
 from fhirbots.engine.storage.sql import numbered
 from fhirbots.schemas.notifications import Notification
 
@@ -109,7 +107,7 @@ class PostgresDeliveryStore:
                     out.append(
                         Accepted(n.notification_id, n.project, n.subscription_id, number, True)
                     )
-        except asyncpg.PostgresError as exc:
+        except DRIVER_ERRORS as exc:
             raise DeliveryStoreError(f"delivery store: {exc}") from exc
         return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -113,12 +114,22 @@ class EmbeddedEventLog:
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._executor is None:
             raise EventLogClosed("embedded event log is not started")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._run(self._executor, fn, *args)
 
     async def _read(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._reader_executor is None:
             raise EventLogClosed("embedded event log is not started")
-        return await asyncio.get_running_loop().run_in_executor(self._reader_executor, fn, *args)
+        return await self._run(self._reader_executor, fn, *args)
+
+    @staticmethod
+    async def _run(executor: ThreadPoolExecutor, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` on ``executor``. The store translates the errors of its writes; a read
+        that finds the file locked, or a folder that cannot be made, is translated here, so
+        consumers see a ``BrokerError`` they retry rather than a crash."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            raise BrokerError(f"embedded event log: {exc}") from exc
 
     @property
     def store(self) -> SqliteLogStore:

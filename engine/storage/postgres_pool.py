@@ -14,7 +14,12 @@ import asyncpg
 
 from fhirbots.engine.storage.sql import numbered
 
-__all__ = ["PostgresPool"]
+__all__ = ["DRIVER_ERRORS", "PostgresPool"]
+
+DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What asyncpg raises when the database refuses a statement (``PostgresError``), when the
+connection is gone or the pool closing (``InterfaceError``), and when the server cannot be
+reached or does not answer in time (``OSError``, which ``TimeoutError`` is)."""
 
 
 class PostgresPool:
@@ -27,7 +32,7 @@ class PostgresPool:
         lock: Advisory lock id of the store.
         size: Most connections.
         name: How errors name the store (``"delivery store"``).
-        error: The exception type connection and database errors are translated into.
+        error: The exception type :data:`DRIVER_ERRORS` are translated into.
         search_path: Schema holding the tables (created if missing); the default when None.
     """
 
@@ -68,7 +73,7 @@ class PostgresPool:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock)
                 for statement in self._schema:
                     await conn.execute(statement)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise self._error(f"{self._name}: {exc}") from exc
 
     async def close(self) -> None:
@@ -88,7 +93,7 @@ class PostgresPool:
         """Rows of a query (``?`` or ``$n`` placeholders)."""
         try:
             rows: list[Any] = await self.pool.fetch(numbered(sql), *args)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise self._error(f"{self._name}: {exc}") from exc
         return rows
 
@@ -96,7 +101,7 @@ class PostgresPool:
         """Run a statement (``?`` or ``$n`` placeholders); its status text."""
         try:
             return str(await self.pool.execute(numbered(sql), *args))
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise self._error(f"{self._name}: {exc}") from exc
 
     async def count(self, sql: str, *args: object) -> int:

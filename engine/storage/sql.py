@@ -10,6 +10,8 @@ import re
 from functools import lru_cache
 from typing import Any, Literal
 
+from fhirbots.engine.errors import FhirError
+
 __all__ = [
     "BUMP_GENERATION",
     "INSERT_HISTORY",
@@ -67,7 +69,7 @@ SCHEMA_VERSION = 2
 ``PRAGMA user_version`` on SQLite and the ``schema_version`` table on PostgreSQL."""
 
 
-class IncompatibleSchema(RuntimeError):
+class IncompatibleSchema(FhirError):
     """The database was made by a version of fhirbots with other tables."""
 
 

@@ -291,7 +291,10 @@ class SqliteStorage:
             raise RuntimeError("storage is not open")
         job = _Job((name, args), asyncio.get_running_loop())
         self._writer.jobs.put(job)
-        return await job.future
+        try:
+            return await job.future
+        except sqlite3.Error as exc:  # the planner's FhirErrors pass as they are
+            raise FhirError(f"database error: {exc}") from exc
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -306,7 +309,10 @@ class SqliteStorage:
         if self._readers is None:
             raise RuntimeError("storage is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: work(self._reader()))
+        try:
+            return await loop.run_in_executor(self._readers, lambda: work(self._reader()))
+        except sqlite3.Error as exc:
+            raise FhirError(f"database error: {exc}") from exc
 
     # -- resources --------------------------------------------------------------------------
 
@@ -314,12 +320,9 @@ class SqliteStorage:
         self, project: str, ops: Sequence[WriteOp], context: WriteContext
     ) -> list[WriteResult]:
         targets = [op_target(op) for op in ops]
-        try:
-            results: list[WriteResult] = await self._write(
-                "apply", project, list(ops), targets, context
-            )
-        except sqlite3.Error as exc:
-            raise FhirError(f"database error: {exc}") from exc
+        results: list[WriteResult] = await self._write(
+            "apply", project, list(ops), targets, context
+        )
         return results
 
     async def read(

@@ -29,7 +29,8 @@ class SqliteFile:
         path: The database file (created with its folder).
         schema: Idempotent statements run on open.
         name: How errors name the store (``"delivery store"``).
-        error: The exception type ``sqlite3.Error`` is translated into.
+        error: The exception type ``sqlite3.Error`` (and an ``OSError`` making the folder) is
+            translated into.
         synchronous: SQLite ``synchronous`` pragma.
     """
 
@@ -52,7 +53,10 @@ class SqliteFile:
 
     async def open(self) -> None:
         """Open the file and create the tables."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error(f"{self._name}: {exc}") from exc
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name.replace(" ", "-"))
         await self.call(self._open)
 

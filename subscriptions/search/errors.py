@@ -1,6 +1,6 @@
 """Errors of the FHIR search layer.
 
-Tree::
+Tree (under :class:`fhirbots.schemas.errors.FhirbotsError`)::
 
     SearchError                      root of every search failure
     ├── SearchParseError             the search string cannot be turned into a query
@@ -16,6 +16,8 @@ Each error carries the offending parameter name (``param``) so the REST API can 
 
 from __future__ import annotations
 
+from fhirbots.schemas.errors import FhirbotsError
+
 __all__ = [
     "InvalidValueError",
     "NotSupportedInMemoryError",
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 
-class SearchError(Exception):
+class SearchError(FhirbotsError):
     """Root of all search errors.
 
     Attributes:

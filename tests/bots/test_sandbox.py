@@ -11,7 +11,7 @@ from fhirbots.bots._modules import build_proxies
 from fhirbots.bots._sandbox import (
     BotEvent,
     BotFhirClient,
-    FhirError,
+    BotFhirError,
     LogBuffer,
     SandboxNamespace,
     SandboxViolation,
@@ -26,7 +26,7 @@ def run_in_namespace(source: str, fhir: Any = None, event: Any = None) -> tuple[
     """Compile and run a bot in this process with the sandbox globals."""
     buffer = LogBuffer(10_000)
     env = SandboxNamespace(build_proxies(frozenset({"json", "math"}))).build_globals(
-        FhirError, buffer
+        BotFhirError, buffer
     )
     compiled = compile_bot(source)
     exec(compiled.code, env)
@@ -134,7 +134,7 @@ def test_fhir_client_turns_failed_replies_into_fhir_error() -> None:
         return {"ok": True, "value": {"entry": [{"resource": {"id": "a"}}]}}
 
     client = BotFhirClient(transport)
-    with pytest.raises(FhirError) as failed:
+    with pytest.raises(BotFhirError) as failed:
         client.read("Patient", "1")
     assert (failed.value.status, failed.value.outcome, str(failed.value)) == (404, {"x": 1}, "gone")
     assert client.search_one("Patient", {"name": "x"}) == {"id": "a"}
@@ -164,7 +164,7 @@ def test_bot_api_module_gives_logger_and_fhir_error() -> None:
 
 def test_imports_made_by_trusted_c_code_get_an_empty_proxy() -> None:
     env = SandboxNamespace(build_proxies(frozenset({"datetime"}))).build_globals(
-        FhirError, LogBuffer(100)
+        BotFhirError, LogBuffer(100)
     )
     importer = env["__builtins__"]["__import__"]
     placeholder = importer("time", env, env, None, 0)
