@@ -25,8 +25,10 @@ async def server() -> AsyncIterator[TestServer]:
     app = web.Application()
     app.router.add_get("/html", html)
     app.router.add_get("/missing", missing)
-    async with TestServer(app) as running:
-        yield running
+    running = TestServer(app)
+    await running.start_server()
+    yield running
+    await running.close()
 
 
 async def test_an_error_answer_carries_status_and_outcome(server: TestServer) -> None:
