@@ -41,6 +41,10 @@ PG_DSN_ENV = "FHIRBOTS_TEST_DATABASE_URL"
 """A PostgreSQL server the tests may use (``deploy/postgres/setup.sh`` prints a DSN). Its role
 must be allowed to create databases: each test session works in one of its own."""
 
+POSTGRES = pytest.param("postgres", marks=pytest.mark.integration)
+"""The PostgreSQL case of a fixture run over every adapter (``params=["sqlite", POSTGRES]``):
+it needs a server, so it belongs to the integration tier and a unit run selects none."""
+
 _session_database: list[str] = []
 """The DSN of this session's own database, once made (see :func:`postgres_dsn`)."""
 

@@ -13,7 +13,7 @@ from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
 from fhirbots.engine.storage.port import Storage
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
-from tests.conftest import postgres_dsn, reset_postgres
+from tests.conftest import POSTGRES, postgres_dsn, reset_postgres
 
 
 async def open_storage(kind: str, tmp_path: Path) -> Storage:
@@ -36,7 +36,7 @@ async def open_storage(kind: str, tmp_path: Path) -> Storage:
     return storage
 
 
-@pytest.fixture(params=["sqlite", "sqlite-thread", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-thread", POSTGRES])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     """Each storage adapter in turn (SQLite with its writer in a process, and on a thread)."""
     opened = await open_storage(request.param, tmp_path)
@@ -62,7 +62,7 @@ class Api:
         }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", POSTGRES])
 async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
     """A served engine on each storage adapter, with a project ``p1`` and its key."""
     storage = await open_storage(request.param, tmp_path)

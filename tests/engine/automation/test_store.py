@@ -13,7 +13,7 @@ import pytest
 from fhirbots.engine.automation.errors import BotStoreError
 from fhirbots.engine.automation.store import BotStore, Job
 from fhirbots.engine.automation.store_sqlite import SqliteBotStore
-from tests.conftest import REPO_ROOT, postgres_dsn, reset_postgres
+from tests.conftest import POSTGRES, REPO_ROOT, child_env, postgres_dsn, reset_postgres
 
 TICK = datetime(2026, 3, 2, 9, 15, tzinfo=UTC)
 
@@ -33,7 +33,7 @@ asyncio.run(main())
 """
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", POSTGRES])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BotStore]:
     """Each adapter, open and empty."""
     opened: BotStore
@@ -91,6 +91,7 @@ async def test_processes_racing_for_a_tick_on_one_file(tmp_path: Path) -> None:
             TICK.isoformat(),
             f"proc-{i}",
             cwd=REPO_ROOT,
+            env=child_env(),
             stdout=asyncio.subprocess.PIPE,
         )
         for i in range(4)

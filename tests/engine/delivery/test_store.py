@@ -13,7 +13,7 @@ import pytest
 from fhirbots.engine.delivery.store import DeliveryStore
 from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
 from fhirbots.schemas.notifications import ChannelSpec, Notification
-from tests.conftest import postgres_dsn
+from tests.conftest import POSTGRES, postgres_dsn
 
 
 def _note(sub: str, n: int, project: str = "p1") -> Notification:
@@ -33,7 +33,7 @@ def _note(sub: str, n: int, project: str = "p1") -> Notification:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", POSTGRES])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
     if request.param == "sqlite":
         opened: DeliveryStore = SqliteDeliveryStore(tmp_path / "delivery.db")

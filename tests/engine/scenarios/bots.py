@@ -14,6 +14,7 @@ from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.schemas.events import ChangeEvent
+from tests.conftest import POSTGRES
 from tests.engine.conftest import open_storage
 
 PROJECT = "p1"
@@ -59,7 +60,7 @@ async def open_engine(
         await opened.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", POSTGRES])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
     """An open engine (no HTTP) on each storage adapter, with project :data:`PROJECT`."""
     async with open_engine(request.param, tmp_path) as opened:
