@@ -94,11 +94,12 @@ RESOURCES: list[dict[str, Any]] = [
 
 def _store(conn: sqlite3.Connection, resource: dict[str, Any] | None, rid: str, rtype: str) -> None:
     indexer = SqlSearchIndexer()
-    keys = conn.execute(
+    resource_key, project_key = conn.execute(
         sql.UPSERT_CURRENT,
         (PROJECT, rtype, rid, 1, "2024-01-01", int(resource is None), json.dumps(resource)),
     ).fetchone()
-    for statement, rows in indexer.statements("sqlite", IndexOwner(*keys, rtype), resource):
+    owner = IndexOwner(resource_key, project_key, rtype)
+    for statement, rows in indexer.statements("sqlite", owner, resource):
         conn.executemany(statement, rows)
 
 
