@@ -14,7 +14,8 @@ Modules::
                      it sees the runtime only through its port BotRunner
     loaded           LoadedBot, the value the runtime and the scheduler pass around
     records          execution records (bots.executions.v1) and AuditEvents
-    store            BotStore port (cron claims, async jobs); store_sqlite, store_postgres
+    store            BotStore port (cron claims, async jobs); store_sqlite, store_postgres,
+                     and the SQL both run, written once: store_sql
     secrets          project secrets that bots may read
     tags             meta.tag codings of a bot's writes
     errors           BotRuntimeError tree
