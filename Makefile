@@ -27,9 +27,10 @@ install-test-services: ## PostgreSQL (Debian package, started) and the Kafka jar
 	bash deploy/postgres/setup.sh
 	bash deploy/kafka/broker.sh fetch
 
-lint: $(INSTALLED) ## ruff lint and format check
+lint: $(INSTALLED) ## ruff lint and format check, import layering (import-linter)
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(INSTALLED) ## apply ruff formatting and fixes
 	$(VPY) -m ruff format .
