@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -21,10 +22,14 @@ from tests.waiting import eventually
 
 
 async def _run(*argv: str) -> int:
+    """Run a command in this process. The served engine runs here too and logs to stdout
+    whenever its stages wake; its lines are captured apart, so stdout holds only the
+    command's output."""
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    result: int = await args.run(args)
+    with structlog.testing.capture_logs():
+        result: int = await args.run(args)
     return result
 
 

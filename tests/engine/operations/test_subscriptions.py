@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 
 from fhirbots.engine.cli.subscriptions import add_commands, match_stream
 from fhirbots.schemas.notifications import Notification
@@ -201,10 +202,13 @@ async def test_immediate_effect_over_http(api: Api) -> None:
 
 
 async def _cli(*argv: str) -> int:
+    """Run a command in this process; the engine serving it logs here too, and its lines
+    are captured apart, so that stdout holds only the command's output."""
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers())
     args = parser.parse_args(argv)
-    result: int = await args.run(args)
+    with structlog.testing.capture_logs():
+        result: int = await args.run(args)
     return result
 
 
