@@ -14,7 +14,8 @@ Under :class:`fhirbots.schemas.errors.FhirbotsError`::
     ├── PreconditionFailed         (412) If-Match does not name the current version
     ├── UnsupportedMediaType       (415)
     ├── Unprocessable              (422) a resource that does not validate
-    ├── WriterStopped              (503, storage.sqlite) the SQLite writer process is gone
+    ├── DatastoreUnavailable       (503) the database cannot be reached or failed a statement
+    │   └── WriterStopped          (storage.sqlite) the SQLite writer process is gone
     └── IncompatibleSchema         (500, storage.sql) the database has another schema version
 
 Foreign errors (database drivers, pydantic) are translated at the boundary with
@@ -34,6 +35,7 @@ from fhirbots.schemas.errors import FhirbotsError
 __all__ = [
     "BadRequest",
     "Conflict",
+    "DatastoreUnavailable",
     "FhirError",
     "Forbidden",
     "Gone",
@@ -125,3 +127,14 @@ class UnsupportedMediaType(FhirError):
 class Unprocessable(FhirError):
     status = 422
     code = "invalid"
+
+
+class DatastoreUnavailable(FhirError):
+    """The datastore's database cannot be reached, dropped the connection or failed a statement.
+
+    Each storage adapter raises it for every driver error that has no more specific meaning, the
+    driver's error chained; the request may succeed once the database is back.
+    """
+
+    status = 503
+    code = "transient"

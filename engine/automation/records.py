@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from fhirbots.bots.audit import audit_event
 from fhirbots.bots.executor import ExecutionRequest, ExecutionResult
 from fhirbots.engine.errors import FhirError
+from fhirbots.engine.eventlog.errors import EventLogError
 from fhirbots.engine.eventlog.port import EventLog, Retention
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.storage.model import WriteContext
@@ -88,7 +89,7 @@ class ExecutionRecorder:
         self._topic_ready: EventLog | None = None
 
     async def record(self, request: ExecutionRequest, record: BotExecutionRecord) -> None:
-        """Publish ``record``; never raises."""
+        """Publish ``record``; an event log that fails is logged and counted, not raised."""
         log = self._event_log()
         if log is None:
             return
@@ -97,7 +98,7 @@ class ExecutionRecorder:
                 await log.create_topic(BOT_EXECUTIONS, retention=RECORD_RETENTION)
                 self._topic_ready = log
             await log.publish(BOT_EXECUTIONS, record.key, record.model_dump_json().encode())
-        except Exception as exc:  # the event log's own errors vary by adapter
+        except EventLogError as exc:  # each adapter translates its driver's errors into these
             RECORD_FAILURES.labels("record").inc()
             _log.error(
                 "bot execution record not published",

@@ -3,19 +3,25 @@
 Each :meth:`PostgresStorage.apply` is one transaction: the current row of every written
 resource is locked (``FOR UPDATE``) before its version is decided, so concurrent writers of one
 resource serialise, and its outbox rows get sequence numbers in commit order.
+
+Every method translates asyncpg's errors where they leave the adapter: two writers of one new
+resource meeting on its unique key are a ``Conflict``, every other driver error (the server
+unreachable, a connection dropped, the pool closing, a statement refused) is
+``DatastoreUnavailable``, the driver's error chained.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 import orjson
 
-from fhirbots.engine.errors import Conflict, FhirError
+from fhirbots.engine.errors import Conflict, DatastoreUnavailable
 from fhirbots.engine.storage import sql
 from fhirbots.engine.storage.model import (
     ApiKeyRecord,
@@ -29,6 +35,7 @@ from fhirbots.engine.storage.model import (
 )
 from fhirbots.engine.storage.planner import op_target, plan_write
 from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.postgres_pool import DRIVER_ERRORS
 from fhirbots.engine.storage.search_index import (
     compile_count,
     compile_search,
@@ -44,6 +51,27 @@ POOL_SIZE = 10
 """Connections per process; two cores gain nothing from more."""
 
 _SELECT_CURRENT_FOR_UPDATE = sql.numbered(sql.SELECT_CURRENT + " FOR UPDATE")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translated(
+    method: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """``method`` with the driver's errors raised as :class:`DatastoreUnavailable`; the engine's
+    own errors (a ``Conflict``, an ``IncompatibleSchema``) pass as they are."""
+
+    @functools.wraps(method)
+    async def translating(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except DRIVER_ERRORS as exc:
+            # Some driver errors (a timeout) have no text: the type is then all there is.
+            reason = str(exc) or type(exc).__name__
+            raise DatastoreUnavailable(f"datastore unavailable: {reason}") from exc
+
+    return translating
 
 
 def _to_stored(row: asyncpg.Record) -> StoredResource:
@@ -85,6 +113,7 @@ class PostgresStorage:
         """The connection pool of searches, planned with their values each time (open only)."""
         return _opened(self._search_pool)
 
+    @_translated
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
         # Searches have connections of their own, planned with their values every time:
@@ -117,6 +146,7 @@ class PostgresStorage:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(7311)")
 
+    @_translated
     async def close(self) -> None:
         for pool in (self._pool, self._search_pool):
             if pool is not None:
@@ -125,6 +155,7 @@ class PostgresStorage:
 
     # -- resources --------------------------------------------------------------------------
 
+    @_translated
     async def apply(
         self, project: str, ops: Sequence[WriteOp], context: WriteContext
     ) -> list[WriteResult]:
@@ -137,8 +168,6 @@ class PostgresStorage:
                 ]
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"concurrent write to the same resource: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise FhirError(f"database error: {exc}") from exc
 
     async def _apply_one(
         self,
@@ -185,6 +214,7 @@ class PostgresStorage:
                     await conn.executemany(sql.numbered(statement), rows)
         return result
 
+    @_translated
     async def read(
         self, project: str, resource_type: str, resource_id: str
     ) -> StoredResource | None:
@@ -193,6 +223,7 @@ class PostgresStorage:
         )
         return _to_stored(row) if row is not None else None
 
+    @_translated
     async def vread(
         self, project: str, resource_type: str, resource_id: str, version_id: int
     ) -> StoredResource | None:
@@ -201,6 +232,7 @@ class PostgresStorage:
         )
         return _to_stored(row) if row is not None else None
 
+    @_translated
     async def history(
         self,
         project: str,
@@ -217,6 +249,7 @@ class PostgresStorage:
             rows = await conn.fetch(sql.numbered(page_sql), *filters, count, offset)
         return HistoryPage([_to_stored(r) for r in rows], int(total))
 
+    @_translated
     async def count_by_type(self, project: str) -> dict[str, int]:
         rows = await self.pool.fetch(
             "SELECT resource_type, COUNT(*) AS n FROM resources"
@@ -232,6 +265,7 @@ class PostgresStorage:
             found |= {(str(a), str(b)) for a, b in rows}
         return found
 
+    @_translated
     async def current_resources(self, project: str, *resource_types: str) -> list[StoredResource]:
         if not resource_types:
             return []
@@ -240,6 +274,7 @@ class PostgresStorage:
         )
         return sorted(map(_to_stored, rows), key=lambda r: (r.resource_type, r.id))
 
+    @_translated
     async def current_by_ids(
         self, project: str, resource_type: str, ids: Sequence[str]
     ) -> list[StoredResource]:
@@ -250,24 +285,29 @@ class PostgresStorage:
         )
         return sorted(map(_to_stored, rows), key=lambda r: r.id)
 
+    @_translated
     async def current_ids_everywhere(self, resource_type: str) -> list[tuple[str, str]]:
         rows = await self.pool.fetch(sql.numbered(sql.SELECT_LIVE_IDS_EVERYWHERE), resource_type)
         return sorted((str(p), str(i)) for p, i in rows)
 
+    @_translated
     async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
         statement, params = compile_search(query, project=project, dialect="postgres")
         rows = await self.search_pool.fetch(sql.numbered(statement), *params)
         return [_to_stored(r) for r in rows]
 
+    @_translated
     async def search_count(self, project: str, query: SearchQuery) -> int:
         statement, params = compile_count(query, project=project, dialect="postgres")
         return int(await self.search_pool.fetchval(sql.numbered(statement), *params))
 
+    @_translated
     async def include_targets(
         self, project: str, source_type: str, params: Sequence[str], source_ids: Sequence[str]
     ) -> set[tuple[str, str]]:
         return await self._pairs(include_statements(project, source_type, params, source_ids))
 
+    @_translated
     async def revinclude_sources(
         self,
         project: str,
@@ -279,12 +319,14 @@ class PostgresStorage:
 
     # -- projects and keys ------------------------------------------------------------------
 
+    @_translated
     async def ensure_project(self, project: str, name: str) -> bool:
         status = await self.pool.execute(
             sql.numbered(sql.INSERT_PROJECT), project, name, datetime.now(UTC)
         )
         return bool(status.endswith(" 1"))
 
+    @_translated
     async def add_api_key(
         self, project: str, key_hash: str, *, name: str, admin: bool = False
     ) -> ApiKeyRecord:
@@ -301,6 +343,7 @@ class PostgresStorage:
         )
         return record
 
+    @_translated
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = await self.pool.fetchrow(
             "SELECT id, project, name, admin, created FROM api_keys WHERE key_hash = $1", key_hash
@@ -311,17 +354,20 @@ class PostgresStorage:
 
     # -- outbox -----------------------------------------------------------------------------
 
+    @_translated
     async def outbox_pending(self, limit: int) -> list[OutboxRow]:
         rows = await self.pool.fetch(
             "SELECT seq, key, payload FROM outbox WHERE NOT published ORDER BY seq LIMIT $1", limit
         )
         return [OutboxRow(int(r["seq"]), r["key"], r["payload"].encode()) for r in rows]
 
+    @_translated
     async def outbox_mark_published(self, seqs: Sequence[int]) -> None:
         await self.pool.execute(
             "UPDATE outbox SET published = TRUE WHERE seq = ANY($1::bigint[])", list(seqs)
         )
 
+    @_translated
     async def outbox_purge(self, older_than: datetime) -> int:
         status = await self.pool.execute(
             "DELETE FROM outbox WHERE published AND created < $1", older_than

@@ -16,10 +16,17 @@ from fhirbots.engine.storage.sql import numbered
 
 __all__ = ["DRIVER_ERRORS", "PostgresPool"]
 
-DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 """What asyncpg raises when the database refuses a statement (``PostgresError``), when the
-connection is gone or the pool closing (``InterfaceError``), and when the server cannot be
-reached or does not answer in time (``OSError``, which ``TimeoutError`` is)."""
+connection is gone or the pool closing (``InterfaceError``), when the server cannot be
+reached or does not answer in time (``OSError``, which ``TimeoutError`` is), and when the
+connection's protocol state or cached statements no longer match the server
+(``InternalClientError``, e.g. a table altered under a prepared statement)."""
 
 
 class PostgresPool:

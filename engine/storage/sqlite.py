@@ -8,6 +8,10 @@ default, on
 another core than the API; ``writer_process=False`` keeps it on the thread. Reads run on a
 small pool of threads, each with its own connection; WAL mode lets them read while the writer
 writes.
+
+SQLite's errors, and the operating system's (a folder that cannot be made, a writer process
+that cannot start), leave the adapter as ``DatastoreUnavailable``, the cause chained; the
+planner's own errors (a ``Conflict``, a ``PreconditionFailed``) pass as they are.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,7 +36,7 @@ from typing import Any, TypeVar
 import structlog
 
 import fhirbots
-from fhirbots.engine.errors import FhirError
+from fhirbots.engine.errors import DatastoreUnavailable
 from fhirbots.engine.storage import sql
 from fhirbots.engine.storage.model import (
     ApiKeyRecord,
@@ -77,11 +81,17 @@ READ_THREADS = 4
 """Reader connections; reads are short, so a few suffice for two cores."""
 
 
-class WriterStopped(FhirError):
+class WriterStopped(DatastoreUnavailable):
     """The writer process ended while it held writes: they may or may not have committed."""
 
-    status = 503
-    code = "transient"
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Raise SQLite's and the operating system's errors as :class:`DatastoreUnavailable`."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise DatastoreUnavailable(f"datastore unavailable: {exc}") from exc
 
 
 @dataclass
@@ -248,6 +258,10 @@ class SqliteStorage:
         return self._path
 
     async def open(self) -> None:
+        with _translated():
+            await self._open()
+
+    async def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self._path)
         try:
@@ -291,10 +305,8 @@ class SqliteStorage:
             raise RuntimeError("storage is not open")
         job = _Job((name, args), asyncio.get_running_loop())
         self._writer.jobs.put(job)
-        try:
+        with _translated():
             return await job.future
-        except sqlite3.Error as exc:  # the planner's FhirErrors pass as they are
-            raise FhirError(f"database error: {exc}") from exc
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -309,10 +321,8 @@ class SqliteStorage:
         if self._readers is None:
             raise RuntimeError("storage is not open")
         loop = asyncio.get_running_loop()
-        try:
+        with _translated():
             return await loop.run_in_executor(self._readers, lambda: work(self._reader()))
-        except sqlite3.Error as exc:
-            raise FhirError(f"database error: {exc}") from exc
 
     # -- resources --------------------------------------------------------------------------
 

@@ -3,17 +3,21 @@ sandbox limits of the settings."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from fhirbots.bots.executor import ExecutionResult
 from fhirbots.engine.automation.runtime import result_json
 from fhirbots.engine.automation.tags import BOT_TAG_SYSTEM
 from fhirbots.engine.errors import Unprocessable
+from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
 from fhirbots.engine.eventlog.factory import create_event_log
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
@@ -162,6 +166,25 @@ async def test_every_execution_is_recorded_on_the_executions_topic(engine: Engin
     assert audit_change[0].causation[-1] == CausationLink(
         bot=f"Bot/{bot_id}", execution=ran.execution_id
     )
+
+
+async def test_an_event_log_that_fails_is_counted_and_the_execution_goes_on(
+    engine: Engine,
+) -> None:
+    log = EmbeddedEventLog(EmbeddedSettings.in_data_dir(engine.settings.data_dir))
+    engine.event_log = log
+    await log.start()
+    bot_id = await store_bot(engine, FLAGGER)
+    assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:1")).success
+    with contextlib.closing(sqlite3.connect(log.settings.path)) as conn:
+        conn.execute("DROP TABLE records")  # every publish fails from now on
+    failures = {"what": "record"}
+    before = REGISTRY.get_sample_value("fhirbots_bot_record_failures_total", failures) or 0.0
+    outcome = await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:2")
+    assert outcome.success, outcome.message
+    assert len(await flags(engine)) == 2
+    after = REGISTRY.get_sample_value("fhirbots_bot_record_failures_total", failures)
+    assert after == before + 1
 
 
 async def test_result_json_is_serialisable(engine: Engine) -> None:
