@@ -12,11 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["RESPONSE_EXCERPT_CHARS", "DeliveryAttemptRecord", "DeliveryOutcome"]
+__all__ = ["RESPONSE_EXCERPT_CHARS", "DeliveryAttemptRecord", "DeliveryChannel", "DeliveryOutcome"]
 
 DeliveryOutcome = Literal["success", "retry", "dead"]
 """How an attempt ended: delivered; failed and will be tried again; failed for good (the
 notification is now a dead letter)."""
+
+DeliveryChannel = Literal["rest-hook", "websocket", "message", "email", "bot"]
+"""The channel an attempt used (``bot`` for a ``Bot/<id>`` endpoint)."""
 
 RESPONSE_EXCERPT_CHARS = 512
 """Characters of an endpoint's response kept in a record: enough to see an error message,
@@ -36,7 +39,7 @@ class DeliveryAttemptRecord(BaseModel):
     event_number: int | None = Field(
         default=None, description="The subscription's event number of the notification."
     )
-    channel: Literal["rest-hook", "websocket", "message", "email", "bot"]
+    channel: DeliveryChannel
     endpoint: str | None = None
     attempt: int = Field(description="1 for the first attempt of this notification.")
     outcome: DeliveryOutcome

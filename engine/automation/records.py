@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import structlog
 from prometheus_client import Counter
 
@@ -29,6 +31,10 @@ MAX_RECORD_TEXT = 64 * 1024
 """Characters of logs and error kept in a record: the executor already caps logs at the
 policy's ``max_log_bytes`` (64 KiB by default); this bounds a message whatever the policy."""
 
+MAX_RECORD_INPUT = 256 * 1024
+"""Bytes of input (as JSON) a record keeps: a large Synthea resource fits, a bulk Bundle does
+not (the dashboard then says how large it was)."""
+
 RECORD_RETENTION = Retention(age=timedelta(days=30))
 """Execution records are kept a month: long enough for the dashboard and an investigation."""
 
@@ -44,6 +50,14 @@ EventLogSource = Callable[[], EventLog | None]
 """The event log of the process, when it has one open (looked up at each record)."""
 
 
+def _recorded_input(value: Any) -> Any:
+    """The input as a record keeps it: itself, or a note of its size when it is too large."""
+    size = len(orjson.dumps(value, default=str))
+    if size <= MAX_RECORD_INPUT:
+        return value
+    return {"fhirbotsNote": "input not kept: larger than the record limit", "bytes": size}
+
+
 def build_record(
     request: ExecutionRequest,
     result: ExecutionResult,
@@ -51,10 +65,12 @@ def build_record(
     trigger: ExecutionTrigger,
     bot_version: str | None,
     ended: datetime | None = None,
+    notification_id: str | None = None,
 ) -> BotExecutionRecord:
-    """The record of one execution."""
+    """The record of one execution; what the Bot's ``executionRecording`` does not keep (the
+    input, output and logs of a run that is only counted) is left out."""
     end = ended or datetime.now(UTC)
-    return BotExecutionRecord(
+    record = BotExecutionRecord(
         execution_id=result.execution_id,
         project=request.project,
         bot=request.bot.reference,
@@ -71,7 +87,13 @@ def build_record(
         requester=request.requester,
         idempotency_key=request.idempotency_key,
         causation=request.causation,
+        notification_id=notification_id,
+        input=_recorded_input(request.input),
+        recording=request.bot.execution_recording,
     )
+    if record.kept:
+        return record
+    return record.model_copy(update={"input": None, "output": None, "logs": ""})
 
 
 class ExecutionRecorder:

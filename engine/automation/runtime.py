@@ -220,7 +220,12 @@ class BotRuntime:
         )
 
     async def run(
-        self, request: ExecutionRequest, *, trigger: ExecutionTrigger, bot_version: str | None
+        self,
+        request: ExecutionRequest,
+        *,
+        trigger: ExecutionTrigger,
+        bot_version: str | None,
+        notification_id: str | None = None,
     ) -> ExecutionResult:
         """Execute, then write the AuditEvent (per the Bot's trigger) and the record.
 
@@ -229,9 +234,14 @@ class BotRuntime:
         """
         result = await self.executor.execute(request)
         await self.recorder.audit(request, result)
-        await self.recorder.record(
-            request, build_record(request, result, trigger=trigger, bot_version=bot_version)
+        record = build_record(
+            request,
+            result,
+            trigger=trigger,
+            bot_version=bot_version,
+            notification_id=notification_id,
         )
+        await self.recorder.record(request, record)
         _log.info(
             "bot executed",
             bot=request.bot.reference,
@@ -270,7 +280,12 @@ class BotRuntime:
             await self._skip(request, loaded.version)
             return BotInvocation(True, f"skipped: Bot/{bot_id} is already in the causation chain")
         try:
-            result = await self.run(request, trigger="subscription", bot_version=loaded.version)
+            result = await self.run(
+                request,
+                trigger="subscription",
+                bot_version=loaded.version,
+                notification_id=notification.notification_id,
+            )
         except ExecutorError as exc:
             return BotInvocation(False, str(exc))
         if result.ok:

@@ -18,6 +18,7 @@ class AttemptResult:
         seconds: How long the attempt took.
         retryable: False when retrying cannot help (a refused endpoint); the notification goes
             straight to the dead letters.
+        excerpt: The start of the endpoint's response, if it sent one.
     """
 
     success: bool
@@ -25,3 +26,4 @@ class AttemptResult:
     error: str | None = None
     seconds: float = 0.0
     retryable: bool = True
+    excerpt: str | None = None

@@ -23,9 +23,11 @@ from fhirbots.engine.delivery.attempt import AttemptResult
 from fhirbots.engine.delivery.lifecycle import Lifecycle, attempt_audit_event
 from fhirbots.engine.delivery.marker import DeliveredMarker
 from fhirbots.engine.delivery.policy import DeliveryDefaults
+from fhirbots.engine.delivery.records import AttemptLog, attempt_record
 from fhirbots.engine.delivery.sender import Sender, channel_name
 from fhirbots.engine.delivery.store import Delivery, DeliveryStore
 from fhirbots.engine.delivery.subscriptions import SubscriptionInfo, SubscriptionRegistry
+from fhirbots.schemas.deliveries import DeliveryOutcome
 
 __all__ = ["IDLE_SECONDS", "PAGE", "QUEUE_LIMIT", "Lane", "LaneContext"]
 
@@ -56,6 +58,8 @@ class LaneContext:
     """Whether this dispatcher currently owns the subscription (its partition)."""
     delivered: Callable[[str, str], None]
     """Called after each delivery (heartbeats count from the last notification)."""
+    records: AttemptLog | None = None
+    """Where each attempt's record goes (``fhir.deliveries.v1``), if anywhere."""
 
 
 def _version(text: str) -> int:
@@ -204,7 +208,10 @@ class Lane:
                     _log.exception("channel raised", notification=row.notification_id)
                     result = AttemptResult(False, error=f"{type(exc).__name__}: {exc}")
             attempts += 1
-            self._record(row, attempts, result)
+            dead = not result.success and (
+                not result.retryable or attempts >= info.policy.max_attempts
+            )
+            self._record(row, attempts, result, dead=dead)
             if info.policy.audit == "always" or (
                 info.policy.audit == "on-failure" and not result.success
             ):
@@ -217,16 +224,19 @@ class Lane:
                 return
             error = result.error or "failed"
             await ctx.marker.flush()  # the dead streak counts after earlier deliveries
-            if not result.retryable or attempts >= info.policy.max_attempts:
+            if dead:
                 await self._dead(row, info, attempts, error)
                 return
             next_at = time.time() + ctx.defaults.backoff.delay(attempts)
             await ctx.store.record_failure(n.notification_id, attempts, next_at, error)
             row = replace(row, attempts=attempts, next_attempt_at=next_at)
 
-    def _record(self, row: Delivery, attempts: int, result: AttemptResult) -> None:
+    def _record(self, row: Delivery, attempts: int, result: AttemptResult, *, dead: bool) -> None:
         channel = channel_name(row)
         outcome = "success" if result.success else "failure"
+        if self._ctx.records is not None:
+            decided: DeliveryOutcome = "success" if result.success else "dead" if dead else "retry"
+            self._ctx.records.add(attempt_record(row, attempts, result, decided, channel))
         metrics.ATTEMPTS.labels(channel, outcome).inc()
         metrics.ATTEMPT_SECONDS.labels(channel).observe(result.seconds)
         _log.info(

@@ -19,6 +19,7 @@ from fhirbots.engine.delivery.attempt import AttemptResult
 from fhirbots.engine.delivery.errors import EndpointRefused
 from fhirbots.engine.delivery.policy import DeliveryPolicy
 from fhirbots.engine.delivery.safety import EndpointGuard
+from fhirbots.schemas.deliveries import RESPONSE_EXCERPT_CHARS
 
 __all__ = [
     "HEADER_EVENT_NUMBER",
@@ -113,8 +114,14 @@ class RestHookChannel:
             ) as response:
                 status = response.status
                 if status in policy.success:
+                    head = await response.content.read(RESPONSE_EXCERPT_CHARS)
                     await response.release()
-                    return AttemptResult(True, status, seconds=time.perf_counter() - started)
+                    return AttemptResult(
+                        True,
+                        status,
+                        seconds=time.perf_counter() - started,
+                        excerpt=head.decode(errors="replace") or None,
+                    )
                 text = (await response.text(errors="replace"))[:MAX_ERROR_BODY]
         except TimeoutError:
             return AttemptResult(
@@ -133,4 +140,5 @@ class RestHookChannel:
             status,
             error=f"HTTP {status}: {text}".strip(),
             seconds=time.perf_counter() - started,
+            excerpt=text or None,
         )

@@ -18,11 +18,12 @@ from fhirbots.engine.delivery.store import Delivery
 from fhirbots.engine.delivery.subscriptions import SubscriptionInfo
 from fhirbots.engine.delivery.websocket import WebSocketHub
 from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent
+from fhirbots.schemas.deliveries import DeliveryChannel
 
 __all__ = ["Sender", "channel_name"]
 
 
-def channel_name(delivery: Delivery) -> str:
+def channel_name(delivery: Delivery) -> DeliveryChannel:
     """``bot``, ``rest-hook``, ``websocket``, ``message`` or ``email`` (for logs, metrics)."""
     channel = delivery.notification.channel
     return "bot" if bot_id_of(channel.endpoint) else channel.type

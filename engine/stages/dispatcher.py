@@ -37,6 +37,7 @@ from fhirbots.engine.delivery.marker import DeliveredMarker
 from fhirbots.engine.delivery.message import MessageChannel
 from fhirbots.engine.delivery.payload import FHIR_JSON, status_bundle, subscription_status
 from fhirbots.engine.delivery.policy import DeliveryDefaults
+from fhirbots.engine.delivery.records import AttemptLog
 from fhirbots.engine.delivery.resthook import RestHookChannel
 from fhirbots.engine.delivery.safety import EndpointGuard
 from fhirbots.engine.delivery.sender import Sender
@@ -132,6 +133,8 @@ class Dispatcher:
         )
         self._storage = storage
         self.marker = DeliveredMarker(store)
+        self.records = AttemptLog(event_log)
+        """Publishes a record of every attempt to ``fhir.deliveries.v1``."""
         self._lanes: dict[tuple[str, str], Lane] = {}
         self._consumer: ConsumerHandle | None = None
         self._changes: ConsumerHandle | None = None
@@ -149,6 +152,7 @@ class Dispatcher:
             marker=self.marker,
             owns=self.owns,
             delivered=self._delivered,
+            records=self.records,
         )
 
     def set_bot_invoker(self, bots: BotInvoker) -> None:
@@ -163,6 +167,7 @@ class Dispatcher:
         await self.event_log.create_topic(self.changes_topic)
         self._partitions = await self.event_log.partitions(self.topic)
         self.marker.start()
+        await self.records.start()
         self._consumer = await self.event_log.consume(
             [self.topic], self.group, self._handle, validate=self._validate
         )
@@ -196,6 +201,7 @@ class Dispatcher:
         self._tasks.clear()
         self._lanes.clear()
         await self.marker.stop()
+        await self.records.stop()
         await self.resthook.close()
 
     # -- ownership and lanes ---------------------------------------------------------------

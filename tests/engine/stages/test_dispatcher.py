@@ -13,6 +13,8 @@ from aiohttp import web
 from fhirbots.engine.delivery.policy import SECRET_URLS
 from fhirbots.engine.delivery.store_sqlite import SqliteDeliveryStore
 from fhirbots.engine.stages.dispatcher import Dispatcher
+from fhirbots.schemas.deliveries import DeliveryAttemptRecord
+from fhirbots.schemas.topics import DELIVERIES
 from tests.engine.scenarios.delivery import PROJECT, Harness, Receiver
 from tests.waiting import eventually
 
@@ -350,3 +352,39 @@ async def test_two_dispatchers_share_subscriptions_in_order(
     finally:
         await second.stop()
         await second_store.close()
+
+
+async def test_every_attempt_is_recorded_on_the_deliveries_topic(
+    harness: Harness, receiver: Receiver
+) -> None:
+    async def flaky(_: web.Request, attempt: int) -> web.Response:
+        return web.Response(status=500 if attempt < 3 else 200, text=f"answer {attempt}")
+
+    receiver.on("/flaky", flaky)
+    await harness.subscription("s1", receiver.url + "/flaky")
+    await harness.start()
+    note = harness.notification("s1", receiver.url + "/flaky")
+    await harness.publish(note)
+
+    async def attempts() -> list[DeliveryAttemptRecord] | None:
+        found = []
+        for partition in range(await harness.log.partitions(DELIVERIES)):
+            for record in await harness.log.read(DELIVERIES, partition, offset=0):
+                found.append(DeliveryAttemptRecord.model_validate_json(record.value))
+        return found if any(a.outcome == "success" for a in found) else None
+
+    recorded = sorted(await eventually(attempts, "a successful attempt recorded"), key=_n)
+    assert [(a.attempt, a.outcome, a.status) for a in recorded] == [
+        (1, "retry", 500),
+        (2, "retry", 500),
+        (3, "success", 200),
+    ]
+    assert all(a.notification_id == note.notification_id for a in recorded)
+    assert all(a.event_number == 1 and a.channel == "rest-hook" for a in recorded)
+    assert recorded[0].response_excerpt == "answer 1"
+    assert recorded[-1].response_excerpt == "answer 3"
+    assert recorded[-1].key == f"{PROJECT}/s1"
+
+
+def _n(attempt: DeliveryAttemptRecord) -> int:
+    return attempt.attempt
