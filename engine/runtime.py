@@ -18,6 +18,11 @@ from aiohttp import web
 from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.engine.api.app import create_app
 from fhirbots.engine.automation.runtime import BotRuntime
+from fhirbots.engine.dashboard.app import MOUNT as DASHBOARD_MOUNT
+from fhirbots.engine.dashboard.app import create_dashboard
+from fhirbots.engine.dashboard.context import DashboardServices
+from fhirbots.engine.dashboard.gate import SessionGate
+from fhirbots.engine.dashboard.sessions import Sessions
 from fhirbots.engine.errors import BadRequest
 from fhirbots.engine.eventlog.factory import create_event_log
 from fhirbots.engine.eventlog.port import EventLog, TopicSpec
@@ -25,13 +30,15 @@ from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.fhir.validator_pool import BulkValidator
+from fhirbots.engine.observatory.factory import create_observatory_store
 from fhirbots.engine.operations.bots import install as install_bots
 from fhirbots.engine.operations.delivery import delivery_routes
 from fhirbots.engine.operations.subscriptions import install as install_subscriptions
 from fhirbots.engine.settings import Settings
-from fhirbots.engine.stages.dispatcher import Dispatcher, open_dispatcher
-from fhirbots.engine.stages.matcher import MatcherStage, service_error_marker
+from fhirbots.engine.stages.dispatcher import DISPATCHER_GROUP, Dispatcher, open_dispatcher
+from fhirbots.engine.stages.matcher import MATCHER_GROUP, MatcherStage, service_error_marker
 from fhirbots.engine.stages.relay import OutboxRelay
+from fhirbots.engine.stages.stats import STATS_GROUP, StatsStage
 from fhirbots.engine.storage.factory import create_storage
 from fhirbots.engine.storage.port import Storage
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
@@ -104,6 +111,10 @@ class Engine:
         )
         """Runs Bots ($execute, ``Bot/<id>`` endpoints, cron); workers start on first use."""
         install_bots(self.bots, self.fhir, self.routes)
+        self.observatory = create_observatory_store(settings.database_url, settings.data_dir)
+        """What the dashboard reads; the statistics stage writes it."""
+        self._observatory_open = False
+        self.stats: StatsStage | None = None
 
     def _on_commit(self) -> None:
         if self.relay is not None:
@@ -165,6 +176,24 @@ class Engine:
             await self.dispatcher.start()
         return self.dispatcher
 
+    async def open_observatory(self) -> None:
+        """Open the observatory store (once; the HTTP application does it on start-up)."""
+        if not self._observatory_open:
+            await self.observatory.open()
+            self._observatory_open = True
+
+    async def start_stats(self) -> StatsStage:
+        """Run the statistics stage (``serve``, ``worker stats``)."""
+        event_log = await self._open_event_log()
+        await self.open_observatory()
+        self.stats = StatsStage(
+            self.observatory,
+            retention=self.settings.retention,
+            lag_groups=(MATCHER_GROUP, DISPATCHER_GROUP, STATS_GROUP),
+        )
+        await self.stats.start(event_log)
+        return self.stats
+
     async def start_bots(self, *, cron: bool = True) -> None:
         """Start the bot workers and, with ``cron``, the cron scheduler (``serve``,
         ``worker bots``). Records go to the event log when this process has one open."""
@@ -172,7 +201,10 @@ class Engine:
         await self.bots.start(cron=cron)
 
     async def close(self) -> None:
-        """Stop the relay, the event log and the storage, in that order."""
+        """Stop the stages, the event log and the stores, in that order."""
+        if self.stats is not None:
+            await self.stats.stop()
+            self.stats = None
         if self.dispatcher is not None:
             await self.dispatcher.stop()
             await self.dispatcher.store.close()
@@ -187,6 +219,9 @@ class Engine:
         if self.event_log is not None:
             await self.event_log.stop()
             self.event_log = None
+        if self._observatory_open:
+            await self.observatory.close()
+            self._observatory_open = False
         await self.storage.close()
         self.validator.close()
 
@@ -232,4 +267,33 @@ class Engine:
         services = Services(
             settings=self.settings, fhir=self.fhir, search=self.search, get_url=self._get_url
         )
-        return create_app(services, self.authenticator, self.routes)
+        sessions = Sessions(self.observatory, self.authenticator, self.settings.dashboard_session)
+        app = create_app(
+            services,
+            self.authenticator,
+            self.routes,
+            browser=SessionGate(sessions, self.fhir),
+            self_authenticating=(DASHBOARD_MOUNT, "/favicon.ico"),
+        )
+        dashboard = DashboardServices(
+            settings=self.settings,
+            sessions=sessions,
+            authenticator=self.authenticator,
+            observatory=self.observatory,
+            fhir=self.fhir,
+            search=self.search,
+            event_log=lambda: self.event_log,
+        )
+        app.add_subapp(DASHBOARD_MOUNT, create_dashboard(dashboard))
+        app.router.add_get("/", _to_dashboard)
+
+        async def open_observatory(_: web.Application) -> None:
+            await self.open_observatory()
+
+        app.on_startup.append(open_observatory)
+        return app
+
+
+async def _to_dashboard(_: web.Request) -> web.StreamResponse:
+    """``/`` is where a person lands: the dashboard (which asks them to sign in)."""
+    raise web.HTTPFound(f"{DASHBOARD_MOUNT}/")

@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -61,6 +62,13 @@ def _seconds(value: str) -> float:
         # float() takes "inf" and "nan"; neither is a time limit.
         raise ValueError(value)
     return seconds
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"must be more than 0, not {value}")
+    return number
 
 
 def _flag(value: str) -> bool:
@@ -173,6 +181,13 @@ class Settings:
     """Largest message between the engine and a sandbox worker; must hold a whole result
     (``FHIRBOTS_BOT_MAX_MESSAGE_BYTES``)."""
 
+    retention_days: float = 7.0
+    """How long execution records, delivery records, trace steps and statistics are kept for
+    the dashboard before they are purged (``FHIRBOTS_RETENTION_DAYS``)."""
+
+    dashboard_session_hours: float = 8.0
+    """How long a dashboard sign-in lasts (``FHIRBOTS_DASHBOARD_SESSION_HOURS``)."""
+
     bot_workers: int = _POLICY.pool_size
     """Sandbox worker processes, i.e. concurrent executions (``FHIRBOTS_BOT_WORKERS``)."""
 
@@ -189,6 +204,16 @@ class Settings:
     bot_forbid_processes: bool = _POLICY.forbid_processes
     """Workers cannot start processes (``FHIRBOTS_BOT_FORBID_PROCESSES``, ``true`` or
     ``false``)."""
+
+    @property
+    def retention(self) -> timedelta:
+        """:attr:`retention_days` as a duration."""
+        return timedelta(days=self.retention_days)
+
+    @property
+    def dashboard_session(self) -> timedelta:
+        """:attr:`dashboard_session_hours` as a duration."""
+        return timedelta(hours=self.dashboard_session_hours)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -226,6 +251,16 @@ class Settings:
                 env.get(
                     "FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER", str(base.delivery_auto_disable_after)
                 )
+            ),
+            retention_days=_parsed(
+                env, "FHIRBOTS_RETENTION_DAYS", _positive, "a number of days", base.retention_days
+            ),
+            dashboard_session_hours=_parsed(
+                env,
+                "FHIRBOTS_DASHBOARD_SESSION_HOURS",
+                _positive,
+                "a number of hours",
+                base.dashboard_session_hours,
             ),
             bot_allowed_modules=_parsed(
                 env,

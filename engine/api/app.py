@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -14,17 +15,41 @@ from fhirbots.engine.errors import FhirError, MethodNotAllowed, NotFound
 from fhirbots.engine.fhir.outcome import outcome_for
 from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent, trace_id_of
 from fhirbots.engine.settings import API_PATH
-from fhirbots.engine.web.auth import Authenticator
+from fhirbots.engine.web.auth import Authenticator, Principal
 from fhirbots.engine.web.context import PRINCIPAL, SERVICES, TRACEPARENT_KEY, Services
 from fhirbots.engine.web.http import fhir_response
 
-__all__ = ["AUTHENTICATOR", "OPEN_PATHS", "create_app"]
+__all__ = ["AUTHENTICATOR", "OPEN_PATHS", "BrowserCredentials", "create_app"]
 
 OPEN_PATHS = frozenset({f"{API_PATH}/metadata", "/healthz", f"{API_PATH}/Subscription/$websocket"})
 """The only paths served without an API key. The websocket authenticates each binding with the
 short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
 
+
+
+class BrowserCredentials(Protocol):
+    """How a signed-in dashboard page calls the FHIR API without holding a key: its session
+    cookie (with the session's CSRF token in a header) stands for the key it signed in with."""
+
+    async def principal(self, request: web.Request) -> Principal | None:
+        """The caller, when the request carries a session and no ``Authorization`` header
+        (None when it carries neither).
+
+        Raises:
+            Unauthorized: The session is unknown or ended.
+            Forbidden: The CSRF token is missing or wrong.
+        """
+        ...
+
+    async def audit(self, request: web.Request, caller: Principal, status: int) -> None:
+        """Record an action a session took (every method but GET and HEAD)."""
+        ...
+
+
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+BROWSER = web.AppKey("browser_credentials", BrowserCredentials)
+SELF_AUTHENTICATING = web.AppKey("self_authenticating", tuple[str, ...])
+"""Path prefixes whose handlers authenticate callers themselves (the dashboard)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,11 +104,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every path but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>``."""
-    if request.path not in OPEN_PATHS:
-        authenticator = request.app[AUTHENTICATOR]
-        request[PRINCIPAL] = await authenticator.authenticate(request.headers.get("Authorization"))
-    return await handler(request)
+    """Every path but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>`` (or, from a
+    dashboard page, its session and CSRF token)."""
+    if request.path in OPEN_PATHS or request.path.startswith(request.app[SELF_AUTHENTICATING]):
+        return await handler(request)
+    authorization = request.headers.get("Authorization")
+    browser = request.app.get(BROWSER)
+    caller = None
+    if authorization is None and browser is not None:
+        caller = await browser.principal(request)
+    if caller is None:
+        request[PRINCIPAL] = await request.app[AUTHENTICATOR].authenticate(authorization)
+        return await handler(request)
+    request[PRINCIPAL] = caller
+    response = await handler(request)
+    if browser is not None and request.method not in ("GET", "HEAD"):
+        await browser.audit(request, caller, response.status)
+    return response
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -102,17 +139,25 @@ def create_app(
     services: Services,
     authenticator: Authenticator,
     extra_routes: Sequence[web.RouteDef] = (),
+    *,
+    browser: BrowserCredentials | None = None,
+    self_authenticating: tuple[str, ...] = (),
 ) -> web.Application:
     """The HTTP application serving ``services``.
 
     ``extra_routes`` (operations such as ``Subscription/$explain``) go before the generic FHIR
-    routes, so a ``$operation`` segment is never taken for an id.
+    routes, so a ``$operation`` segment is never taken for an id. ``browser`` lets dashboard
+    pages call the API with their session; paths under ``self_authenticating`` (a mounted
+    dashboard) authenticate their callers themselves.
     """
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=64 * 1024**2
     )
     app[SERVICES] = services
     app[AUTHENTICATOR] = authenticator
+    app[SELF_AUTHENTICATING] = self_authenticating
+    if browser is not None:
+        app[BROWSER] = browser
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_routes(extra_routes)

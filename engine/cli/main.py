@@ -84,6 +84,7 @@ async def _serve(args: argparse.Namespace) -> int:
             await engine.start_matcher()
             await engine.start_dispatcher()
             await engine.start_bots()
+            await engine.start_stats()
         runner = web.AppRunner(engine.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -115,6 +116,8 @@ async def _worker(args: argparse.Namespace) -> int:
             await engine.start_dispatcher()
         elif args.role == "bots":
             await engine.start_bots()
+        elif args.role == "stats":
+            await engine.start_stats()
         log.info("worker started", role=args.role)
         await _until_signalled()
     finally:
@@ -159,7 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one stage of the distributed mode")
     server_flags(worker)
     worker.add_argument(
-        "role", choices=["relay", "matcher", "dispatcher", "bots"], help="which stage to run"
+        "role",
+        choices=["relay", "matcher", "dispatcher", "bots", "stats"],
+        help="which stage to run",
     )
     worker.set_defaults(run=_worker)
 

@@ -13,8 +13,9 @@ own and, for each record:
 
 Closed windows are flushed to the observatory store on a timer, so a quiet system still closes
 its windows; the same timer samples consumer lag (in events and in seconds) and purges what is
-older than the retention. The fold of one record (:func:`fold`) is pure, and the faust worker of
-Kafka mode (:mod:`fhirbots.engine.stages.stats_faust`) uses it too.
+older than the retention. The fold of one record (:func:`fold`) is pure. ``fhirbots serve``
+runs the stage in-process; ``fhirbots worker stats`` runs it alone, scaled out by the consumer
+group (each member counts its partitions' records; the store adds their windows).
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""What a dashboard handler gets from its request: the engine's parts and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from fhirbots.engine.dashboard.sessions import DashboardSession, Sessions
+from fhirbots.engine.eventlog.port import EventLog
+from fhirbots.engine.fhir.search import SearchService
+from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.observatory.store import ObservatoryStore
+from fhirbots.engine.settings import Settings
+from fhirbots.engine.web.auth import Authenticator, Principal
+
+__all__ = [
+    "CALLER",
+    "DASHBOARD",
+    "SESSION",
+    "SESSION_TOKEN",
+    "DashboardServices",
+    "caller",
+    "deps",
+    "session",
+]
+
+
+@dataclass
+class DashboardServices:
+    """The engine's parts the dashboard uses.
+
+    Attributes:
+        settings: The engine's settings.
+        sessions: Sign-in and sessions.
+        authenticator: API keys (scripts call the JSON API with one).
+        observatory: Statistics and records.
+        fhir: The FHIR service (resources, AuditEvents).
+        search: The search service.
+        event_log: The event log (live tail, event browser), or None before the engine has
+            opened one.
+    """
+
+    settings: Settings
+    sessions: Sessions
+    authenticator: Authenticator
+    observatory: ObservatoryStore
+    fhir: FhirService
+    search: SearchService
+    event_log: Callable[[], EventLog | None]
+
+
+DASHBOARD = web.AppKey("dashboard", DashboardServices)
+CALLER = web.RequestKey("dashboard_caller", Principal)
+SESSION = web.RequestKey("dashboard_session", DashboardSession)
+"""Set only for requests a browser session made (not for scripts with a key)."""
+SESSION_TOKEN = web.RequestKey("dashboard_session_token", str)
+
+
+def deps(request: web.Request) -> DashboardServices:
+    """The engine's parts."""
+    return request.app[DASHBOARD]
+
+
+def caller(request: web.Request) -> Principal:
+    """Who is asking, scoped to the project shown."""
+    return request[CALLER]
+
+
+def session(request: web.Request) -> DashboardSession | None:
+    """The browser session of the request, if it came from one."""
+    return request.get(SESSION)
