@@ -118,6 +118,10 @@ async def reset_postgres(dsn: str) -> None:
         await conn.close()
 
 
-pytest_plugins = ["tests.engine.scenarios.delivery", "tests.engine.scenarios.bots"]
+pytest_plugins = [
+    "tests.engine.scenarios.delivery",
+    "tests.engine.scenarios.bots",
+    "tests.engine.scenarios.dashboard",
+]
 """Scenario fixtures shared by tests in several folders (a receiver, a dispatcher harness, an
 engine with a project), kept in one place."""

@@ -21,7 +21,9 @@ from fhirbots.engine.web.http import fhir_response
 
 __all__ = ["AUTHENTICATOR", "OPEN_PATHS", "BrowserCredentials", "create_app"]
 
-OPEN_PATHS = frozenset({f"{API_PATH}/metadata", "/healthz", f"{API_PATH}/Subscription/$websocket"})
+OPEN_PATHS = frozenset(
+    {"/", f"{API_PATH}/metadata", "/healthz", f"{API_PATH}/Subscription/$websocket"}
+)
 """The only paths served without an API key. The websocket authenticates each binding with the
 short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
 
@@ -85,6 +87,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = fhir_response(
             outcome_for(refused), status=405, headers={"Allow": ",".join(exc.allowed_methods)}
         )
+    except web.HTTPRedirection:
+        raise  # a redirect (the dashboard's) is an answer, not an error
     except web.HTTPNotFound:
         response = fhir_response(outcome_for(NotFound(f"no route for {request.path}")), status=404)
     except web.HTTPException as exc:

@@ -24,7 +24,7 @@ from fhirbots.engine.dashboard.context import (
     SESSION,
     SESSION_TOKEN,
     DashboardServices,
-    session,
+    render,
 )
 from fhirbots.engine.dashboard.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE
 from fhirbots.engine.errors import FhirError, Forbidden, Unauthorized
@@ -53,9 +53,7 @@ def _is_api(request: web.Request) -> bool:
 def _error_response(request: web.Request, status: int, message: str) -> web.StreamResponse:
     if _is_api(request):
         return web.json_response({"error": message, "status": status}, status=status)
-    return aiohttp_jinja2.render_template(
-        "error.html", request, {"status": status, "message": message}, status=status
-    )
+    return render("error.html", request, {"status": status, "message": message}, status=status)
 
 
 @web.middleware
@@ -112,22 +110,8 @@ def create_dashboard(deps: DashboardServices) -> web.Application:
         app,
         loader=jinja2.FileSystemLoader(_HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True),
-        context_processors=[_template_context],
     )
     env.globals["mount"] = MOUNT
     app.router.add_static("/static/", _HERE / "static", name="static", append_version=True)
     app.add_routes(pages.routes())
     return app
-
-
-async def _template_context(request: web.Request) -> dict[str, object]:
-    """What every template sees: the session, its CSRF token, the current path."""
-    signed_in = session(request)
-    return {
-        "session": signed_in,
-        "csrf": signed_in.csrf if signed_in is not None else "",
-        "csrf_field": CSRF_FIELD,
-        "csrf_header": CSRF_HEADER,
-        "path": request.path,
-        "static": lambda name: request.app.router["static"].url_for(filename=name),
-    }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import aiohttp_jinja2
 from aiohttp import web
 
-from fhirbots.engine.dashboard.sessions import DashboardSession, Sessions
+from fhirbots.engine.dashboard.sessions import CSRF_FIELD, CSRF_HEADER, DashboardSession, Sessions
 from fhirbots.engine.eventlog.port import EventLog
 from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.service import FhirService
@@ -23,6 +25,7 @@ __all__ = [
     "DashboardServices",
     "caller",
     "deps",
+    "render",
     "session",
 ]
 
@@ -71,3 +74,26 @@ def caller(request: web.Request) -> Principal:
 def session(request: web.Request) -> DashboardSession | None:
     """The browser session of the request, if it came from one."""
     return request.get(SESSION)
+
+
+def render(
+    template: str, request: web.Request, values: Mapping[str, Any], *, status: int = 200
+) -> web.Response:
+    """A page: ``template`` with ``values`` and what every page sees (the session, its CSRF
+    token, the current path, ``asset()`` for versioned static URLs)."""
+    signed_in = session(request)
+    router = request.app.router
+
+    def asset(name: str) -> str:
+        return str(router["static"].url_for(filename=name))
+
+    page = {
+        "session": signed_in,
+        "csrf": signed_in.csrf if signed_in is not None else "",
+        "csrf_field": CSRF_FIELD,
+        "csrf_header": CSRF_HEADER,
+        "path": request.path,
+        "asset": asset,
+        **values,
+    }
+    return aiohttp_jinja2.render_template(template, request, page, status=status)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 
-from fhirbots.engine.dashboard.context import caller, deps
+from fhirbots.engine.dashboard.context import caller, deps, render
 from fhirbots.engine.errors import BadRequest
 from fhirbots.engine.observatory.model import WINDOW, Metric
 from fhirbots.engine.observatory.windows import window_start
@@ -85,11 +84,11 @@ async def stats_json(request: web.Request) -> web.Response:
     return web.json_response(await stats(request))
 
 
-@aiohttp_jinja2.template("overview.html")
-async def overview_page(request: web.Request) -> dict[str, Any]:
+async def overview_page(request: web.Request) -> web.Response:
     """The overview page (its charts load ``/api/stats``)."""
     name = request.query.get("range", "1h")
-    return {"range": name if name in RANGES else "1h", "ranges": list(RANGES), "nav": "overview"}
+    values = {"range": name if name in RANGES else "1h", "ranges": list(RANGES), "nav": "overview"}
+    return render("overview.html", request, values)
 
 
 def routes() -> list[web.RouteDef]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from fhirbots.engine.dashboard import overview
 from fhirbots.engine.dashboard.audit import audit_action
-from fhirbots.engine.dashboard.context import SESSION_TOKEN, caller, deps, session
+from fhirbots.engine.dashboard.context import SESSION_TOKEN, caller, deps, render, session
 from fhirbots.engine.dashboard.sessions import SESSION_COOKIE
 from fhirbots.engine.errors import BadRequest, Unauthorized
 
@@ -29,10 +28,9 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-@aiohttp_jinja2.template("login.html")
-async def login_form(request: web.Request) -> dict[str, object]:
+async def login_form(request: web.Request) -> web.Response:
     """The sign-in form."""
-    return {"next": _safe_next(request.query.get("next")), "error": None}
+    return render("login.html", request, {"next": _safe_next(request.query.get("next"))})
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -44,9 +42,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     try:
         token, signed_in = await dashboard.sessions.sign_in(key)
     except Unauthorized as exc:
-        return aiohttp_jinja2.render_template(
-            "login.html", request, {"next": target, "error": str(exc)}, status=401
-        )
+        return render("login.html", request, {"next": target, "error": str(exc)}, status=401)
     await audit_action(dashboard.fhir, signed_in.principal, "sign-in", "signed in")
     response = web.HTTPSeeOther(target)
     lifetime = int((signed_in.expires - datetime.now(UTC)).total_seconds())
