@@ -183,7 +183,10 @@ def _parse(source: str, problems: list[CompileProblem]) -> ast.Module | None:
         problems.append(CompileProblem(exc.lineno or 1, column, f"SyntaxError: {exc.msg}"))
     except (ValueError, RecursionError, MemoryError) as exc:
         # ValueError: null bytes; RecursionError/MemoryError: pathological nesting.
-        problems.append(CompileProblem(1, 0, f"source cannot be parsed: {exc.__class__.__name__}"))
+        # The message says which (Python 3.11.2 raises ValueError for null bytes, later 3.11
+        # releases SyntaxError; both name the null bytes).
+        detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+        problems.append(CompileProblem(1, 0, f"source cannot be parsed: {detail}"))
     return None
 
 
