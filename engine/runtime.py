@@ -283,6 +283,7 @@ class Engine:
             fhir=self.fhir,
             search=self.search,
             event_log=lambda: self.event_log,
+            bots=self.bots,
         )
         app.add_subapp(DASHBOARD_MOUNT, create_dashboard(dashboard))
         app.router.add_get("/", _to_dashboard)

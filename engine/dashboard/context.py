@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from fhirbots.engine.automation.runtime import BotRuntime
 from fhirbots.engine.dashboard.sessions import CSRF_FIELD, CSRF_HEADER, DashboardSession, Sessions
 from fhirbots.engine.eventlog.port import EventLog
 from fhirbots.engine.fhir.search import SearchService
@@ -43,6 +44,7 @@ class DashboardServices:
         search: The search service.
         event_log: The event log (live tail, event browser), or None before the engine has
             opened one.
+        bots: The bot runtime (runs a bot on a sample input, runs an execution again).
     """
 
     settings: Settings
@@ -52,6 +54,7 @@ class DashboardServices:
     fhir: FhirService
     search: SearchService
     event_log: Callable[[], EventLog | None]
+    bots: BotRuntime
 
 
 DASHBOARD = web.AppKey("dashboard", DashboardServices)
