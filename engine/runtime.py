@@ -284,6 +284,7 @@ class Engine:
             search=self.search,
             event_log=lambda: self.event_log,
             bots=self.bots,
+            dispatcher=lambda: self.dispatcher,
         )
         app.add_subapp(DASHBOARD_MOUNT, create_dashboard(dashboard))
         app.router.add_get("/", _to_dashboard)

@@ -16,6 +16,7 @@ from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.observatory.store import ObservatoryStore
 from fhirbots.engine.settings import Settings
+from fhirbots.engine.stages.dispatcher import Dispatcher
 from fhirbots.engine.web.auth import Authenticator, Principal
 
 __all__ = [
@@ -45,6 +46,8 @@ class DashboardServices:
         event_log: The event log (live tail, event browser), or None before the engine has
             opened one.
         bots: The bot runtime (runs a bot on a sample input, runs an execution again).
+        dispatcher: The notification dispatcher (its delivery store: counters, dead letters,
+            pending rows; retries and replays), or None in a process that has none.
     """
 
     settings: Settings
@@ -55,6 +58,7 @@ class DashboardServices:
     search: SearchService
     event_log: Callable[[], EventLog | None]
     bots: BotRuntime
+    dispatcher: Callable[[], Dispatcher | None]
 
 
 DASHBOARD = web.AppKey("dashboard", DashboardServices)
