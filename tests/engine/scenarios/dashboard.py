@@ -3,6 +3,7 @@ with a key of project ``p1`` (cookie and CSRF token), and a second project ``p2`
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from fhirbots.engine.settings import Settings
 from tests.conftest import POSTGRES
 from tests.engine.conftest import open_storage
 
-__all__ = ["Browser", "Client", "browser", "new_client", "sign_in"]
+__all__ = ["Browser", "Client", "Served", "browser", "new_client", "served_engine", "sign_in"]
 
 Client = TestClient[web.Request, web.Application]
 """A test client of the engine's HTTP application."""
@@ -83,24 +84,58 @@ async def sign_in(client: Client, key: str) -> str:
     return found.group(1)
 
 
+@dataclass
+class Served:
+    """An engine served over HTTP on 127.0.0.1, with projects ``p1`` and ``p2``."""
+
+    engine: Engine
+    server: TestServer
+    key: str
+    """An admin key of project ``p1``."""
+    other_key: str
+    """An admin key of project ``p2``."""
+
+
+@contextlib.asynccontextmanager
+async def served_engine(storage: str, data_dir: Path, **settings: Any) -> AsyncIterator[Served]:
+    """An engine (relay, matcher, dispatcher, statistics) served on a free loopback port while
+    the context lasts.
+
+    Args:
+        storage: The datastore adapter (``"sqlite"`` or ``"postgres"``).
+        data_dir: The engine's data dir.
+        **settings: Further :class:`Settings` fields (e.g. ``allowed_endpoint_networks``).
+    """
+    engine = Engine(
+        Settings(data_dir=data_dir, **settings), storage=await open_storage(storage, data_dir)
+    )
+    try:
+        key = await engine.create_project("p1", "Project one")
+        other = await engine.create_project("p2", "Project two")
+        await engine.start_relay()
+        await engine.start_matcher()
+        await engine.start_dispatcher()
+        await engine.start_stats()
+        server = TestServer(engine.app())
+        await server.start_server()
+        try:
+            yield Served(engine, server, key, other)
+        finally:
+            await server.close()
+    finally:
+        await engine.close()
+
+
 @pytest.fixture(params=["sqlite", POSTGRES])
 async def browser(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Browser]:
     """A served engine (relay, matcher, dispatcher, statistics) and a client signed in to
     project ``p1``; project ``p2`` exists too."""
-    storage = await open_storage(request.param, tmp_path)
-    engine = Engine(Settings(data_dir=tmp_path), storage=storage)
-    key = await engine.create_project("p1", "Project one")
-    other = await engine.create_project("p2", "Project two")
-    await engine.start_relay()
-    await engine.start_matcher()
-    await engine.start_dispatcher()
-    await engine.start_stats()
-    client = TestClient(TestServer(engine.app()))
-    await client.start_server()
-    opened = Browser(client, engine, key, other)
-    opened.csrf = await sign_in(client, key)
-    try:
-        yield opened
-    finally:
-        await client.close()
-        await engine.close()
+    async with served_engine(request.param, tmp_path) as served:
+        client = TestClient(served.server)
+        await client.start_server()
+        opened = Browser(client, served.engine, served.key, served.other_key)
+        try:
+            opened.csrf = await sign_in(client, served.key)
+            yield opened
+        finally:
+            await client.close()
