@@ -28,7 +28,6 @@ OPEN_PATHS = frozenset(
 short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
 
 
-
 class BrowserCredentials(Protocol):
     """How a signed-in dashboard page calls the FHIR API without holding a key: its session
     cookie (with the session's CSRF token in a header) stands for the key it signed in with."""
