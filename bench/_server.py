@@ -29,12 +29,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    database_url: str | None = None, kafka: str | None = None, *, api_only: bool = False
+    database_url: str | None = None,
+    kafka: str | None = None,
+    *,
+    api_only: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """A server on a fresh data dir (and, for PostgreSQL, whatever the database holds)."""
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
-        env = {**os.environ, "FHIRBOTS_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "FHIRBOTS_LOG_LEVEL": "WARNING", **(extra_env or {})}
         env.pop("FHIRBOTS_DATABASE_URL", None)
         env.pop("FHIRBOTS_KAFKA", None)
         if database_url:
