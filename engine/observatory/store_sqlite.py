@@ -80,8 +80,13 @@ class SqliteObservatoryStore:
         await self._insert_many(sql.ADD_WINDOW, [sql.window_args(r) for r in sql.combine(rows)])
 
     async def _insert_many(self, statement: str, args: list[tuple[object, ...]]) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            # The cursor stays on the store's thread: one freed on another thread while this
+            # thread uses the connection is an API misuse SQLite reports.
+            db.executemany(statement, args).close()
+
         if args:
-            await self._call(self._transaction, lambda db: db.executemany(statement, args))
+            await self._call(self._transaction, run)
 
     async def add_lag(self, samples: Sequence[LagSample]) -> None:
         """See :meth:`fhirbots.engine.observatory.store.ObservatoryStore.add_lag`."""
