@@ -23,9 +23,10 @@ $(INSTALLED): pyproject.toml | $(VPY)
 
 install: $(INSTALLED) ## Python package and dev tools (editable), in .venv
 
-install-test-services: ## PostgreSQL (Debian package, started) and the Kafka jars (Maven)
+install-test-services: ## PostgreSQL (Debian package, started), the Kafka jars (Maven), Chromium (Debian package)
 	bash deploy/postgres/setup.sh
 	bash deploy/kafka/broker.sh fetch
+	bash deploy/browser/setup.sh
 
 lint: $(INSTALLED) ## ruff lint and format check, import layering (import-linter)
 	$(VPY) -m ruff check .

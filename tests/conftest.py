@@ -122,6 +122,7 @@ pytest_plugins = [
     "tests.engine.scenarios.delivery",
     "tests.engine.scenarios.bots",
     "tests.engine.scenarios.dashboard",
+    "tests.engine.scenarios.browser",
 ]
 """Scenario fixtures shared by tests in several folders (a receiver, a dispatcher harness, an
 engine with a project), kept in one place."""
