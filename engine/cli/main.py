@@ -23,6 +23,7 @@ from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
+from fhirbots.engine.cli.executions import add_commands as add_execution_commands
 from fhirbots.engine.cli.loader import find_files, load_files
 from fhirbots.engine.cli.subscriptions import add_commands as add_subscription_commands
 from fhirbots.engine.observability.logs import configure_logging
@@ -176,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     add_subscription_commands(sub)
     add_delivery_commands(sub)
     add_bot_commands(sub)
+    add_execution_commands(sub)
     return parser
 
 
