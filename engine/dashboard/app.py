@@ -17,7 +17,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from fhirbots.engine.dashboard import pages
+from fhirbots.engine.dashboard import pages, tail
 from fhirbots.engine.dashboard.context import (
     CALLER,
     DASHBOARD,
@@ -114,4 +114,5 @@ def create_dashboard(deps: DashboardServices) -> web.Application:
     env.globals["mount"] = MOUNT
     app.router.add_static("/static/", _HERE / "static", name="static", append_version=True)
     app.add_routes(pages.routes())
+    tail.install(app)  # one tailer per process, stopped on shutdown
     return app

@@ -1,0 +1,757 @@
+"""The event browser: the records of the engine's topics, searched and opened one by one.
+
+It reads ``fhir.changes.v1``, ``fhir.notifications.v1``, ``fhir.deliveries.v1``,
+``bots.executions.v1`` and their dead-letter twins through the event-log port, so it works
+alike on the embedded log and on Kafka. A page is read newest first (from the end of every
+partition, merged by time), or oldest first from an offset of one partition or from a time.
+Searches filter what is read (key substring, a header, a JSON field path); every request reads
+at most :data:`SCAN_LIMIT` records and says how many it scanned, with a cursor to go on.
+
+Every caller sees only records of the project shown: the key must start with ``project/`` and
+a payload that names a project must name that one (a dead-letter record whose payload cannot be
+decoded is shown when its key is in the project).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from fhirbots.engine.dashboard.context import caller, deps, render
+from fhirbots.engine.errors import BadRequest, FhirError, NotFound
+from fhirbots.engine.eventlog.errors import EventLogError, TopicNotFound
+from fhirbots.engine.eventlog.port import (
+    HEADER_ERROR,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    EventLog,
+    Record,
+)
+from fhirbots.engine.stages.stats import Payload, decode
+from fhirbots.schemas.deliveries import DeliveryAttemptRecord
+from fhirbots.schemas.events import ChangeEvent
+from fhirbots.schemas.notifications import Notification
+from fhirbots.schemas.topics import (
+    BOT_EXECUTIONS,
+    CHANGES,
+    DELIVERIES,
+    NOTIFICATIONS,
+    deadletter_topic,
+)
+
+__all__ = [
+    "BROWSABLE",
+    "DEFAULT_LIMIT",
+    "KINDS",
+    "MAX_LIMIT",
+    "SCAN_LIMIT",
+    "EventLogUnavailable",
+    "EventQuery",
+    "EventsPage",
+    "browse",
+    "event_log",
+    "in_project",
+    "log_errors",
+    "mount_of",
+    "one_record",
+    "record_link",
+    "routes",
+    "summarize",
+    "trace_link",
+]
+
+KINDS: dict[str, str] = {
+    CHANGES: "change",
+    NOTIFICATIONS: "notification",
+    DELIVERIES: "delivery",
+    BOT_EXECUTIONS: "execution",
+}
+"""Topic -> the kind of step its records are (as the trace index and the live tail name them)."""
+
+BROWSABLE: tuple[str, ...] = (*KINDS, *(deadletter_topic(t) for t in KINDS))
+"""Topics the browser reads: the four the dashboard follows and their dead-letter twins."""
+
+DEFAULT_LIMIT = 50
+"""Records shown per page unless asked otherwise."""
+
+MAX_LIMIT = 200
+"""Most records one page returns: more does not fit a browser table."""
+
+SCAN_LIMIT = 2000
+"""Most records one request reads (matching or not): a search over a large topic answers in
+well under a second and says where to go on, instead of holding the log for a full scan."""
+
+_CHUNK = 100
+"""Records read from one partition at a time: a page of a quiet search needs a few reads per
+partition; on Kafka each read is a round trip of its own."""
+
+Order = Literal["newest", "oldest"]
+
+
+def mount_of(request: web.Request) -> str:
+    """Where the dashboard is mounted (the templates' ``mount``), for links in JSON."""
+    return str(aiohttp_jinja2.get_env(request.app).globals["mount"])
+
+
+def record_link(mount: str, topic: str, partition: int, offset: int) -> str:
+    """Path of one record in the event browser."""
+    return f"{mount}/events/{topic}/{partition}/{offset}"
+
+
+def trace_link(mount: str, ref: str) -> str:
+    """Path of the trace view of the step ``ref``."""
+    return f"{mount}/trace/{ref}"
+
+
+class EventLogUnavailable(FhirError):
+    """The process has no event log open, or the log failed to answer (503: try again)."""
+
+    status = 503
+    code = "transient"
+
+
+def event_log(request: web.Request) -> EventLog:
+    """The process's event log.
+
+    Raises:
+        EventLogUnavailable: This process has none open (yet).
+    """
+    log = deps(request).event_log()
+    if log is None:
+        raise EventLogUnavailable("this process has no event log open; try again in a moment")
+    return log
+
+
+@contextlib.contextmanager
+def log_errors() -> Iterator[None]:
+    """Translate the event log's errors (a broker that does not answer) into a 503."""
+    try:
+        yield
+    except EventLogError as exc:
+        raise EventLogUnavailable(f"the event log did not answer: {exc}") from exc
+
+
+def _json(value: bytes) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def in_project(record: Record, project: str) -> bool:
+    """Whether ``record`` belongs to ``project``: its key, and its payload when that names one."""
+    if not record.key.startswith(f"{project}/"):
+        return False
+    payload = _json(record.value)
+    if isinstance(payload, dict) and "project" in payload:
+        return bool(payload["project"] == project)
+    return True
+
+
+def _decode(record: Record) -> Payload | None:
+    """The typed payload of a record of the four followed topics, or None."""
+    if record.topic not in KINDS:
+        return None
+    try:
+        return decode(record)
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+
+
+def _time(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bot_of(endpoint: str | None) -> str | None:
+    return endpoint if endpoint and endpoint.startswith("Bot/") else None
+
+
+def summarize(record: Record, payload: Payload) -> dict[str, Any]:
+    """A few fields of a record, the same for the live tail, the browser and the trace view.
+
+    Every summary has ``kind``, ``time``, ``ref`` (the step's id, which the trace view takes),
+    ``trace_id`` and the record's position; the rest depends on the kind.
+    """
+    out: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "project": payload.project,
+    }
+    if isinstance(payload, ChangeEvent):
+        out.update(
+            kind="change",
+            time=_time(payload.time),
+            ref=payload.event_id,
+            trace_id=_trace_id(payload.traceparent),
+            resource_type=payload.resource_type,
+            resource_id=payload.resource_id,
+            interaction=payload.interaction,
+            version=payload.version_id,
+            author=payload.author,
+            bot=payload.causation[-1].bot if payload.causation else None,
+            execution=payload.causation[-1].execution if payload.causation else None,
+        )
+    elif isinstance(payload, Notification):
+        out.update(
+            kind="notification",
+            time=_time(record.timestamp),
+            ref=payload.notification_id,
+            trace_id=_trace_id(payload.traceparent),
+            subscription=payload.subscription_id,
+            event_id=payload.event_id,
+            resource_type=payload.resource_type,
+            resource_id=payload.resource_id,
+            interaction=payload.interaction,
+            channel=payload.channel.type,
+            endpoint=payload.channel.endpoint,
+            bot=_bot_of(payload.channel.endpoint),
+        )
+    elif isinstance(payload, DeliveryAttemptRecord):
+        out.update(
+            kind="delivery",
+            time=_time(payload.started),
+            ref=payload.attempt_id,
+            trace_id=payload.trace_id,
+            subscription=payload.subscription_id,
+            notification_id=payload.notification_id,
+            event_id=payload.event_id,
+            event_number=payload.event_number,
+            channel=payload.channel,
+            endpoint=payload.endpoint,
+            bot=_bot_of(payload.endpoint),
+            attempt=payload.attempt,
+            outcome=payload.outcome,
+            status=payload.status,
+            duration_ms=payload.duration_ms,
+            error=payload.error,
+        )
+    else:
+        out.update(
+            kind="execution",
+            time=_time(payload.started),
+            ref=payload.execution_id,
+            trace_id=_trace_id(payload.trace_id),
+            bot=payload.bot,
+            outcome=payload.status,
+            trigger=payload.trigger,
+            duration_ms=payload.duration_ms,
+            error=payload.error,
+            notification_id=payload.notification_id,
+        )
+    return out
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+def _links(mount: str, summary: dict[str, Any]) -> dict[str, str]:
+    links = {
+        "record": record_link(mount, summary["topic"], summary["partition"], summary["offset"])
+    }
+    if summary.get("ref") and summary.get("trace_id"):
+        links["trace"] = trace_link(mount, summary["ref"])
+    return links
+
+
+# -- searching -----------------------------------------------------------------------------
+
+
+def _path_values(value: Any, path: list[str]) -> Iterator[Any]:
+    """Every value at ``path`` in ``value``, walking into each element of a list on the way."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _path_values(item, path)
+        return
+    if not path:
+        yield value
+        return
+    if isinstance(value, dict) and path[0] in value:
+        yield from _path_values(value[path[0]], path[1:])
+
+
+def _same(found: Any, wanted: str) -> bool:
+    if isinstance(found, str):
+        return found == wanted
+    if found is None or isinstance(found, dict | list):
+        return False
+    return json.dumps(found) == wanted or str(found) == wanted
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page stopped: the order, and per partition the next position to read.
+
+    Newest first, a position is the offset *below* which to go on; oldest first, the next
+    offset to read. Partitions read to their end are left out.
+    """
+
+    topic: str
+    order: Order
+    positions: dict[int, int]
+
+    def encode(self) -> str:
+        """The opaque text a client passes back as ``cursor``."""
+        text = json.dumps(
+            {"t": self.topic, "o": self.order, "p": {str(k): v for k, v in self.positions.items()}}
+        )
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Read a cursor a page returned.
+
+        Raises:
+            BadRequest: It is not one.
+        """
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            order = raw["o"]
+            if order not in ("newest", "oldest"):
+                raise ValueError(order)
+            positions = {int(k): int(v) for k, v in raw["p"].items()}
+            return cls(str(raw["t"]), order, positions)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            raise BadRequest("cursor: not a cursor this browser returned") from exc
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """What to read and what to look for (see :func:`EventQuery.parse` for the parameters).
+
+    Attributes:
+        topic: The topic.
+        partition: One partition, or None for all.
+        offset: Read oldest first from this offset (of ``partition``).
+        since: Read oldest first from this time.
+        key: Substring of the key (case-insensitive).
+        header: (name, value) of a header; value None: the header is there.
+        field: (path, value) in the JSON payload; value None: the path has a value.
+        limit: Most records returned.
+        cursor: Go on where a page stopped.
+    """
+
+    topic: str = CHANGES
+    partition: int | None = None
+    offset: int | None = None
+    since: datetime | None = None
+    key: str | None = None
+    header: tuple[str, str | None] | None = None
+    field: tuple[tuple[str, ...], str | None] | None = None
+    limit: int = DEFAULT_LIMIT
+    cursor: Cursor | None = None
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> EventQuery:
+        """From ``topic, partition, offset, since, key, header, field, limit, cursor``.
+
+        Raises:
+            BadRequest: A parameter is malformed.
+        """
+        topic = query.get("topic") or CHANGES
+        if topic not in BROWSABLE:
+            raise BadRequest(f"topic must be one of {', '.join(BROWSABLE)}")
+        partition = _integer(query, "partition")
+        offset = _integer(query, "offset")
+        if offset is not None and partition is None:
+            raise BadRequest("offset: name the partition too")
+        since = None
+        if query.get("since"):
+            try:
+                since = datetime.fromisoformat(query["since"].replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise BadRequest("since: expected an ISO 8601 date-time") from exc
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+        header = None
+        if query.get("header"):
+            name, sep, value = query["header"].partition("=")
+            header = (name.strip(), value if sep else None)
+        found = None
+        if query.get("field"):
+            path, sep, value = query["field"].partition("=")
+            steps = tuple(s for s in path.strip().split(".") if s)
+            if not steps:
+                raise BadRequest("field: expected path=value, e.g. resource.code.coding.code=x")
+            found = (steps, value if sep else None)
+        limit = _integer(query, "limit")
+        cursor = Cursor.decode(query["cursor"]) if query.get("cursor") else None
+        if cursor is not None and cursor.topic != topic:
+            raise BadRequest("cursor: it belongs to another topic")
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            since=since,
+            key=query.get("key") or None,
+            header=header,
+            field=found,
+            limit=min(max(limit or DEFAULT_LIMIT, 1), MAX_LIMIT),
+            cursor=cursor,
+        )
+
+    def matches(self, record: Record) -> bool:
+        """Whether ``record`` passes the key, header and field filters."""
+        if self.key is not None and self.key.lower() not in record.key.lower():
+            return False
+        if self.header is not None:
+            name, value = self.header
+            values = [v for k, v in record.headers if k.lower() == name.lower()]
+            if not values:
+                return False
+            if value is not None and value not in (v.decode("utf-8", "replace") for v in values):
+                return False
+        if self.field is not None:
+            path, wanted = self.field
+            found = [v for v in _path_values(_json(record.value), list(path)) if v is not None]
+            if not found:
+                return False
+            if wanted is not None and not any(_same(v, wanted) for v in found):
+                return False
+        return True
+
+
+def _integer(query: Mapping[str, str], name: str) -> int | None:
+    text = query.get(name)
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: expected a whole number") from exc
+    if value < 0:
+        raise BadRequest(f"{name}: expected zero or more")
+    return value
+
+
+@dataclass
+class _Lane:
+    """One partition being read in one direction, a chunk at a time."""
+
+    log: EventLog
+    topic: str
+    partition: int
+    order: Order
+    position: int
+    """Newest first: read below this offset; oldest first: the next offset to read."""
+    since: datetime | None = None
+    end: int = 0
+    """Oldest first: the partition's end when the request began."""
+    buffer: list[Record] = field(default_factory=list)
+    done: bool = False
+    read: int = 0
+
+    async def head(self) -> Record | None:
+        """The next record in this lane's order, reading another chunk when needed."""
+        if not self.buffer and not self.done:
+            await self._fill()
+        return self.buffer[0] if self.buffer else None
+
+    def take(self) -> Record:
+        """Move past the head."""
+        record = self.buffer.pop(0)
+        self.position = record.offset if self.order == "newest" else record.offset + 1
+        return record
+
+    async def _fill(self) -> None:
+        if self.order == "newest":
+            start = max(self.position - _CHUNK, 0)
+            records = await self.log.read(self.topic, self.partition, offset=start, limit=_CHUNK)
+            # Retention trims a partition from its oldest end, so nothing below the range
+            # read exists when nothing in it does.
+            below = [r for r in records if r.offset < self.position]
+            self.read += len(records)
+            self.buffer = below[::-1]
+            self.done = not below
+            return
+        if self.since is not None:
+            records = await self.log.read(
+                self.topic, self.partition, since=self.since, limit=_CHUNK
+            )
+            self.since = None
+        else:
+            records = await self.log.read(
+                self.topic, self.partition, offset=self.position, limit=_CHUNK
+            )
+        self.read += len(records)
+        self.buffer = [r for r in records if r.offset >= self.position]
+        if not self.buffer:
+            self.done = True
+            self.position = max(self.position, self.end)
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    """One page of the browser.
+
+    Attributes:
+        records: The matching records, in the page's order.
+        scanned: Records read and looked at to find them.
+        order: ``newest`` or ``oldest`` first.
+        cursor: Where to go on, or None when every partition was read to its end.
+        exhausted_scan: Whether the scan stopped at :data:`SCAN_LIMIT` (more may match).
+    """
+
+    records: list[Record]
+    scanned: int
+    order: Order
+    cursor: Cursor | None
+    exhausted_scan: bool
+
+
+async def _lanes(log: EventLog, query: EventQuery) -> list[_Lane]:
+    try:
+        count = await log.partitions(query.topic)
+    except TopicNotFound:
+        return []  # nothing was ever published to it
+    if query.partition is not None and query.partition >= count:
+        raise BadRequest(f"partition: {query.topic} has partitions 0 to {count - 1}")
+    chosen = [query.partition] if query.partition is not None else list(range(count))
+    if query.cursor is not None:
+        return [
+            _Lane(log, query.topic, p, query.cursor.order, pos)
+            for p, pos in sorted(query.cursor.positions.items())
+            if p < count and (query.partition is None or p == query.partition)
+        ]
+    ends = await log.end_offsets(query.topic)
+    if query.offset is not None:
+        return [
+            _Lane(log, query.topic, p, "oldest", query.offset, end=ends.get(p, 0)) for p in chosen
+        ]
+    if query.since is not None:
+        return [
+            _Lane(log, query.topic, p, "oldest", 0, since=query.since, end=ends.get(p, 0))
+            for p in chosen
+        ]
+    return [_Lane(log, query.topic, p, "newest", ends.get(p, 0)) for p in chosen]
+
+
+def _later(a: Record, b: Record) -> bool:
+    return (a.timestamp, a.partition, a.offset) > (b.timestamp, b.partition, b.offset)
+
+
+async def browse(log: EventLog, project: str, query: EventQuery) -> EventsPage:
+    """A page of ``query.topic``'s records of ``project`` that match ``query``.
+
+    Partitions are merged by time: newest first from their ends, or oldest first from an
+    offset or a time. At most :data:`SCAN_LIMIT` records are looked at.
+    """
+    lanes = await _lanes(log, query)
+    order: Order = (
+        lanes[0].order if lanes else ("oldest" if query.since or query.offset else "newest")
+    )
+    found: list[Record] = []
+    scanned = 0
+    while len(found) < query.limit and scanned < SCAN_LIMIT:
+        best: _Lane | None = None
+        best_head: Record | None = None
+        for lane in lanes:
+            head = await lane.head()
+            if head is None:
+                continue
+            if best_head is None or (_later(head, best_head) == (order == "newest")):
+                best, best_head = lane, head
+        if best is None:
+            break
+        record = best.take()
+        scanned += 1
+        if in_project(record, project) and query.matches(record):
+            found.append(record)
+    open_lanes = {lane.partition: lane.position for lane in lanes if lane.buffer or not lane.done}
+    if order == "oldest":
+        # Oldest first, the end is only where the log is now: a later page may find more.
+        open_lanes = {lane.partition: lane.position for lane in lanes} if open_lanes else {}
+    cursor = Cursor(query.topic, order, open_lanes) if open_lanes else None
+    return EventsPage(found, scanned, order, cursor, scanned >= SCAN_LIMIT)
+
+
+async def one_record(
+    log: EventLog, project: str, topic: str, partition: int, offset: int
+) -> Record:
+    """One record of ``project``.
+
+    Raises:
+        BadRequest: Not a topic of the browser.
+        NotFound: No such record, or not the caller's.
+    """
+    if topic not in BROWSABLE:
+        raise BadRequest(f"topic must be one of {', '.join(BROWSABLE)}")
+    try:
+        count = await log.partitions(topic)
+    except TopicNotFound as exc:
+        raise NotFound(f"{topic} has no records yet") from exc
+    if partition >= count:
+        raise NotFound(f"{topic} has no partition {partition}")
+    records = await log.read(topic, partition, offset=offset, limit=1)
+    if not records or records[0].offset != offset or not in_project(records[0], project):
+        raise NotFound(f"no record {topic}/{partition}/{offset} in this project")
+    return records[0]
+
+
+# -- views -----------------------------------------------------------------------------------
+
+
+def _headers(record: Record) -> list[dict[str, str]]:
+    out = []
+    for name, value in record.headers:
+        try:
+            out.append({"name": name, "value": value.decode("utf-8")})
+        except UnicodeDecodeError:
+            out.append({"name": name, "base64": base64.b64encode(value).decode()})
+    return out
+
+
+def _source(mount: str, record: Record) -> dict[str, Any] | None:
+    """Where a dead-letter record came from (from its headers), with a link."""
+    topic = record.header(HEADER_SOURCE_TOPIC)
+    partition = record.header(HEADER_SOURCE_PARTITION)
+    offset = record.header(HEADER_SOURCE_OFFSET)
+    if topic is None or partition is None or offset is None:
+        return None
+    try:
+        p, o = int(partition), int(offset)
+    except ValueError:
+        return None
+    name = topic.decode("utf-8", "replace")
+    return {
+        "topic": name,
+        "partition": p,
+        "offset": o,
+        "link": record_link(mount, name, p, o) if name in BROWSABLE else None,
+    }
+
+
+def item(mount: str, record: Record) -> dict[str, Any]:
+    """A record as a row of the browser (the JSON API and the page alike)."""
+    payload = _decode(record)
+    if payload is not None:
+        out = summarize(record, payload)
+    else:
+        out = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        raw = _json(record.value)
+        if isinstance(raw, dict):
+            out["project"] = raw.get("project")
+    out["key"] = record.key
+    out["timestamp"] = _time(record.timestamp)
+    out["links"] = _links(mount, out)
+    error = record.header(HEADER_ERROR)
+    if error is not None:
+        out["error"] = error.decode("utf-8", "replace")
+        out["source"] = _source(mount, record)
+    return out
+
+
+def full(mount: str, record: Record) -> dict[str, Any]:
+    """A record whole: its position, key, time, headers and payload (parsed when JSON)."""
+    out = item(mount, record)
+    value = _json(record.value)
+    out["headers"] = _headers(record)
+    if value is not None:
+        out["value"] = value
+    else:
+        out["value_text"] = record.value.decode("utf-8", "replace")
+    return out
+
+
+def _page_json(mount: str, query: EventQuery, page: EventsPage) -> dict[str, Any]:
+    return {
+        "topic": query.topic,
+        "order": page.order,
+        "limit": query.limit,
+        "scanned": page.scanned,
+        "scan_limit": SCAN_LIMIT,
+        "scan_stopped": page.exhausted_scan,
+        "next_cursor": page.cursor.encode() if page.cursor is not None else None,
+        "items": [item(mount, r) for r in page.records],
+    }
+
+
+async def events_json(request: web.Request) -> web.Response:
+    """``GET /api/events?topic=&partition=&offset=&since=&key=&header=&field=&limit=&cursor=``."""
+    query = EventQuery.parse(request.query)
+    with log_errors():
+        page = await browse(event_log(request), caller(request).project, query)
+    return web.json_response(_page_json(mount_of(request), query, page))
+
+
+def _position(request: web.Request) -> tuple[str, int, int]:
+    try:
+        partition = int(request.match_info["partition"])
+        offset = int(request.match_info["offset"])
+    except ValueError as exc:
+        raise NotFound("no such record: partition and offset are whole numbers") from exc
+    return request.match_info["topic"], partition, offset
+
+
+async def event_json(request: web.Request) -> web.Response:
+    """``GET /api/events/{topic}/{partition}/{offset}``: one record whole."""
+    topic, partition, offset = _position(request)
+    with log_errors():
+        record = await one_record(
+            event_log(request), caller(request).project, topic, partition, offset
+        )
+    return web.json_response(full(mount_of(request), record))
+
+
+async def events_page(request: web.Request) -> web.Response:
+    """The browser page: the search form and one page of records."""
+    values: dict[str, Any] = {
+        "nav": "events",
+        "topics": BROWSABLE,
+        "q": {k: request.query.get(k, "") for k in _PARAMETERS},
+    }
+    try:
+        query = EventQuery.parse(request.query)
+        with log_errors():
+            page = await browse(event_log(request), caller(request).project, query)
+        values["page"] = _page_json(mount_of(request), query, page)
+        next_query = {k: v for k, v in request.query.items() if k in _PARAMETERS and v}
+        if page.cursor is not None:
+            next_query["cursor"] = page.cursor.encode()
+            values["next_query"] = next_query
+    except BadRequest as exc:
+        values["error"] = str(exc)
+    return render("events.html", request, values)
+
+
+_PARAMETERS = ("topic", "partition", "offset", "since", "key", "header", "field", "limit")
+
+
+async def event_page(request: web.Request) -> web.Response:
+    """One record whole, with links to its trace (and its source, for a dead letter)."""
+    topic, partition, offset = _position(request)
+    with log_errors():
+        record = await one_record(
+            event_log(request), caller(request).project, topic, partition, offset
+        )
+    shown = full(mount_of(request), record)
+    values = {
+        "nav": "events",
+        "event": shown,
+        "pretty": json.dumps(shown.get("value"), indent=2, sort_keys=False, ensure_ascii=False)
+        if "value" in shown
+        else shown.get("value_text", ""),
+    }
+    return render("event.html", request, values)
+
+
+def routes() -> list[web.RouteDef]:
+    """Routes of the event browser."""
+    return [
+        web.get("/events", events_page),
+        web.get("/events/{topic}/{partition}/{offset}", event_page),
+        web.get("/api/events", events_json),
+        web.get("/api/events/{topic}/{partition}/{offset}", event_json),
+    ]
