@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from fhirbots.engine.dashboard import bots, events, executions, overview, tail
+from fhirbots.engine.dashboard import bots, events, executions, overview, tail, trace
 from fhirbots.engine.dashboard.audit import audit_action
 from fhirbots.engine.dashboard.context import SESSION_TOKEN, caller, deps, render, session
 from fhirbots.engine.dashboard.sessions import SESSION_COOKIE
@@ -106,4 +106,5 @@ def routes() -> list[web.RouteDef]:
         *executions.routes(),
         *tail.routes(),
         *events.routes(),
+        *trace.routes(),
     ]
