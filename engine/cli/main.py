@@ -26,6 +26,7 @@ from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
 from fhirbots.engine.cli.executions import add_commands as add_execution_commands
 from fhirbots.engine.cli.loader import find_files, load_files
 from fhirbots.engine.cli.subscriptions import add_commands as add_subscription_commands
+from fhirbots.engine.cli.tail import add_commands as add_tail_commands
 from fhirbots.engine.observability.logs import configure_logging
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
@@ -177,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     add_subscription_commands(sub)
     add_delivery_commands(sub)
     add_bot_commands(sub)
+    add_tail_commands(sub)
     add_execution_commands(sub)
     return parser
 
