@@ -347,11 +347,13 @@ async def check(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
-    """``GET /api/bots/{id}/history``: the versions, newest first, and which changed the code."""
+    """``GET /api/bots/{id}/history``: the versions, newest first, which of them changed the
+    code and which hold the code the Bot runs now (rolling back to those changes nothing)."""
     who = caller(request)
     bot_id = request.match_info["id"]
     page = await deps(request).fhir.history(who.project, "Bot", bot_id, count=HISTORY_LIMIT)
     entries = page.entries
+    current = (entries[0].content or {}).get("code") if entries else None
     versions = []
     for i, entry in enumerate(entries):
         code = (entry.content or {}).get("code")
@@ -363,6 +365,7 @@ async def history(request: web.Request) -> web.Response:
                 "last_updated": _instant(entry.last_updated),
                 "deleted": entry.deleted,
                 "code_changed": older is None or code != previous,
+                "code_is_current": code == current,
                 "lines": len(code.splitlines()) if isinstance(code, str) else 0,
             }
         )

@@ -142,7 +142,7 @@
           row.appendChild(cell);
         }
         const action = document.createElement("td");
-        if (i > 0 && !v.deleted && v.code_changed) {
+        if (!v.deleted && !v.code_is_current) {
           const button = document.createElement("button");
           button.type = "button";
           button.className = "secondary";

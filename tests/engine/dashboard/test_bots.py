@@ -238,6 +238,7 @@ async def test_rollback_restores_old_code_as_a_new_version(browser: Browser) -> 
     history = await browser.api(f"/dashboard/api/bots/{bot_id}/history")
     assert [v["version"] for v in history["versions"]] == ["2", "1"]
     assert all(v["code_changed"] for v in history["versions"])
+    assert [v["code_is_current"] for v in history["versions"]] == [True, False]
     old = await browser.api(f"/dashboard/api/bots/{bot_id}/history/1")
     assert old["code"] == ECHO
 
