@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from fhirbots.engine.dashboard import bots, events, executions, overview, tail, trace
+from fhirbots.engine.dashboard import bots, events, executions, overview, subscriptions, tail, trace
 from fhirbots.engine.dashboard.audit import audit_action
 from fhirbots.engine.dashboard.context import SESSION_TOKEN, caller, deps, render, session
 from fhirbots.engine.dashboard.sessions import SESSION_COOKIE
@@ -102,6 +102,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/logout", logout),
         web.post("/project", switch_project),
         *overview.routes(),
+        *subscriptions.routes(),
         *bots.routes(),
         *executions.routes(),
         *tail.routes(),

@@ -20,7 +20,16 @@ from fhirbots.engine.settings import Settings
 from tests.conftest import POSTGRES
 from tests.engine.conftest import open_storage
 
-__all__ = ["Browser", "Client", "Served", "browser", "new_client", "served_engine", "sign_in"]
+__all__ = [
+    "Browser",
+    "Client",
+    "Served",
+    "browser",
+    "dashboard_settings",
+    "new_client",
+    "served_engine",
+    "sign_in",
+]
 
 Client = TestClient[web.Request, web.Application]
 """A test client of the engine's HTTP application."""
@@ -126,11 +135,21 @@ async def served_engine(storage: str, data_dir: Path, **settings: Any) -> AsyncI
         await engine.close()
 
 
+@pytest.fixture
+def dashboard_settings() -> dict[str, Any]:
+    """Further :class:`Settings` fields of the `browser` fixture's engine: none. A test that
+    needs others parametrises this fixture by name, e.g.
+    ``@pytest.mark.parametrize("dashboard_settings", [{"delivery_max_attempts": 1}])``."""
+    return {}
+
+
 @pytest.fixture(params=["sqlite", POSTGRES])
-async def browser(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Browser]:
+async def browser(
+    request: pytest.FixtureRequest, tmp_path: Path, dashboard_settings: dict[str, Any]
+) -> AsyncIterator[Browser]:
     """A served engine (relay, matcher, dispatcher, statistics) and a client signed in to
     project ``p1``; project ``p2`` exists too."""
-    async with served_engine(request.param, tmp_path) as served:
+    async with served_engine(request.param, tmp_path, **dashboard_settings) as served:
         client = TestClient(served.server)
         await client.start_server()
         opened = Browser(client, served.engine, served.key, served.other_key)
