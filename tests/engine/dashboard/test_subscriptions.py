@@ -131,6 +131,16 @@ async def test_the_table_lists_a_subscription_with_its_counts(
     assert "Patient?gender=female" in page
     assert re.search(r'class="num matched-1h">1<', page)
 
+    async def attempted() -> list[dict[str, Any]]:
+        attempts: list[dict[str, Any]] = (await _detail(browser, subscription_id))["attempts"]
+        return attempts
+
+    (attempt,) = await eventually(attempted, "the delivery attempt recorded")
+    assert attempt["outcome"] == "success" and attempt["status"] == 200
+    assert attempt["event_number"] == 1 and attempt["traced"]
+    detail = await browser.page(f"/dashboard/subscriptions/{subscription_id}")
+    assert f'href="/dashboard/trace/{attempt["ref"]}"' in detail
+
 
 async def test_another_project_sees_none_of_its_subscriptions(browser: Browser) -> None:
     subscription_id = await _subscription(browser, "https://example.org/hook")
