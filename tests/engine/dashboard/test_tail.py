@@ -4,18 +4,22 @@ filtered per client, scoped to the caller's project, sampled when they come too 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse, web
+from playwright.async_api import expect
 
 from fhirbots.engine.dashboard.tail import TAILER, TailClient, Tailer, TailFilter
 from fhirbots.engine.errors import BadRequest
 from fhirbots.engine.eventlog.port import OutgoingMessage
 from fhirbots.schemas.events import ChangeEvent
 from fhirbots.schemas.topics import CHANGES
+from tests.engine.scenarios.browser import WAIT_MS, Dashboard
 from tests.engine.scenarios.dashboard import Browser, Client, new_client, sign_in
 from tests.waiting import eventually
 
@@ -261,3 +265,30 @@ def test_a_client_gets_at_most_its_rate_picked_evenly() -> None:
     assert (notice["matched"], notice["shown"], notice["ratio"]) == (100, 20, 5.0)
     client.deliver(events[:30], now=0.5)  # half a second later: half the budget is back
     assert client.queue.qsize() == 10 + 1
+
+
+@pytest.mark.integration
+async def test_the_page_lists_pauses_and_resumes_in_a_browser(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    await page.goto("/dashboard/tail")
+    await page.get_by_label("resource type").fill("Patient")
+    await page.get_by_role("checkbox", name="execution").uncheck()
+    await page.get_by_role("button", name="Apply").click()
+    # Empty fields are left out; the checked kinds go as one list, as the API takes it.
+    await expect(page).to_have_url(
+        re.compile(r"/dashboard/tail\?type=Patient&kinds=change%2Cnotification%2Cdelivery$")
+    )
+    await expect(page.locator("#tail-status")).to_contain_text("project p1", timeout=WAIT_MS)
+    first = await dashboard.fhir("POST", "Patient", {"resourceType": "Patient"})
+    rows = page.locator("#tail-rows tr")
+    await expect(rows.first).to_contain_text(f"Patient/{first['id']}", timeout=WAIT_MS)
+    await page.get_by_role("button", name="Pause").click()
+    second = await dashboard.fhir("POST", "Patient", {"resourceType": "Patient"})
+    await expect(page.locator("#tail-paused")).to_contain_text("1 since", timeout=WAIT_MS)
+    await expect(page.locator("#tail-count")).to_have_text("2")
+    await expect(rows).to_have_count(1)  # what was shown stays as it was
+    await page.get_by_role("button", name="Resume").click()
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text(f"Patient/{second['id']}")
+    await rows.first.get_by_role("link", name="record").click()
+    await expect(page.locator("#payload")).to_contain_text(second["id"], timeout=WAIT_MS)
