@@ -161,15 +161,19 @@ class Dashboard:
 
     async def api(self, path: str, *, key: str | None = None) -> Any:
         """GET a dashboard JSON endpoint as a script would (Bearer key, ``p1``'s unless
-        ``key``)."""
+        ``key``); fails on any status but 200."""
+        status, body = await self.api_answer(path, key=key)
+        assert status == 200, f"{path}: {status} {body}"
+        return body
+
+    async def api_answer(self, path: str, *, key: str | None = None) -> tuple[int, Any]:
+        """The status and JSON body of a GET of a dashboard JSON endpoint (see :meth:`api`)."""
         headers = {"Authorization": f"Bearer {key or self.served.key}"}
         async with (
             aiohttp.ClientSession() as http,
             http.get(self.url(f"/dashboard/api/{path}"), headers=headers) as response,
         ):
-            body = await response.json()
-            assert response.status == 200, f"{path}: {response.status} {body}"
-            return body
+            return response.status, await response.json()
 
     async def flush_stats(self) -> None:
         """Make the statistics stage write every window it holds (as if a minute had passed),
@@ -207,16 +211,12 @@ class Dashboard:
 
 @pytest.fixture
 async def dashboard(
-    request: pytest.FixtureRequest, tmp_path: Path, chromium: Chromium
+    tmp_path: Path, chromium: Chromium, dashboard_settings: dict[str, Any]
 ) -> AsyncIterator[Dashboard]:
     """An engine on the SQLite datastore served on a loopback port, and a Chromium tab signed
-    in to project ``p1``. Parametrise it indirectly with a dict of further engine
-    :class:`~fhirbots.engine.settings.Settings` fields::
-
-        @pytest.mark.parametrize("dashboard", [{"delivery_max_attempts": 1}], indirect=True)
-    """
-    settings: dict[str, Any] = getattr(request, "param", {})
-    async with served_engine("sqlite", tmp_path, **settings) as served:
+    in to project ``p1``. Further engine settings come from ``dashboard_settings`` (see
+    ``tests/engine/scenarios/dashboard.py``), as for the ``browser`` fixture."""
+    async with served_engine("sqlite", tmp_path, **dashboard_settings) as served:
         opened = Dashboard(served, chromium)
         try:
             opened.page = await opened.tab()
