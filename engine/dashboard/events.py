@@ -55,12 +55,15 @@ __all__ = [
     "KINDS",
     "MAX_LIMIT",
     "SCAN_LIMIT",
+    "Cursor",
     "EventLogUnavailable",
     "EventQuery",
     "EventsPage",
     "browse",
     "event_log",
+    "full",
     "in_project",
+    "item",
     "log_errors",
     "mount_of",
     "one_record",
@@ -451,7 +454,6 @@ class _Lane:
     """Oldest first: the partition's end when the request began."""
     buffer: list[Record] = field(default_factory=list)
     done: bool = False
-    read: int = 0
 
     async def head(self) -> Record | None:
         """The next record in this lane's order, reading another chunk when needed."""
@@ -472,7 +474,6 @@ class _Lane:
             # Retention trims a partition from its oldest end, so nothing below the range
             # read exists when nothing in it does.
             below = [r for r in records if r.offset < self.position]
-            self.read += len(records)
             self.buffer = below[::-1]
             self.done = not below
             return
@@ -485,7 +486,6 @@ class _Lane:
             records = await self.log.read(
                 self.topic, self.partition, offset=self.position, limit=_CHUNK
             )
-        self.read += len(records)
         self.buffer = [r for r in records if r.offset >= self.position]
         if not self.buffer:
             self.done = True

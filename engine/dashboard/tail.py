@@ -93,8 +93,8 @@ log = structlog.get_logger(__name__)
 
 
 def _reference(value: str | None, resource_type: str) -> str | None:
-    """``Bot/7`` or ``7`` as ``Bot/7`` (``Subscription/s`` or ``s`` as ``s`` when the type
-    is given empty)."""
+    """A filter value as the records name it: bots as ``Bot/<id>`` (``7`` or ``Bot/7``),
+    subscriptions by their bare id (``s1`` or ``Subscription/s1``)."""
     if not value:
         return None
     value = value.strip()
