@@ -44,7 +44,15 @@ const Fhirbots = (() => {
       width: Math.max(el.clientWidth, 300), height: 200,
       scales: { x: { time: true } },
       axes: [{}, { label: yLabel, size: 50 }],
-      series: [{}, ...names.map((name, i) => ({ label: name, stroke: PALETTE[i % PALETTE.length], width: 1.5 }))],
+      series: [{}, ...names.map((name, i) => ({
+        label: name, stroke: PALETTE[i % PALETTE.length], width: 1.5,
+        /* A measurement (a duration, a lag) is missing where nothing was measured: one alone
+           between gaps has no line to draw, so sparse measurements are drawn as dots too. */
+        points: {
+          show: !rate && data[i + 1].filter((v) => v !== null).length < 60,
+          size: 6, fill: PALETTE[i % PALETTE.length],
+        },
+      }))],
     };
     if (el._plot) el._plot.destroy();
     el.textContent = "";

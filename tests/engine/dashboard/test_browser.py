@@ -253,6 +253,11 @@ async def test_the_overview_shows_figures_and_charts_after_writes(
     )
     await dashboard.counted("executions", {"Bot/flagger success": 2})
 
+    async def lag_sampled() -> bool:
+        return bool((await dashboard.api("stats"))["lag"])
+
+    await eventually(lag_sampled, "a sample of the consumer lag")
+
     page = dashboard.page
     await page.goto("/dashboard/")
     await expect(page.locator("#kpi-changes .n")).to_have_text(str(sum(written.values())))
@@ -269,7 +274,9 @@ async def test_the_overview_shows_figures_and_charts_after_writes(
     await expect(page.locator("#chart-deliveries")).to_contain_text("success")
     await expect(page.locator("#chart-executions")).to_contain_text("success")
     await expect(page.locator("#chart-durations")).to_contain_text("p99")
-    await expect(page.locator("#chart-lag-events canvas")).to_have_count(1)
+    for chart in ("lag-events", "lag-seconds"):
+        await expect(page.locator(f"#chart-{chart} canvas")).to_have_count(1)
+        await expect(page.locator(f"#chart-{chart}")).to_contain_text("fhirbots-matcher")
     await dashboard.shot(page, "overview")
 
 
