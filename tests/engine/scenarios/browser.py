@@ -89,16 +89,22 @@ def chromium_path() -> str:
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[Chromium]:
-    """A headless Chromium, closed after the test."""
+    """A headless Chromium, closed after the test. While it runs, every ``expect(...)`` waits
+    up to :data:`WAIT_MS` unless it names its own deadline (Playwright's default of 5 s is a
+    guess a loaded machine can miss: the first bot run starts the bot workers)."""
     path = chromium_path()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=path, args=list(LAUNCH_ARGS), headless=True
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    expect.set_options(timeout=WAIT_MS)
+    try:
+        async with async_playwright() as playwright:
+            launched = await playwright.chromium.launch(
+                executable_path=path, args=list(LAUNCH_ARGS), headless=True
+            )
+            try:
+                yield launched
+            finally:
+                await launched.close()
+    finally:
+        expect.set_options(timeout=None)
 
 
 @dataclass
