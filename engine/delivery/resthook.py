@@ -138,7 +138,7 @@ class RestHookChannel:
         return AttemptResult(
             False,
             status,
-            error=f"HTTP {status}: {text}".strip(),
+            error=f"HTTP {status}: {text}" if text else f"HTTP {status}",
             seconds=time.perf_counter() - started,
             excerpt=text or None,
         )
