@@ -26,6 +26,7 @@ from fhirbots.engine.dashboard.context import (
     DashboardServices,
     render,
 )
+from fhirbots.engine.dashboard.executions import outcome_of
 from fhirbots.engine.dashboard.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE
 from fhirbots.engine.errors import FhirError, Forbidden, Unauthorized
 
@@ -112,6 +113,8 @@ def create_dashboard(deps: DashboardServices) -> web.Application:
         autoescape=jinja2.select_autoescape(default=True),
     )
     env.globals["mount"] = MOUNT
+    # A run's outcome named as the executions list names it, wherever a page shows one.
+    env.filters["outcome"] = outcome_of
     app.router.add_static("/static/", _HERE / "static", name="static", append_version=True)
     app.add_routes(pages.routes())
     tail.install(app)  # one tailer per process, stopped on shutdown

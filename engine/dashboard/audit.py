@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from fhirbots.engine.dashboard.times import instant
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.engine.web.auth import Principal
@@ -36,7 +37,7 @@ async def audit_action(
         "type": _REST_TYPE,
         "subtype": [{"system": DASHBOARD_AUDIT_SYSTEM, "code": subtype}],
         "action": action,
-        "recorded": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "recorded": instant(datetime.now(UTC)),
         "outcome": "0" if success else "4",
         "outcomeDesc": description[:1000],
         "agent": [

@@ -16,6 +16,7 @@ Every write made here is a new version of the Bot and an AuditEvent naming the k
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
@@ -32,6 +33,7 @@ from fhirbots.engine.dashboard.executions import (
     record_json,
     run_bot,
 )
+from fhirbots.engine.dashboard.times import instant
 from fhirbots.engine.errors import BadRequest, Unprocessable
 from fhirbots.engine.observability.tracing import new_traceparent
 from fhirbots.engine.observatory.model import WINDOW
@@ -78,10 +80,6 @@ RECENT_RUNS = 10
 
 _FAILED_EXCLUDES = ("success", "skipped")
 """Statuses that are not failures (a skipped run was refused by the loop guard, on purpose)."""
-
-
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def sample_of(resource: dict[str, Any]) -> dict[str, str] | None:
@@ -219,7 +217,7 @@ def _summary(
         "description": content.get("description"),
         "status": content.get("status", "active"),
         "version": str(stored.version_id),
-        "last_updated": _instant(stored.last_updated),
+        "last_updated": instant(stored.last_updated),
         "cron_string": content.get("cronString"),
         "execution_recording": content.get("executionRecording", "all"),
         "timeout": content.get("timeout"),
@@ -293,12 +291,23 @@ def _text(body: dict[str, Any], name: str) -> str:
     return value
 
 
-async def _write_bot(
-    request: web.Request, current: StoredResource, content: dict[str, Any]
-) -> StoredResource:
-    """Store ``content`` as the next version of the Bot (refused if another write came first)."""
+def _unchanged(current: StoredResource) -> web.Response:
+    """The answer of a save that had nothing to write: the Bot already holds what was sent."""
+    return web.json_response({"unchanged": True, "version": str(current.version_id)})
+
+
+async def _save_version(
+    request: web.Request,
+    current: StoredResource,
+    content: dict[str, Any],
+    subtype: str,
+    describe: Callable[[int], str],
+) -> web.Response:
+    """Store ``content`` as the next version of the Bot (refused if another write came first),
+    audit it as ``subtype`` with ``describe(new version)``, and answer the new version."""
     who = caller(request)
-    written = await deps(request).fhir.update(
+    fhir = deps(request).fhir
+    written = await fhir.update(
         who.project,
         "Bot",
         current.id,
@@ -306,8 +315,12 @@ async def _write_bot(
         WriteContext(author=who.author, traceparent=new_traceparent()),
         if_match=current.version_id,
     )
-    assert written.stored is not None
-    return written.stored
+    stored = written.stored
+    assert stored is not None
+    await audit_action(
+        fhir, who, subtype, describe(stored.version_id), action="U", entity=f"Bot/{current.id}"
+    )
+    return web.json_response({"unchanged": False, "version": str(stored.version_id)})
 
 
 async def bots_json(request: web.Request) -> web.Response:
@@ -362,7 +375,7 @@ async def history(request: web.Request) -> web.Response:
         versions.append(
             {
                 "version": str(entry.version_id),
-                "last_updated": _instant(entry.last_updated),
+                "last_updated": instant(entry.last_updated),
                 "deleted": entry.deleted,
                 "code_changed": older is None or code != previous,
                 "code_is_current": code == current,
@@ -381,7 +394,7 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "version": str(stored.version_id),
-            "last_updated": _instant(stored.last_updated),
+            "last_updated": instant(stored.last_updated),
             "code": (stored.content or {}).get("code", ""),
         }
     )
@@ -392,24 +405,20 @@ async def rollback(request: web.Request) -> web.Response:
     version (nothing is written when it is the current code)."""
     target = _text(await _body(request), "version")
     current = await _read_bot(request)
-    who = caller(request)
-    dashboard = deps(request)
-    old = await dashboard.fhir.vread(who.project, "Bot", current.id, target)
+    old = await deps(request).fhir.vread(caller(request).project, "Bot", current.id, target)
     code = (old.content or {}).get("code", "")
     content = current.content or {}
     if code == content.get("code"):
-        return web.json_response({"unchanged": True, "version": str(current.version_id)})
-    stored = await _write_bot(request, current, {**content, "code": code})
-    await audit_action(
-        dashboard.fhir,
-        who,
+        return _unchanged(current)
+    return await _save_version(
+        request,
+        current,
+        {**content, "code": code},
         "bot-rollback",
-        f"rolled Bot/{current.id} back to the code of version {target} "
-        f"(now version {stored.version_id})",
-        action="U",
-        entity=f"Bot/{current.id}",
+        lambda version: (
+            f"rolled Bot/{current.id} back to the code of version {target} (now version {version})"
+        ),
     )
-    return web.json_response({"unchanged": False, "version": str(stored.version_id)})
 
 
 async def save_sample(request: web.Request) -> web.Response:
@@ -424,18 +433,17 @@ async def save_sample(request: web.Request) -> web.Response:
     content = current.content or {}
     updated = with_sample(content, media, text)
     if updated == content:
-        return web.json_response({"unchanged": True, "version": str(current.version_id)})
-    stored = await _write_bot(request, current, updated)
-    await audit_action(
-        deps(request).fhir,
-        caller(request),
+        return _unchanged(current)
+    return await _save_version(
+        request,
+        current,
+        updated,
         "bot-sample-input",
-        f"{'saved' if text else 'removed'} the sample input of Bot/{current.id} "
-        f"(version {stored.version_id})",
-        action="U",
-        entity=f"Bot/{current.id}",
+        lambda version: (
+            f"{'saved' if text else 'removed'} the sample input of Bot/{current.id} "
+            f"(version {version})"
+        ),
     )
-    return web.json_response({"unchanged": False, "version": str(stored.version_id)})
 
 
 async def save_recording(request: web.Request) -> web.Response:
@@ -447,17 +455,16 @@ async def save_recording(request: web.Request) -> web.Response:
     current = await _read_bot(request)
     content = current.content or {}
     if content.get("executionRecording", "all") == choice:
-        return web.json_response({"unchanged": True, "version": str(current.version_id)})
-    stored = await _write_bot(request, current, {**content, "executionRecording": choice})
-    await audit_action(
-        deps(request).fhir,
-        caller(request),
+        return _unchanged(current)
+    return await _save_version(
+        request,
+        current,
+        {**content, "executionRecording": choice},
         "bot-recording",
-        f"set executionRecording of Bot/{current.id} to {choice} (version {stored.version_id})",
-        action="U",
-        entity=f"Bot/{current.id}",
+        lambda version: (
+            f"set executionRecording of Bot/{current.id} to {choice} (version {version})"
+        ),
     )
-    return web.json_response({"unchanged": False, "version": str(stored.version_id)})
 
 
 async def run(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from fhirbots.bots.errors import ExecutorError
 from fhirbots.bots.executor import ExecutionResult
 from fhirbots.engine.dashboard.audit import audit_action
 from fhirbots.engine.dashboard.context import caller, deps, render
+from fhirbots.engine.dashboard.times import instant
 from fhirbots.engine.errors import BadRequest, Conflict, FhirError, NotFound
 from fhirbots.engine.observability.tracing import new_traceparent
 from fhirbots.engine.observatory.store import ObservatoryStore
@@ -78,10 +79,6 @@ def bot_reference(bot: str) -> str:
     return bot if bot.startswith("Bot/") else f"Bot/{bot}"
 
 
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def record_json(record: BotExecutionRecord, *, full: bool = False) -> dict[str, Any]:
     """An execution record as the JSON API gives it; ``full`` adds input, output and logs."""
     error = record.error
@@ -92,7 +89,7 @@ def record_json(record: BotExecutionRecord, *, full: bool = False) -> dict[str, 
         "trigger": record.trigger,
         "status": record.status,
         "outcome": outcome_of(record.status),
-        "started": _instant(record.started),
+        "started": instant(record.started),
         "duration_ms": round(record.duration_ms, 3),
         "error": error if full or error is None else error[:LIST_ERROR_CHARS],
         "fhir_calls": record.fhir_calls,
@@ -261,7 +258,7 @@ async def _page_of(request: web.Request) -> dict[str, Any]:
     )
     return {
         "executions": [record_json(r) for r in page],
-        "next_before": _instant(following) if following is not None else None,
+        "next_before": instant(following) if following is not None else None,
     }
 
 
@@ -276,7 +273,7 @@ async def writes_of(
     return [
         {
             "ref": step.ref,
-            "at": _instant(step.at),
+            "at": instant(step.at),
             "resource": step.summary.get("resource"),
             "version": step.summary.get("version"),
             "interaction": step.summary.get("interaction"),

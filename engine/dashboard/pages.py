@@ -7,7 +7,17 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from fhirbots.engine.dashboard import bots, events, executions, overview, subscriptions, tail, trace
+from fhirbots.engine.dashboard import (
+    bots,
+    events,
+    executions,
+    overview,
+    subscription_actions,
+    subscription_form,
+    subscriptions,
+    tail,
+    trace,
+)
 from fhirbots.engine.dashboard.audit import audit_action
 from fhirbots.engine.dashboard.context import SESSION_TOKEN, caller, deps, render, session
 from fhirbots.engine.dashboard.sessions import SESSION_COOKIE
@@ -102,7 +112,10 @@ def routes() -> list[web.RouteDef]:
         web.post("/logout", logout),
         web.post("/project", switch_project),
         *overview.routes(),
+        # The form's page before one Subscription's: ``/subscriptions/new`` is not an id.
+        *subscription_form.routes(),
         *subscriptions.routes(),
+        *subscription_actions.routes(),
         *bots.routes(),
         *executions.routes(),
         *tail.routes(),

@@ -30,8 +30,8 @@ import structlog
 from aiohttp import web
 
 from fhirbots.engine.dashboard.context import DASHBOARD, caller, render
+from fhirbots.engine.dashboard.event_scan import KINDS
 from fhirbots.engine.dashboard.events import (
-    KINDS,
     EventLogUnavailable,
     log_errors,
     mount_of,
@@ -39,6 +39,7 @@ from fhirbots.engine.dashboard.events import (
     summarize,
     trace_link,
 )
+from fhirbots.engine.dashboard.times import instant
 from fhirbots.engine.errors import BadRequest
 from fhirbots.engine.eventlog.errors import TopicNotFound
 from fhirbots.engine.eventlog.port import EventLog, Record
@@ -236,7 +237,7 @@ class TailClient:
             self._put(
                 {
                     "kind": "sampled",
-                    "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                    "time": instant(datetime.now(UTC)),
                     "matched": len(matched),
                     "shown": shown,
                     "ratio": round(len(matched) / shown, 1) if shown else None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fhirbots.engine.dashboard.events import EventQuery, browse, one_record
+from fhirbots.engine.dashboard.event_scan import EventQuery, browse, one_record
 from fhirbots.engine.dashboard.tail import Tailer, TailFilter
 from fhirbots.engine.eventlog.port import EventLog, OutgoingMessage
 from fhirbots.schemas.events import ChangeEvent

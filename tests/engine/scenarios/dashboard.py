@@ -1,5 +1,7 @@
 """Scenario helpers of the dashboard tests: a served engine, a browser-like client signed in
-with a key of project ``p1`` (cookie and CSRF token), and a second project ``p2``."""
+with a key of project ``p1`` (cookie and CSRF token), and a second project ``p2``; what the
+tests of several views write and read through it (resources, Subscriptions, AuditEvents, the
+event browser's searches)."""
 
 from __future__ import annotations
 
@@ -19,22 +21,47 @@ from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
 from tests.conftest import POSTGRES
 from tests.engine.conftest import open_storage
+from tests.engine.scenarios.delivery import Receiver
+from tests.waiting import eventually
 
 __all__ = [
+    "HEART_RATE",
+    "LOOPBACK",
     "Browser",
     "Client",
     "Served",
+    "audit_events",
     "browser",
+    "create_patient",
+    "create_subscription",
     "dashboard_settings",
+    "found_events",
+    "hook_url",
+    "key_author",
     "new_client",
     "served_engine",
     "sign_in",
+    "subscription_json",
+    "subscription_status",
 ]
 
 Client = TestClient[web.Request, web.Application]
 """A test client of the engine's HTTP application."""
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+_FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+LOOPBACK: dict[str, Any] = {"allowed_endpoint_networks": ("127.0.0.0/8",)}
+"""Settings for a test whose receiver listens on 127.0.0.1, which delivery refuses unless
+allowed (parametrise ``dashboard_settings`` with it)."""
+
+HEART_RATE = {
+    "resourceType": "Observation",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+}
+"""An Observation to search for by a field of its code."""
 
 
 @dataclass
@@ -72,6 +99,78 @@ class Browser:
         """Call the FHIR API the way a dashboard page does: session cookie and CSRF header."""
         headers = {CSRF_HEADER: self.csrf, **kwargs.pop("headers", {})}
         return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Create ``resource`` through the FHIR API as a page does (expects 201)."""
+        response = await self.fhir(
+            "POST", f"/fhir/R4/{resource['resourceType']}", json=resource, headers=_FHIR_JSON
+        )
+        assert response.status == 201, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def create_subscription(browser: Browser, endpoint: str, **extra: Any) -> str:
+    """A rest-hook Subscription of project ``p1`` on female Patients; its id."""
+    resource = {
+        "resourceType": "Subscription",
+        "status": "active",
+        "reason": "test",
+        "criteria": "Patient?gender=female",
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"},
+        **extra,
+    }
+    return str((await browser.create(resource))["id"])
+
+
+async def create_patient(browser: Browser, gender: str = "female") -> str:
+    """A Patient of project ``p1``; its id."""
+    return str((await browser.create({"resourceType": "Patient", "gender": gender}))["id"])
+
+
+async def subscription_status(browser: Browser, subscription_id: str) -> str:
+    """The stored ``status`` of a Subscription of project ``p1``."""
+    stored = await browser.engine.fhir.read("p1", "Subscription", subscription_id)
+    assert stored.content is not None
+    return str(stored.content["status"])
+
+
+async def subscription_json(browser: Browser, subscription_id: str) -> dict[str, Any]:
+    """``GET /dashboard/api/subscriptions/{id}``."""
+    body: dict[str, Any] = await browser.api(f"/dashboard/api/subscriptions/{subscription_id}")
+    return body
+
+
+def hook_url(receiver: Receiver) -> str:
+    """The receiver's ``/hook`` endpoint."""
+    return f"{receiver.url}/hook"
+
+
+async def audit_events(browser: Browser, subtype: str) -> list[dict[str, Any]]:
+    """Project ``p1``'s AuditEvents of dashboard actions of ``subtype``."""
+    history = await browser.engine.fhir.history("p1", "AuditEvent", count=1000)
+    return [
+        e.content
+        for e in history.entries
+        if e.content and (e.content.get("subtype") or [{}])[0].get("code") == subtype
+    ]
+
+
+async def key_author(browser: Browser) -> str:
+    """The author reference of the key the browser signed in with."""
+    return (await browser.engine.authenticator.authenticate(f"Bearer {browser.key}")).author
+
+
+async def found_events(browser: Browser, what: str, **params: str) -> list[dict[str, Any]]:
+    """Wait until an event browser search finds something (the relay publishes a moment after
+    the write); its items."""
+
+    async def search() -> list[dict[str, Any]]:
+        page = await browser.api("/dashboard/api/events", **params)
+        items: list[dict[str, Any]] = page["items"]
+        return items
+
+    return await eventually(search, what)
 
 
 async def new_client(server: Any, **kwargs: Any) -> Client:
