@@ -55,6 +55,9 @@ DEFAULT_PROJECT = "default"
 ADMIN_KEY_FILE = "admin-token"
 """File in the data dir holding the first admin key (mode 0600)."""
 
+LAG_GROUPS = (MATCHER_GROUP, DISPATCHER_GROUP, STATS_GROUP)
+"""Consumer groups whose lag the statistics stage samples for the dashboard."""
+
 log = structlog.get_logger(__name__)
 
 
@@ -183,16 +186,25 @@ class Engine:
             self._observatory_open = True
 
     async def start_stats(self) -> StatsStage:
-        """Run the statistics stage (``serve``, ``worker stats``)."""
+        """Run the statistics stage in-process (``serve``; ``worker stats`` in embedded mode)."""
         event_log = await self._open_event_log()
         await self.open_observatory()
         self.stats = StatsStage(
-            self.observatory,
-            retention=self.settings.retention,
-            lag_groups=(MATCHER_GROUP, DISPATCHER_GROUP, STATS_GROUP),
+            self.observatory, retention=self.settings.retention, lag_groups=LAG_GROUPS
         )
         await self.stats.start(event_log)
         return self.stats
+
+    async def run_stats_app(self) -> None:
+        """Run the statistics stage as a faust app until SIGTERM or SIGINT (``worker stats`` in
+        Kafka mode; see :mod:`fhirbots.engine.stages.stats_faust`)."""
+        # Imported only here: no other process of the engine loads faust.
+        from fhirbots.engine.stages.stats_faust import StatsAppSettings, run_stats_app
+
+        event_log = await self._open_event_log()
+        await self.open_observatory()
+        settings = StatsAppSettings.from_settings(self.settings, lag_groups=LAG_GROUPS)
+        await run_stats_app(settings, self.observatory, event_log)
 
     async def start_bots(self, *, cron: bool = True) -> None:
         """Start the bot workers and, with ``cron``, the cron scheduler (``serve``,

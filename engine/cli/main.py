@@ -118,6 +118,9 @@ async def _worker(args: argparse.Namespace) -> int:
             await engine.start_dispatcher()
         elif args.role == "bots":
             await engine.start_bots()
+        elif args.role == "stats" and settings.kafka:
+            await engine.run_stats_app()  # a faust app: it stops on SIGTERM itself
+            return 0
         elif args.role == "stats":
             await engine.start_stats()
         log.info("worker started", role=args.role)

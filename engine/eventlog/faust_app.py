@@ -11,9 +11,11 @@ seconds of SIGTERM).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ from typing import Any
 
 import faust
 import structlog
+from mode.threads import WorkerThread
 
 from fhirbots.engine.eventlog.port import DEFAULT_PARTITIONS, OutgoingMessage, Record
 
@@ -31,7 +34,11 @@ __all__ = [
     "StageContext",
     "StageHandler",
     "build_app",
+    "new_app",
+    "new_worker",
+    "run_in_loop",
     "run_worker",
+    "to_record",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -114,7 +121,8 @@ class Stage:
     counters_table: str = field(default="counters")
 
 
-def _to_record(event: Any) -> Record:
+def to_record(event: Any) -> Record:
+    """The :class:`Record` of a faust event read with the raw serializers."""
     message = event.message
     key = message.key.decode() if isinstance(message.key, bytes) else str(message.key or "")
     headers = tuple((str(k), bytes(v or b"")) for k, v in (message.headers or ()))
@@ -129,18 +137,16 @@ def _to_record(event: Any) -> Record:
     )
 
 
-def build_app(settings: FaustSettings, stage: Stage) -> faust.App:
-    """A faust app running ``stage`` as an agent, with its counter table.
+def new_app(settings: FaustSettings, **conf: Any) -> faust.App:
+    """A faust app configured from ``settings`` the way every fhirbots faust app is: tables in
+    memory rebuilt from their changelogs, acks from all replicas, no web server.
 
     Args:
         settings: Broker, app id, partitions and timeouts.
-        stage: The stage to run.
-
-    Returns:
-        The app; run it with :func:`run_worker` (or ``faust.Worker``).
+        conf: More faust settings (e.g. ``table_cleanup_interval``).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",  # state is rebuilt from the changelog topic on start
@@ -155,7 +161,21 @@ def build_app(settings: FaustSettings, stage: Stage) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval.total_seconds(),
         broker_commit_interval=settings.commit_interval.total_seconds(),
         stream_recovery_delay=settings.recovery_delay.total_seconds(),
+        **conf,
     )
+
+
+def build_app(settings: FaustSettings, stage: Stage) -> faust.App:
+    """A faust app running ``stage`` as an agent, with its counter table.
+
+    Args:
+        settings: Broker, app id, partitions and timeouts.
+        stage: The stage to run.
+
+    Returns:
+        The app; run it with :func:`run_worker` (or ``faust.Worker``).
+    """
+    app = new_app(settings)
     source = app.topic(
         stage.source,
         key_type=bytes,
@@ -177,7 +197,7 @@ def build_app(settings: FaustSettings, stage: Stage) -> faust.App:
 
     async def agent(stream: Any) -> None:
         async for event in stream.events():
-            record = _to_record(event)
+            record = to_record(event)
             outputs = await stage.handler(StageContext(counters, record), record)
             if sink is not None:
                 for message in outputs:
@@ -190,15 +210,38 @@ def build_app(settings: FaustSettings, stage: Stage) -> faust.App:
 
 
 def run_worker(settings: FaustSettings, stage: Stage, *, loglevel: str = "WARNING") -> None:
-    """Run ``stage`` in a faust worker until SIGTERM or SIGINT (blocks; exits the process).
+    """Run ``stage`` in a faust worker until SIGTERM or SIGINT (blocks; exits the process
+    within ``settings.shutdown_timeout``, see :func:`new_worker`)."""
+    worker = new_worker(build_app(settings, stage), settings, loglevel=loglevel)
+    _log.info("faust.worker.start", app_id=settings.app_id, stage=stage.name)
+    worker.execute_from_commandline()
+
+
+def new_worker(
+    app: faust.App,
+    settings: FaustSettings,
+    *,
+    loglevel: str = "WARNING",
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> faust.Worker:
+    """A faust worker for ``app`` that stops on SIGTERM or SIGINT.
 
     faust stops its services one by one and can wait on the broker for a long time; a
     watchdog armed by the first SIGTERM/SIGINT ends the process after
     ``settings.shutdown_timeout`` in any case. Nothing is lost by that: offsets not yet
     committed are processed again by the next owner of the partitions (at-least-once).
+
+    Args:
+        app: The app to run.
+        settings: Its settings (the shutdown deadline).
+        loglevel: faust's log level.
+        loop: The running event loop, to run the worker in it with ``await worker.start()``
+            (it returns when the worker has stopped); None for ``execute_from_commandline()``,
+            which runs a loop of its own.
     """
-    app = build_app(settings, stage)
-    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, override_logging=False)
+    worker = faust.Worker(
+        app, loglevel=loglevel, redirect_stdouts=False, override_logging=False, loop=loop
+    )
     patched: Any = worker  # mode's Worker has no hook for a shutdown deadline
     schedule_shutdown = worker._schedule_shutdown
 
@@ -207,8 +250,28 @@ def run_worker(settings: FaustSettings, stage: Stage, *, loglevel: str = "WARNIN
         schedule_shutdown(signum)
 
     patched._schedule_shutdown = shutdown_with_deadline
-    _log.info("faust.worker.start", app_id=settings.app_id, stage=stage.name)
-    worker.execute_from_commandline()
+    return worker
+
+
+async def run_in_loop(
+    app: faust.App, settings: FaustSettings, *, loglevel: str = "WARNING"
+) -> None:
+    """Run ``app`` in a faust worker in the running event loop until SIGTERM or SIGINT (the
+    watchdog of :func:`new_worker` included); for entry points that run an event loop already.
+
+    Raises:
+        BaseException: Whatever crashed the worker, if something did.
+    """
+    worker = new_worker(app, settings, loglevel=loglevel, loop=asyncio.get_running_loop())
+    await worker.start()  # returns once the worker has stopped
+    # faust's consumer runs in a thread that reports its end to this loop; a loop closed
+    # before it has would make the thread fail on its way out.
+    deadline = time.monotonic() + settings.shutdown_timeout.total_seconds()
+    for thread in threading.enumerate():
+        if isinstance(thread, WorkerThread):
+            await asyncio.to_thread(thread.join, max(deadline - time.monotonic(), 0))
+    if worker.crash_reason is not None:
+        raise worker.crash_reason
 
 
 def _arm_watchdog(timeout: timedelta) -> None:

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from prometheus_client import Counter, Gauge
 
 from fhirbots.engine.eventlog.port import ConsumerHandle, ConsumerOptions, EventLog, Record
 from fhirbots.engine.observability.tracing import trace_id_of
-from fhirbots.engine.observatory.model import ActivityKind, ActivityRow, LagSample
+from fhirbots.engine.observatory.model import ActivityKind, ActivityRow, LagSample, Metric
 from fhirbots.engine.observatory.store import ObservatoryStore
 from fhirbots.engine.observatory.windows import WindowAggregator
 from fhirbots.schemas.deliveries import DeliveryAttemptRecord
@@ -44,10 +44,17 @@ from fhirbots.schemas.topics import BOT_EXECUTIONS, CHANGES, DELIVERIES, NOTIFIC
 __all__ = [
     "SOURCES",
     "STATS_GROUP",
+    "TICK",
+    "Count",
+    "Facts",
     "Folded",
+    "Payload",
     "StatsStage",
+    "Upkeep",
     "decode",
+    "facts_of",
     "fold",
+    "sample_lag",
 ]
 
 STATS_GROUP = "fhirbots-stats"
@@ -76,17 +83,24 @@ LAG_SECONDS = Gauge(
 Payload = ChangeEvent | Notification | DeliveryAttemptRecord | BotExecutionRecord
 
 
-def decode(record: Record) -> Payload:
-    """The payload of a record of one of :data:`SOURCES` (raises on a malformed one)."""
-    if record.topic == CHANGES:
+def decode(record: Record, source: str | None = None) -> Payload:
+    """The payload of a record of one of :data:`SOURCES` (raises on a malformed one).
+
+    Args:
+        record: The record.
+        source: Which of :data:`SOURCES` it comes from, when its topic has another name (a
+            deployment or a test that renames the topics); by default its topic.
+    """
+    topic = source or record.topic
+    if topic == CHANGES:
         return ChangeEvent.model_validate_json(record.value)
-    if record.topic == NOTIFICATIONS:
+    if topic == NOTIFICATIONS:
         return Notification.model_validate_json(record.value)
-    if record.topic == DELIVERIES:
+    if topic == DELIVERIES:
         return DeliveryAttemptRecord.model_validate_json(record.value)
-    if record.topic == BOT_EXECUTIONS:
+    if topic == BOT_EXECUTIONS:
         return BotExecutionRecord.model_validate_json(record.value)
-    raise ValueError(f"the statistics stage does not read {record.topic!r}")
+    raise ValueError(f"the statistics stage does not read {topic!r}")
 
 
 def _trace(traceparent: str | None) -> str | None:
@@ -126,6 +140,29 @@ def _step(
     )
 
 
+class Count(NamedTuple):
+    """What one record adds to a window: one event of a series at a time, maybe a duration."""
+
+    project: str
+    metric: Metric
+    dims: tuple[str, ...]
+    at: datetime
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one record adds to the observatory: a count, a trace step, an execution to keep.
+
+    Both modes derive them with :func:`facts_of`; embedded mode counts in a
+    :class:`WindowAggregator` (:func:`fold`), Kafka mode in a faust table.
+    """
+
+    count: Count
+    step: ActivityRow | None = None
+    kept: BotExecutionRecord | None = None
+
+
 @dataclass
 class Folded:
     """What a batch of records adds to the store besides window counts."""
@@ -133,123 +170,167 @@ class Folded:
     activity: list[ActivityRow] = field(default_factory=list)
     executions: list[BotExecutionRecord] = field(default_factory=list)
 
+    def add(self, facts: Facts) -> None:
+        """Keep the step and the execution record of ``facts``."""
+        if facts.step is not None:
+            self.activity.append(facts.step)
+        if facts.kept is not None:
+            self.executions.append(facts.kept)
+
+
+def facts_of(record: Record, payload: Payload) -> Facts:
+    """The count, trace step and kept execution of one record (pure)."""
+    if isinstance(payload, ChangeEvent):
+        return _change_facts(record, payload)
+    if isinstance(payload, Notification):
+        return _notification_facts(record, payload)
+    if isinstance(payload, DeliveryAttemptRecord):
+        return _delivery_facts(record, payload)
+    return _execution_facts(record, payload)
+
+
+def _change_facts(record: Record, payload: ChangeEvent) -> Facts:
+    count = Count(
+        payload.project, "changes", (payload.resource_type, payload.interaction), payload.time
+    )
+    trace = _trace(payload.traceparent)
+    if trace is None:
+        return Facts(count)
+    return Facts(
+        count,
+        _step(
+            record,
+            payload.project,
+            trace,
+            "change",
+            payload.event_id,
+            payload.causation[-1].execution if payload.causation else None,
+            payload.time,
+            summary={
+                "resource": f"{payload.resource_type}/{payload.resource_id}",
+                "version": payload.version_id,
+                "interaction": payload.interaction,
+                "author": payload.author,
+            },
+        ),
+    )
+
+
+def _notification_facts(record: Record, payload: Notification) -> Facts:
+    count = Count(payload.project, "notifications", (payload.subscription_id,), record.timestamp)
+    trace = _trace(payload.traceparent)
+    if trace is None:
+        return Facts(count)
+    return Facts(
+        count,
+        _step(
+            record,
+            payload.project,
+            trace,
+            "notification",
+            payload.notification_id,
+            payload.event_id,
+            record.timestamp,
+            summary={
+                "subscription": payload.subscription_id,
+                "resource": f"{payload.resource_type}/{payload.resource_id}",
+                "channel": payload.channel.type,
+                "endpoint": payload.channel.endpoint,
+            },
+        ),
+    )
+
+
+def _delivery_facts(record: Record, payload: DeliveryAttemptRecord) -> Facts:
+    count = Count(
+        payload.project,
+        "deliveries",
+        (payload.subscription_id, payload.outcome),
+        payload.started,
+        payload.duration_ms,
+    )
+    if payload.trace_id is None:
+        return Facts(count)
+    return Facts(
+        count,
+        _step(
+            record,
+            payload.project,
+            payload.trace_id,
+            "delivery",
+            payload.attempt_id,
+            payload.notification_id,
+            payload.started,
+            payload.duration_ms,
+            summary={
+                "subscription": payload.subscription_id,
+                "event_number": payload.event_number,
+                "endpoint": payload.endpoint,
+                "attempt": payload.attempt,
+                "outcome": payload.outcome,
+                "status": payload.status,
+                "error": payload.error,
+                "response": payload.response_excerpt,
+            },
+        ),
+    )
+
+
+def _execution_facts(record: Record, payload: BotExecutionRecord) -> Facts:
+    count = Count(
+        payload.project,
+        "executions",
+        (payload.bot, payload.status),
+        payload.started,
+        payload.duration_ms,
+    )
+    kept = payload if payload.kept else None
+    trace = _trace(payload.trace_id)
+    if trace is None:
+        return Facts(count, kept=kept)
+    step = _step(
+        record,
+        payload.project,
+        trace,
+        "execution",
+        payload.execution_id,
+        payload.notification_id,
+        payload.started,
+        payload.duration_ms,
+        summary={
+            "bot": payload.bot,
+            "status": payload.status,
+            "trigger": payload.trigger,
+            "error": payload.error,
+            "kept": payload.kept,
+        },
+    )
+    return Facts(count, step, kept)
+
 
 def fold(record: Record, payload: Payload, windows: WindowAggregator, out: Folded) -> None:
     """Count one record in ``windows`` and add its trace step (and execution) to ``out``."""
-    if isinstance(payload, ChangeEvent):
-        windows.add(
-            payload.project, "changes", (payload.resource_type, payload.interaction), payload.time
-        )
-        trace = _trace(payload.traceparent)
-        if trace is not None:
-            out.activity.append(
-                _step(
-                    record,
-                    payload.project,
-                    trace,
-                    "change",
-                    payload.event_id,
-                    payload.causation[-1].execution if payload.causation else None,
-                    payload.time,
-                    summary={
-                        "resource": f"{payload.resource_type}/{payload.resource_id}",
-                        "version": payload.version_id,
-                        "interaction": payload.interaction,
-                        "author": payload.author,
-                    },
-                )
-            )
-    elif isinstance(payload, Notification):
-        windows.add(payload.project, "notifications", (payload.subscription_id,), record.timestamp)
-        trace = _trace(payload.traceparent)
-        if trace is not None:
-            out.activity.append(
-                _step(
-                    record,
-                    payload.project,
-                    trace,
-                    "notification",
-                    payload.notification_id,
-                    payload.event_id,
-                    record.timestamp,
-                    summary={
-                        "subscription": payload.subscription_id,
-                        "resource": f"{payload.resource_type}/{payload.resource_id}",
-                        "channel": payload.channel.type,
-                        "endpoint": payload.channel.endpoint,
-                    },
-                )
-            )
-    elif isinstance(payload, DeliveryAttemptRecord):
-        windows.add(
-            payload.project,
-            "deliveries",
-            (payload.subscription_id, payload.outcome),
-            payload.started,
-            duration_ms=payload.duration_ms,
-        )
-        if payload.trace_id is not None:
-            out.activity.append(
-                _step(
-                    record,
-                    payload.project,
-                    payload.trace_id,
-                    "delivery",
-                    payload.attempt_id,
-                    payload.notification_id,
-                    payload.started,
-                    payload.duration_ms,
-                    summary={
-                        "subscription": payload.subscription_id,
-                        "event_number": payload.event_number,
-                        "endpoint": payload.endpoint,
-                        "attempt": payload.attempt,
-                        "outcome": payload.outcome,
-                        "status": payload.status,
-                        "error": payload.error,
-                        "response": payload.response_excerpt,
-                    },
-                )
-            )
-    else:
-        windows.add(
-            payload.project,
-            "executions",
-            (payload.bot, payload.status),
-            payload.started,
-            duration_ms=payload.duration_ms,
-        )
-        if payload.kept:
-            out.executions.append(payload)
-        trace = _trace(payload.trace_id)
-        if trace is not None:
-            out.activity.append(
-                _step(
-                    record,
-                    payload.project,
-                    trace,
-                    "execution",
-                    payload.execution_id,
-                    payload.notification_id,
-                    payload.started,
-                    payload.duration_ms,
-                    summary={
-                        "bot": payload.bot,
-                        "status": payload.status,
-                        "trigger": payload.trigger,
-                        "error": payload.error,
-                        "kept": payload.kept,
-                    },
-                )
-            )
+    facts = facts_of(record, payload)
+    windows.add(*facts.count)
+    out.add(facts)
     FOLDED.labels(record.topic).inc()
 
 
-async def sample_lag(event_log: EventLog, groups: Sequence[str], now: datetime) -> list[LagSample]:
-    """How far behind each group is: records not committed, and the age of the oldest one."""
+async def sample_lag(
+    event_log: EventLog,
+    groups: Sequence[str],
+    now: datetime,
+    *,
+    ignore: Collection[str] = (),
+) -> list[LagSample]:
+    """How far behind each group is: records not committed, and the age of the oldest one.
+
+    Topics in ``ignore`` do not count: a faust app's members read its table changelogs, whose
+    offsets it never commits.
+    """
     samples = []
     for group in groups:
-        behind = await event_log.lag(group)
+        behind = {tp: n for tp, n in (await event_log.lag(group)).items() if tp[0] not in ignore}
         events = sum(behind.values())
         oldest: datetime | None = None
         for (topic, partition), count in behind.items():
@@ -264,6 +345,42 @@ async def sample_lag(event_log: EventLog, groups: Sequence[str], now: datetime) 
         LAG_SECONDS.labels(group).set(seconds)
         samples.append(LagSample(group, now, events, seconds))
     return samples
+
+
+class Upkeep:
+    """What the statistics timer does besides closing windows: sample lag, purge when due.
+
+    Args:
+        store: Where the samples go and what is purged.
+        retention: How long the store keeps what it holds.
+        lag_groups: Consumer groups whose lag is sampled.
+        lag_ignores: Topics left out of the lag (see :func:`sample_lag`).
+    """
+
+    def __init__(
+        self,
+        store: ObservatoryStore,
+        *,
+        retention: timedelta,
+        lag_groups: Sequence[str] = (),
+        lag_ignores: Collection[str] = (),
+    ) -> None:
+        self.store = store
+        self.retention = retention
+        self.lag_groups = tuple(lag_groups)
+        self.lag_ignores = frozenset(lag_ignores)
+        self._last_purge: datetime | None = None
+
+    async def run(self, event_log: EventLog | None, now: datetime) -> None:
+        """Sample the lag of :attr:`lag_groups` (with an event log) and purge when due."""
+        if event_log is not None and self.lag_groups:
+            samples = await sample_lag(event_log, self.lag_groups, now, ignore=self.lag_ignores)
+            await self.store.add_lag(samples)
+        if self._last_purge is None or now - self._last_purge >= PURGE_EVERY:
+            purged = await self.store.purge(now - self.retention)
+            self._last_purge = now
+            if purged:
+                log.info("observatory purged", rows=purged, retention=str(self.retention))
 
 
 class StatsStage:
@@ -283,12 +400,24 @@ class StatsStage:
         lag_groups: Sequence[str] = (),
     ) -> None:
         self.store = store
-        self.retention = retention
-        self.lag_groups = tuple(lag_groups)
+        self.upkeep = Upkeep(store, retention=retention, lag_groups=lag_groups)
         self.windows = WindowAggregator()
         self._handle: ConsumerHandle | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._last_purge: datetime | None = None
+
+    @property
+    def retention(self) -> timedelta:
+        """How long the store keeps what the stage writes."""
+        return self.upkeep.retention
+
+    @retention.setter
+    def retention(self, value: timedelta) -> None:
+        self.upkeep.retention = value
+
+    @property
+    def lag_groups(self) -> tuple[str, ...]:
+        """Consumer groups whose lag is sampled."""
+        return self.upkeep.lag_groups
 
     async def handle(self, records: list[Record]) -> None:
         """Fold one batch (the consumer's handler); steps and records are stored before the
@@ -307,13 +436,7 @@ class StatsStage:
         closed = self.windows.flush(now)
         if closed:
             await self.store.add_windows(closed)
-        if event_log is not None and self.lag_groups:
-            await self.store.add_lag(await sample_lag(event_log, self.lag_groups, now))
-        if self._last_purge is None or now - self._last_purge >= PURGE_EVERY:
-            purged = await self.store.purge(now - self.retention)
-            self._last_purge = now
-            if purged:
-                log.info("observatory purged", rows=purged, retention=str(self.retention))
+        await self.upkeep.run(event_log, now)
 
     async def _tick_forever(self, event_log: EventLog) -> None:
         while True:
