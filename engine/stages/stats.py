@@ -13,9 +13,11 @@ own and, for each record:
 
 Closed windows are flushed to the observatory store on a timer, so a quiet system still closes
 its windows; the same timer samples consumer lag (in events and in seconds) and purges what is
-older than the retention. The fold of one record (:func:`fold`) is pure. ``fhirbots serve``
-runs the stage in-process; ``fhirbots worker stats`` runs it alone, scaled out by the consumer
-group (each member counts its partitions' records; the store adds their windows).
+older than the retention (:class:`Upkeep`). What a record adds (:func:`facts_of`) is pure, and
+:func:`fold` counts it. ``fhirbots serve`` runs the stage in-process; ``fhirbots worker stats``
+runs it alone, scaled out by the consumer group (each member counts its partitions' records;
+the store adds their windows). In Kafka mode ``fhirbots worker stats`` runs the same facts in a
+faust app instead (:mod:`fhirbots.engine.stages.stats_faust`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from fhirbots.engine.eventlog.embedded import EmbeddedEventLog, EmbeddedSettings
 from fhirbots.engine.eventlog.faust_app import FaustSettings
@@ -218,3 +219,20 @@ async def test_rows_the_store_refused_are_written_next_time(
     monkeypatch.undo()
     monkeypatch.setattr(stats.table, "send_changelog", lambda *args, **kwargs: None)
     assert await stats.write_closed() == 1
+
+
+async def test_restored_windows_close_and_every_partition_is_reported(stats: StatsApp) -> None:
+    """What faust alone would not do (see ``_WindowTable``): schedule windows restored from
+    the changelog, report the same window of two partitions, drop partitions moved away."""
+    table = stats.table
+    count = Count("p1", "changes", ("Observation", "create"), T0)
+    window = (T0.timestamp(), T0.timestamp() + 9.9)
+    for partition in (0, 1, 2):  # as a recovery leaves them: in the store, not scheduled
+        table.data[(series_key(partition, count), window)] = [1, 0.0, partition]
+
+    await table.on_rebalance({TP("c-x", 0), TP("c-x", 1), TP("other", 2)}, set(), set())
+    await table.on_recovery_completed({TP("c-x", 0), TP("c-x", 1)}, set())
+    await table._del_old_keys()  # faust's cleanup pass, due every close_every
+
+    assert [(p, row.count) for p, _key, row in stats._closed] == [(0, 1), (1, 1)]
+    assert not table.data
