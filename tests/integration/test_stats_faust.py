@@ -42,17 +42,16 @@ REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 2
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
-HOUR_AGO = window_start(datetime.now(UTC) - timedelta(hours=1))
-"""Event time of the records: windows long closed, well inside the retention."""
 
 
 class Records:
     """Payloads of one project (the builders of ``tests/engine/stages/test_stats.py``, with
     the project and time of the test's choosing)."""
 
-    def __init__(self, project: str, at: datetime = HOUR_AGO) -> None:
+    def __init__(self, project: str) -> None:
         self.project = project
-        self.at = at
+        self.at = window_start(datetime.now(UTC) - timedelta(hours=1))
+        """Event time of the records: their window long closed, well inside the retention."""
 
     def change(
         self, event_id: str, resource_type: str = "Observation", *, caused_by: str | None = None
@@ -357,7 +356,7 @@ async def test_windows_open_when_a_worker_stops_are_closed_once_by_the_next(
         await eventually(steps_stored, "the first worker to store the four trace steps")
         assert await first.terminate() == 0
         now = datetime.now(UTC)
-        assert await store.series(project, "changes", HOUR_AGO, now, now - HOUR_AGO) == []
+        assert await store.series(project, "changes", make.at, now, now - make.at) == []
 
         # The next worker restores the open windows, adds two changes and closes them.
         await second.start(store, app_id)
