@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
 
 from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
 from fhirbots.engine.eventlog.port import OutgoingMessage, Record
@@ -75,10 +78,41 @@ class Worker:
             "6",
         ]
         self.env = child_env(tmp_path, STAGE_SOURCE=source, STAGE_SINK=sink)
+        self.bootstrap = bootstrap
+        self.source = source
+        self.group = f"app-{source}"
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        """Start the worker and wait until its group has settled with the source assigned: a
+        record published while faust is still joining may be held back until a later
+        rebalance, which would make a count wait for ever."""
         self.process = await asyncio.create_subprocess_exec(*self.command, cwd=REPO, env=self.env)
+        await eventually(self._serving, f"the worker's group {self.group} to be stable")
+
+    async def _serving(self) -> bool:
+        assert self.process is not None
+        if self.process.returncode is not None:
+            raise AssertionError(f"the worker exited with {self.process.returncode}")
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            try:
+                described = await admin.describe_consumer_groups([self.group])
+            except KafkaError:
+                return False  # no coordinator for the group yet: it has not joined
+            for response in described:
+                for group in response.to_object()["groups"]:
+                    if group["state"] != "Stable":
+                        return False
+                    for member in group["members"]:
+                        raw = member["member_assignment"]
+                        assigned = ConsumerProtocolMemberAssignment.decode(raw) if raw else None
+                        if assigned and any(t == self.source for t, _ in assigned.assignment):
+                            return True
+            return False
+        finally:
+            await admin.close()
 
     async def terminate(self) -> int:
         """Send SIGTERM and wait for the process to end; returns its exit code (the caller's
