@@ -41,7 +41,7 @@ ENDPOINTS = (
     "/dashboard/api/bots",
     "/dashboard/api/executions",
     "/dashboard/api/events?topic=fhir.changes.v1&limit=50",
-    "/dashboard/api/events?topic=fhir.changes.v1&field=code.coding.code%3D8867-4&limit=50",
+    "/dashboard/api/events?topic=fhir.changes.v1&field=resource.code.coding.code%3D8867-4&limit=50",
 )
 """Every view's JSON API (a trace is added once one is known)."""
 
