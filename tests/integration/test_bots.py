@@ -180,7 +180,12 @@ async def test_subscription_runs_the_example_bot_which_writes_back(stack: Stack)
     tags = {t["system"]: t["code"] for t in flag["meta"]["tag"]}
     assert tags[BOT_TAG_SYSTEM] == f"Bot/{bot_id}"
     execution = tags[EXECUTION_TAG_SYSTEM]
-    [task] = await stack.search(f"Task?identifier=urn:fhirbots:critical-lab|{key}")
+    # The bot writes the Flag, then the Task: the Task may not be there yet.
+    [task] = await eventually(
+        lambda: stack.search(f"Task?identifier=urn:fhirbots:critical-lab|{key}"),
+        "the Task",
+        within=WAIT_SECONDS,
+    )
     assert task["priority"] == "stat"
     tagged = await stack.search(f"Flag?_tag={BOT_TAG_SYSTEM}|Bot/{bot_id}")
     assert [f["id"] for f in tagged] == [flag["id"]]
