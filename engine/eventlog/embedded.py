@@ -105,6 +105,10 @@ class EmbeddedEventLog:
         self._executor: ThreadPoolExecutor | None = None
         self._reader_store: SqliteLogStore | None = None
         self._reader_executor: ThreadPoolExecutor | None = None
+        # A third for reads outside consumer groups (the dashboard's tail and browser, lag,
+        # replays): they never queue behind the stages' fetches, nor those behind them.
+        self._browser_store: SqliteLogStore | None = None
+        self._browser_executor: ThreadPoolExecutor | None = None
         self._wakers: dict[str, set[asyncio.Event]] = {}
         self._consumers: set[EmbeddedConsumer] = set()
         self._retention_task: asyncio.Task[None] | None = None
@@ -120,6 +124,11 @@ class EmbeddedEventLog:
         if self._reader_executor is None:
             raise EventLogClosed("embedded event log is not started")
         return await self._run(self._reader_executor, fn, *args)
+
+    async def _browse(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self._browser_executor is None:
+            raise EventLogClosed("embedded event log is not started")
+        return await self._run(self._browser_executor, fn, *args)
 
     @staticmethod
     async def _run(executor: ThreadPoolExecutor, fn: Callable[..., _T], *args: object) -> _T:
@@ -144,6 +153,13 @@ class EmbeddedEventLog:
         if self._reader_store is None:
             raise EventLogClosed("embedded event log is not started")
         return self._reader_store
+
+    @property
+    def browser(self) -> SqliteLogStore:
+        """The storage of reads outside groups (for use inside :meth:`_browse` only)."""
+        if self._browser_store is None:
+            raise EventLogClosed("embedded event log is not started")
+        return self._browser_store
 
     def _wake(self, topic: str) -> None:
         for event in self._wakers.get(topic, ()):
@@ -172,11 +188,15 @@ class EmbeddedEventLog:
         self._reader_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="eventlog-read"
         )
+        self._browser_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="eventlog-browse"
+        )
         open_store = functools.partial(
             SqliteLogStore, self.settings.path, synchronous=self.settings.synchronous
         )
         self._store = await self._call(open_store)
         self._reader_store = await self._read(open_store)
+        self._browser_store = await self._browse(open_store)
         for spec in self.settings.topics:
             await self.create_topic(spec.name, spec.partitions, spec.retention)
         self._retention_task = asyncio.create_task(self._retention_loop())
@@ -197,11 +217,13 @@ class EmbeddedEventLog:
                 await self._retention_task
         await self._call(self.store.close)
         await self._read(self.reader.close)
+        await self._browse(self.browser.close)
         self._executor.shutdown(wait=True)
-        if self._reader_executor is not None:
-            self._reader_executor.shutdown(wait=True)
-        self._executor = self._reader_executor = None
-        self._store = self._reader_store = None
+        for executor in (self._reader_executor, self._browser_executor):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._executor = self._reader_executor = self._browser_executor = None
+        self._store = self._reader_store = self._browser_store = None
 
     async def _retention_loop(self) -> None:
         interval = self.settings.retention_interval.total_seconds()
@@ -338,15 +360,15 @@ class EmbeddedEventLog:
         def read_sync() -> list[Record]:
             start = offset or 0
             if since is not None:
-                start = self.reader.offset_for_time(topic, partition, since)
-            return self.reader.fetch(topic, partition, start, limit)
+                start = self.browser.offset_for_time(topic, partition, since)
+            return self.browser.fetch(topic, partition, start, limit)
 
-        await self._read(self.reader.topic, topic)
-        return await self._read(read_sync)
+        await self._browse(self.browser.topic, topic)
+        return await self._browse(read_sync)
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """Next offset to be written, per partition."""
-        bounds = await self._read(self.reader.bounds, topic)
+        bounds = await self._browse(self.browser.bounds, topic)
         return {p: end for p, (_, end) in bounds.items()}
 
 

@@ -322,7 +322,7 @@ async def test_a_failed_read_is_a_broker_error(
     def locked(*_args: object) -> None:
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(log.reader, "fetch", locked)
+    monkeypatch.setattr(log.browser, "fetch", locked)
     with pytest.raises(BrokerError, match="database is locked") as failed:
         await log.read("t", 0, offset=0)
     assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
