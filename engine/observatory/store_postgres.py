@@ -12,12 +12,10 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from fhirbots.engine.observatory import store_sql as sql
 from fhirbots.engine.observatory.errors import ObservatoryStoreError
 from fhirbots.engine.observatory.model import ActivityRow, LagSample, Metric, SeriesPoint, WindowRow
-from fhirbots.engine.storage.postgres_pool import PostgresPool
+from fhirbots.engine.storage.postgres_pool import DRIVER_ERRORS, PostgresPool, rows_changed
 from fhirbots.engine.storage.sql import numbered
 from fhirbots.schemas.executions import BotExecutionRecord
 
@@ -28,14 +26,6 @@ POOL_SIZE = 4
 
 SCHEMA_LOCK = 0x6668_6F73
 """Advisory lock id serialising table creation between processes starting together."""
-
-_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-"""What asyncpg raises for a failed statement, a lost connection or a closed pool."""
-
-
-def _changed(status: str) -> int:
-    """Rows a statement changed, from its status text (``DELETE 3``)."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 class PostgresObservatoryStore:
@@ -75,7 +65,7 @@ class PostgresObservatoryStore:
                     return
                 async with conn.transaction():
                     yield conn
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             raise ObservatoryStoreError(f"observatory store: {exc}") from exc
 
     async def _fetch(self, statement: str, args: Sequence[object]) -> list[Any]:
@@ -126,7 +116,7 @@ class PostgresObservatoryStore:
         deleted = 0
         async with self._connection(transaction=True) as conn:
             for statement in sql.PURGE:
-                deleted += _changed(await conn.execute(numbered(statement), cutoff))
+                deleted += rows_changed(await conn.execute(numbered(statement), cutoff))
         return deleted
 
     # -- reads -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import asyncpg
 
 from fhirbots.engine.storage.sql import numbered
 
-__all__ = ["DRIVER_ERRORS", "PostgresPool"]
+__all__ = ["DRIVER_ERRORS", "PostgresPool", "rows_changed"]
 
 DRIVER_ERRORS = (
     OSError,
@@ -27,6 +27,11 @@ connection is gone or the pool closing (``InterfaceError``), when the server can
 reached or does not answer in time (``OSError``, which ``TimeoutError`` is), and when the
 connection's protocol state or cached statements no longer match the server
 (``InternalClientError``, e.g. a table altered under a prepared statement)."""
+
+
+def rows_changed(status: str) -> int:
+    """Rows a statement changed, from its status text (``DELETE 3``, ``INSERT 0 1``)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class PostgresPool:
@@ -114,4 +119,4 @@ class PostgresPool:
     async def count(self, sql: str, *args: object) -> int:
         """Run an ``INSERT``, ``UPDATE`` or ``DELETE``; how many rows it changed (SQLite's
         ``rowcount``), read from the status text (``UPDATE 3``, ``INSERT 0 1``)."""
-        return int((await self.execute(sql, *args)).rsplit(" ", 1)[-1])
+        return rows_changed(await self.execute(sql, *args))
