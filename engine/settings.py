@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fhirbots.bots.errors import PolicyError
 from fhirbots.bots.policy import MIB, SandboxPolicy
@@ -96,6 +96,36 @@ def _parsed(
         return parse(raw)
     except ValueError:
         raise ValueError(f"{name} must be {kind}, not {raw!r}") from None
+
+
+_BOT_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    (
+        "bot_allowed_modules",
+        "FHIRBOTS_BOT_ALLOWED_MODULES",
+        _modules,
+        "a comma-separated list of module names",
+    ),
+    ("bot_timeout", "FHIRBOTS_BOT_TIMEOUT", _seconds, "a number of seconds"),
+    ("bot_cpu_seconds", "FHIRBOTS_BOT_CPU_SECONDS", int, "a whole number"),
+    ("bot_memory_mb", "FHIRBOTS_BOT_MEMORY_MB", int, "a whole number"),
+    ("bot_max_output_bytes", "FHIRBOTS_BOT_MAX_OUTPUT_BYTES", int, "a whole number"),
+    ("bot_max_log_bytes", "FHIRBOTS_BOT_MAX_LOG_BYTES", int, "a whole number"),
+    ("bot_max_source_bytes", "FHIRBOTS_BOT_MAX_SOURCE_BYTES", int, "a whole number"),
+    ("bot_max_fhir_calls", "FHIRBOTS_BOT_MAX_FHIR_CALLS", int, "a whole number"),
+    ("bot_max_message_bytes", "FHIRBOTS_BOT_MAX_MESSAGE_BYTES", int, "a whole number"),
+    ("bot_workers", "FHIRBOTS_BOT_WORKERS", int, "a whole number"),
+    (
+        "bot_max_executions_per_worker",
+        "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER",
+        int,
+        "a whole number",
+    ),
+    ("bot_code_cache_size", "FHIRBOTS_BOT_CODE_CACHE_SIZE", int, "a whole number"),
+    ("bot_max_open_files", "FHIRBOTS_BOT_MAX_OPEN_FILES", int, "a whole number"),
+    ("bot_forbid_processes", "FHIRBOTS_BOT_FORBID_PROCESSES", _flag, "true or false"),
+)
+"""Each ``bot_*`` setting: its variable, how the value parses, and what it must be (said when
+it does not parse)."""
 
 
 @dataclass(frozen=True)
@@ -262,76 +292,10 @@ class Settings:
                 "a number of hours",
                 base.dashboard_session_hours,
             ),
-            bot_allowed_modules=_parsed(
-                env,
-                "FHIRBOTS_BOT_ALLOWED_MODULES",
-                _modules,
-                "a comma-separated list of module names",
-                base.bot_allowed_modules,
-            ),
-            bot_timeout=_parsed(
-                env, "FHIRBOTS_BOT_TIMEOUT", _seconds, "a number of seconds", base.bot_timeout
-            ),
-            bot_cpu_seconds=_parsed(
-                env, "FHIRBOTS_BOT_CPU_SECONDS", int, "a whole number", base.bot_cpu_seconds
-            ),
-            bot_memory_mb=_parsed(
-                env, "FHIRBOTS_BOT_MEMORY_MB", int, "a whole number", base.bot_memory_mb
-            ),
-            bot_max_output_bytes=_parsed(
-                env,
-                "FHIRBOTS_BOT_MAX_OUTPUT_BYTES",
-                int,
-                "a whole number",
-                base.bot_max_output_bytes,
-            ),
-            bot_max_log_bytes=_parsed(
-                env, "FHIRBOTS_BOT_MAX_LOG_BYTES", int, "a whole number", base.bot_max_log_bytes
-            ),
-            bot_max_source_bytes=_parsed(
-                env,
-                "FHIRBOTS_BOT_MAX_SOURCE_BYTES",
-                int,
-                "a whole number",
-                base.bot_max_source_bytes,
-            ),
-            bot_max_fhir_calls=_parsed(
-                env, "FHIRBOTS_BOT_MAX_FHIR_CALLS", int, "a whole number", base.bot_max_fhir_calls
-            ),
-            bot_max_message_bytes=_parsed(
-                env,
-                "FHIRBOTS_BOT_MAX_MESSAGE_BYTES",
-                int,
-                "a whole number",
-                base.bot_max_message_bytes,
-            ),
-            bot_workers=_parsed(
-                env, "FHIRBOTS_BOT_WORKERS", int, "a whole number", base.bot_workers
-            ),
-            bot_max_executions_per_worker=_parsed(
-                env,
-                "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER",
-                int,
-                "a whole number",
-                base.bot_max_executions_per_worker,
-            ),
-            bot_code_cache_size=_parsed(
-                env,
-                "FHIRBOTS_BOT_CODE_CACHE_SIZE",
-                int,
-                "a whole number",
-                base.bot_code_cache_size,
-            ),
-            bot_max_open_files=_parsed(
-                env, "FHIRBOTS_BOT_MAX_OPEN_FILES", int, "a whole number", base.bot_max_open_files
-            ),
-            bot_forbid_processes=_parsed(
-                env,
-                "FHIRBOTS_BOT_FORBID_PROCESSES",
-                _flag,
-                "true or false",
-                base.bot_forbid_processes,
-            ),
+            **{
+                name: _parsed(env, variable, parse, kind, getattr(base, name))
+                for name, variable, parse, kind in _BOT_SETTINGS
+            },
         )
 
     def with_overrides(self, **changes: object) -> Settings:
