@@ -42,6 +42,7 @@ from fhirbots.engine.eventlog.port import (
     EventLog,
     Record,
 )
+from fhirbots.engine.observability.tracing import trace_id_in
 from fhirbots.engine.stages.stats import Payload, decode
 from fhirbots.schemas.deliveries import DeliveryAttemptRecord
 from fhirbots.schemas.events import ChangeEvent
@@ -135,7 +136,7 @@ def summarize(record: Record, payload: Payload) -> dict[str, Any]:
             kind="change",
             time=instant(payload.time),
             ref=payload.event_id,
-            trace_id=_trace_id(payload.traceparent),
+            trace_id=trace_id_in(payload.traceparent),
             resource_type=payload.resource_type,
             resource_id=payload.resource_id,
             interaction=payload.interaction,
@@ -149,7 +150,7 @@ def summarize(record: Record, payload: Payload) -> dict[str, Any]:
             kind="notification",
             time=instant(record.timestamp),
             ref=payload.notification_id,
-            trace_id=_trace_id(payload.traceparent),
+            trace_id=trace_id_in(payload.traceparent),
             subscription=payload.subscription_id,
             event_id=payload.event_id,
             resource_type=payload.resource_type,
@@ -183,7 +184,7 @@ def summarize(record: Record, payload: Payload) -> dict[str, Any]:
             kind="execution",
             time=instant(payload.started),
             ref=payload.execution_id,
-            trace_id=_trace_id(payload.trace_id),
+            trace_id=trace_id_in(payload.trace_id),
             bot=payload.bot,
             outcome=payload.status,
             trigger=payload.trigger,
@@ -192,11 +193,6 @@ def summarize(record: Record, payload: Payload) -> dict[str, Any]:
             notification_id=payload.notification_id,
         )
     return out
-
-
-def _trace_id(traceparent: str | None) -> str | None:
-    parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 else None
 
 
 def _links(mount: str, summary: dict[str, Any]) -> dict[str, str]:

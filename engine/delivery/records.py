@@ -22,7 +22,7 @@ from fhirbots.engine.delivery.attempt import AttemptResult
 from fhirbots.engine.delivery.store import Delivery
 from fhirbots.engine.eventlog.errors import EventLogError
 from fhirbots.engine.eventlog.port import OutgoingMessage
-from fhirbots.engine.observability.tracing import trace_id_of
+from fhirbots.engine.observability.tracing import trace_id_in
 from fhirbots.schemas.deliveries import (
     RESPONSE_EXCERPT_CHARS,
     DeliveryAttemptRecord,
@@ -56,10 +56,6 @@ def attempt_record(
 ) -> DeliveryAttemptRecord:
     """The record of one attempt to deliver ``row``."""
     n = row.notification
-    trace = None
-    if n.traceparent:
-        with contextlib.suppress(IndexError):
-            trace = trace_id_of(n.traceparent)
     return DeliveryAttemptRecord(
         attempt_id=uuid.uuid4().hex,
         project=n.project,
@@ -76,7 +72,7 @@ def attempt_record(
         response_excerpt=(result.excerpt or "")[:RESPONSE_EXCERPT_CHARS] or None,
         started=datetime.now(UTC) - timedelta(seconds=result.seconds),
         duration_ms=result.seconds * 1000.0,
-        trace_id=trace,
+        trace_id=trace_id_in(n.traceparent),
     )
 
 

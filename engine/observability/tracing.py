@@ -29,3 +29,10 @@ def child_traceparent(parent: str | None) -> str:
 def trace_id_of(traceparent: str) -> str:
     """The 32-hex trace id of a valid traceparent."""
     return traceparent.split("-")[1]
+
+
+def trace_id_in(traceparent: str | None) -> str | None:
+    """The trace id of a traceparent that records carry, or None when there is none or it is
+    malformed (records are drawn as traces only when they name one)."""
+    match = _VALID.match(traceparent or "")
+    return match.group(1) if match is not None else None

@@ -33,7 +33,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from fhirbots.engine.eventlog.port import ConsumerHandle, ConsumerOptions, EventLog, Record
-from fhirbots.engine.observability.tracing import trace_id_of
+from fhirbots.engine.observability.tracing import trace_id_in
 from fhirbots.engine.observatory.model import ActivityKind, ActivityRow, LagSample, Metric
 from fhirbots.engine.observatory.store import ObservatoryStore
 from fhirbots.engine.observatory.windows import WindowAggregator
@@ -103,15 +103,6 @@ def decode(record: Record, source: str | None = None) -> Payload:
     if topic == BOT_EXECUTIONS:
         return BotExecutionRecord.model_validate_json(record.value)
     raise ValueError(f"the statistics stage does not read {topic!r}")
-
-
-def _trace(traceparent: str | None) -> str | None:
-    if not traceparent:
-        return None
-    try:
-        return trace_id_of(traceparent)
-    except IndexError:
-        return None
 
 
 def _step(
@@ -195,7 +186,7 @@ def _change_facts(record: Record, payload: ChangeEvent) -> Facts:
     count = Count(
         payload.project, "changes", (payload.resource_type, payload.interaction), payload.time
     )
-    trace = _trace(payload.traceparent)
+    trace = trace_id_in(payload.traceparent)
     if trace is None:
         return Facts(count)
     return Facts(
@@ -220,7 +211,7 @@ def _change_facts(record: Record, payload: ChangeEvent) -> Facts:
 
 def _notification_facts(record: Record, payload: Notification) -> Facts:
     count = Count(payload.project, "notifications", (payload.subscription_id,), record.timestamp)
-    trace = _trace(payload.traceparent)
+    trace = trace_id_in(payload.traceparent)
     if trace is None:
         return Facts(count)
     return Facts(
@@ -287,7 +278,7 @@ def _execution_facts(record: Record, payload: BotExecutionRecord) -> Facts:
         payload.duration_ms,
     )
     kept = payload if payload.kept else None
-    trace = _trace(payload.trace_id)
+    trace = trace_id_in(payload.trace_id)
     if trace is None:
         return Facts(count, kept=kept)
     step = _step(
