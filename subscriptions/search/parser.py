@@ -94,6 +94,14 @@ RESULT_PARAMETERS: frozenset[str] = frozenset(
 MAX_COUNT = 1000
 """Upper bound of ``_count``: larger pages are clamped to keep responses bounded."""
 
+MAX_OFFSET = 10_000_000
+"""Upper bound of ``_offset``: a deeper page is refused (each page costs its offset in rows
+skipped, and a number past 64 bits would not reach the database at all)."""
+
+MAX_CHAIN_LINKS = 3
+"""Most references one chained parameter may follow (``subject:Patient.organization.name`` is
+two): each link is a join, and deeper chains cost more than any answer is worth."""
+
 AP_FRACTION = 0.1
 """``ap`` means within 10 % (of the value for numbers, of the distance to now for dates)."""
 
@@ -275,6 +283,8 @@ class _State:
             self.count = min(_non_negative(name, value), MAX_COUNT)
         elif base == "_offset":
             self.offset = _non_negative(name, value)
+            if self.offset > MAX_OFFSET:
+                raise InvalidValueError(f"{name}: at most {MAX_OFFSET} is allowed", param=name)
         elif base == "_sort":
             for key in value.split(","):
                 self.sort.append(self._sort_key(name, key.strip()))
@@ -438,6 +448,10 @@ def _parse_chain(
     registry = context.registry
     if param.type != "reference":
         raise InvalidValueError(f"{name}: only reference parameters can be chained", param=name)
+    if chain.count(".") + 1 > MAX_CHAIN_LINKS:
+        raise InvalidValueError(
+            f"{name}: a chain may follow at most {MAX_CHAIN_LINKS} references", param=name
+        )
     if modifier:
         if modifier not in registry.resource_types:
             raise UnknownModifierError(f"{name}: unknown chain type {modifier!r}", param=name)

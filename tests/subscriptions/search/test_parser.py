@@ -169,6 +169,21 @@ def test_chain_and_has() -> None:
     assert has.reference.code == "patient"
 
 
+def test_a_chain_follows_at_most_three_references() -> None:
+    link = "subject:Patient.organization:Organization.partof:Organization"
+    (deepest,) = parse_search(f"Observation?{link}.name=x").query.clauses
+    assert isinstance(deepest, ChainClause)
+    with pytest.raises(InvalidValueError, match="at most 3 references"):
+        parse_search(f"Observation?{link}.partof:Organization.name=x")
+
+
+@pytest.mark.parametrize("offset", ["10000001", "9" * 40])
+def test_an_offset_past_the_bound_is_refused(offset: str) -> None:
+    assert parse_search("Patient?_offset=10000000").query.offset == 10_000_000
+    with pytest.raises(InvalidValueError, match="_offset: at most 10000000"):
+        parse_search(f"Patient?_offset={offset}")
+
+
 def test_ambiguous_chain_needs_a_type() -> None:
     with pytest.raises(InvalidValueError, match="ambiguous"):
         parse_search("Observation?subject.identifier=1")
