@@ -25,6 +25,7 @@ import fhir.resources.R4B as r4b
 from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
 
+from fhirbots.schemas.bindings import binding_problems
 from fhirbots.schemas.bot import Bot
 from fhirbots.schemas.errors import FhirbotsError
 
@@ -43,10 +44,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ValidationProblem:
-    """One problem: where (FHIRPath-like element path) and what."""
+    """One problem: where (FHIRPath-like element path), what, and its OperationOutcome issue
+    type (``structure``, or ``code-invalid`` for a code outside its required binding)."""
 
     path: str
     message: str
+    code: str = "structure"
 
 
 class ResourceInvalid(FhirbotsError, ValueError):
@@ -118,10 +121,12 @@ def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:
 
 
 def validate_resource(resource: Any, *, expected_type: str | None = None) -> None:
-    """Check ``resource`` against its R4B (or custom) model.
+    """Check ``resource`` against its R4B (or custom) model, and the codes of its elements
+    against their required bindings (:mod:`fhirbots.schemas.bindings`).
 
     Raises:
-        ResourceInvalid: with one :class:`ValidationProblem` per error found.
+        ResourceInvalid: with one :class:`ValidationProblem` per error found (structure first,
+            then bindings).
     """
     if not isinstance(resource, dict):
         raise ResourceInvalid([ValidationProblem("(root)", "a resource must be a JSON object")])
@@ -141,11 +146,19 @@ def validate_resource(resource: Any, *, expected_type: str | None = None) -> Non
         raise ResourceInvalid(
             [ValidationProblem("resourceType", f"unknown resource type {resource_type!r}")]
         )
+    problems: list[ValidationProblem] = []
+    cause: ValidationError | None = None
     try:
         model.model_validate(resource)
     except ValidationError as exc:
+        cause = exc
         problems = [
             ValidationProblem(_path(resource_type, tuple(error["loc"])), error["msg"])
             for error in exc.errors(include_url=False)
         ]
-        raise ResourceInvalid(problems) from exc
+    problems.extend(
+        ValidationProblem(path, message, "code-invalid")
+        for path, message in binding_problems(resource)
+    )
+    if problems:
+        raise ResourceInvalid(problems) from cause

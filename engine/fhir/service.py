@@ -72,7 +72,7 @@ def check_id(resource_id: str) -> None:
 
 def _invalid(problems: Sequence[ValidationProblem]) -> Unprocessable:
     issues = tuple(
-        Issue(f"{p.path}: {p.message}", code="structure", expression=(p.path,)) for p in problems
+        Issue(f"{p.path}: {p.message}", code=p.code, expression=(p.path,)) for p in problems
     )
     return Unprocessable("; ".join(i.diagnostics for i in issues), issues=issues)
 
