@@ -23,13 +23,20 @@ from fhirbots.engine.dashboard.app import create_dashboard
 from fhirbots.engine.dashboard.context import DashboardServices
 from fhirbots.engine.dashboard.gate import SessionGate
 from fhirbots.engine.dashboard.sessions import Sessions
+from fhirbots.engine.delivery.channels import ChannelRules
+from fhirbots.engine.delivery.safety import EndpointGuard
 from fhirbots.engine.errors import BadRequest
 from fhirbots.engine.eventlog.factory import create_event_log
+from fhirbots.engine.eventlog.lag import LagSampler
 from fhirbots.engine.eventlog.port import EventLog, TopicSpec
+from fhirbots.engine.eventlog.security import KafkaSecurity
+from fhirbots.engine.fhir.integrity import IntegrityPolicy
+from fhirbots.engine.fhir.limits import RequestLimits
 from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.fhir.validator_pool import BulkValidator
+from fhirbots.engine.observability.probes import Readiness
 from fhirbots.engine.observatory.factory import create_observatory_store
 from fhirbots.engine.operations.bots import install as install_bots
 from fhirbots.engine.operations.delivery import delivery_routes
@@ -97,12 +104,16 @@ class Engine:
             on_commit=self._on_commit,
             conditional_search=self.search.find,
             validator=self.validator,
+            limits=RequestLimits.from_settings(settings),
+            integrity=IntegrityPolicy.from_settings(settings),
         )
         self.authenticator = Authenticator(self.storage)
         self.routes: list[web.RouteDef] = []
         """Operation routes other parts add (they are served before the generic routes)."""
         self.dispatcher: Dispatcher | None = None
         install_subscriptions(self.fhir, self.routes)
+        guard = EndpointGuard.from_cidrs(settings.allowed_endpoint_networks)
+        self.fhir.add_write_check("Subscription", ChannelRules(guard).check)
         self.matcher: MatcherStage | None = None
         self.bots = BotRuntime.for_engine(
             settings,
@@ -114,10 +125,32 @@ class Engine:
         )
         """Runs Bots ($execute, ``Bot/<id>`` endpoints, cron); workers start on first use."""
         install_bots(self.bots, self.fhir, self.routes)
-        self.observatory = create_observatory_store(settings.database_url, settings.data_dir)
+        self.observatory = create_observatory_store(
+            settings.database_url, settings.data_dir, migrate=settings.migrates_on_start
+        )
         """What the dashboard reads; the statistics stage writes it."""
         self._observatory_open = False
         self.stats: StatsStage | None = None
+        self.readiness = Readiness()
+        """What ``/readyz`` reports: the checks of the parts this process opened."""
+        self.readiness.add("database", self._database_ready)
+        self._lag: LagSampler | None = None
+
+    async def _database_ready(self) -> str | None:
+        await self.storage.find_api_key("readiness probe")  # one indexed read
+        return None
+
+    async def _event_log_ready(self) -> str | None:
+        if self.event_log is None:
+            return "not open"
+        await self.event_log.ping()
+        return None
+
+    async def _consumers_ready(self) -> str | None:
+        if self.event_log is None:
+            return None
+        waiting = sorted(m.group for m in self.event_log.consumers() if not m.assignment())
+        return f"no partitions assigned yet: {', '.join(waiting)}" if waiting else None
 
     def _on_commit(self) -> None:
         if self.relay is not None:
@@ -135,8 +168,13 @@ class Engine:
                 kafka_bootstrap=self.settings.kafka,
                 data_dir=self.settings.data_dir,
                 topics=(TopicSpec(CHANGES),),
+                security=KafkaSecurity.from_settings(self.settings),
             )
             await self.event_log.start()
+            self.readiness.add("eventlog", self._event_log_ready)
+            self.readiness.add("consumers", self._consumers_ready)
+            self._lag = LagSampler(self.event_log)
+            self._lag.start()
         return self.event_log
 
     async def start_relay(self) -> None:
@@ -174,7 +212,7 @@ class Engine:
             event_log=event_log,
             bots=self.bots,
         )
-        self.routes.extend(delivery_routes(self.dispatcher))
+        self.routes.extend(delivery_routes(self.dispatcher, self.authenticator))
         if run:
             await self.dispatcher.start()
         return self.dispatcher
@@ -213,7 +251,16 @@ class Engine:
         await self.bots.start(cron=cron)
 
     async def close(self) -> None:
-        """Stop the stages, the event log and the stores, in that order."""
+        """Stop the stages, the event log and the stores, in that order.
+
+        Consumers finish the batch in hand and commit it; what is not done yet (pending
+        deliveries, outbox rows, uncommitted records) stays where another process or the next
+        start picks it up.
+        """
+        self.readiness.drain()
+        if self._lag is not None:
+            await self._lag.stop()
+            self._lag = None
         if self.stats is not None:
             await self.stats.stop()
             self.stats = None
@@ -286,6 +333,7 @@ class Engine:
             self.routes,
             browser=SessionGate(sessions, self.fhir),
             self_authenticating=(DASHBOARD_MOUNT, "/favicon.ico"),
+            readiness=self.readiness,
         )
         dashboard = DashboardServices(
             settings=self.settings,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,6 +77,25 @@ def _flag(value: str) -> bool:
     return value.lower() == "true"
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """A parser taking one of ``allowed`` (case-insensitive), as spelled there."""
+
+    def parse(value: str) -> str:
+        for option in allowed:
+            if value.upper() == option.upper():
+                return option
+        raise ValueError(value)
+
+    return parse
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+"""Values of ``FHIRBOTS_KAFKA_SECURITY_PROTOCOL`` (Kafka's ``security.protocol``)."""
+
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+"""Values of ``FHIRBOTS_KAFKA_SASL_MECHANISM``."""
+
+
 def _modules(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -124,6 +143,42 @@ _BOT_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("bot_max_open_files", "FHIRBOTS_BOT_MAX_OPEN_FILES", int, "a whole number"),
     ("bot_forbid_processes", "FHIRBOTS_BOT_FORBID_PROCESSES", _flag, "true or false"),
 )
+
+
+def _whole(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+_LIMIT_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    ("access_log", "FHIRBOTS_ACCESS_LOG", _flag, "true or false"),
+    ("max_url_bytes", "FHIRBOTS_MAX_URL_BYTES", _whole, "a whole number above 0"),
+    ("max_header_bytes", "FHIRBOTS_MAX_HEADER_BYTES", _whole, "a whole number above 0"),
+    ("max_request_bytes", "FHIRBOTS_MAX_REQUEST_BYTES", _whole, "a whole number above 0"),
+    ("max_resource_bytes", "FHIRBOTS_MAX_RESOURCE_BYTES", _whole, "a whole number above 0"),
+    ("max_bundle_entries", "FHIRBOTS_MAX_BUNDLE_ENTRIES", _whole, "a whole number above 0"),
+    ("max_response_bytes", "FHIRBOTS_MAX_RESPONSE_BYTES", _whole, "a whole number above 0"),
+)
+"""The request limits (docs/security.md): attribute, variable, parser, what it must be."""
+
+_INTEGRITY_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    (
+        "referential_integrity_on_write",
+        "FHIRBOTS_REFERENTIAL_INTEGRITY_ON_WRITE",
+        _flag,
+        "true or false",
+    ),
+    (
+        "referential_integrity_on_delete",
+        "FHIRBOTS_REFERENTIAL_INTEGRITY_ON_DELETE",
+        _flag,
+        "true or false",
+    ),
+    ("cascade_delete_limit", "FHIRBOTS_CASCADE_DELETE_LIMIT", _whole, "a whole number above 0"),
+)
+"""Referential integrity (docs/rest.md): attribute, variable, parser, what it must be."""
 """Each ``bot_*`` setting: its variable, how the value parses, and what it must be (said when
 it does not parse)."""
 
@@ -235,6 +290,97 @@ class Settings:
     """Workers cannot start processes (``FHIRBOTS_BOT_FORBID_PROCESSES``, ``true`` or
     ``false``)."""
 
+    # Request limits: every request is bounded, so no single one can take the server down.
+
+    access_log: bool = True
+    """One structured line per request (``FHIRBOTS_ACCESS_LOG``, ``true`` or ``false``)."""
+
+    max_url_bytes: int = 8190
+    """Longest request line, URL included (``FHIRBOTS_MAX_URL_BYTES``); longer gets a 400."""
+
+    max_header_bytes: int = 8190
+    """Longest header field (``FHIRBOTS_MAX_HEADER_BYTES``)."""
+
+    max_request_bytes: int = 32 * MIB
+    """Largest request body, after decompression (``FHIRBOTS_MAX_REQUEST_BYTES``); 413 above."""
+
+    max_resource_bytes: int = 4 * MIB
+    """Largest single resource, as JSON, alone or in a Bundle entry
+    (``FHIRBOTS_MAX_RESOURCE_BYTES``); 413 above."""
+
+    max_bundle_entries: int = 10_000
+    """Most entries of a batch or transaction (``FHIRBOTS_MAX_BUNDLE_ENTRIES``); 413 above."""
+
+    max_response_bytes: int = 64 * MIB
+    """Largest response a search page or a batch may build (``FHIRBOTS_MAX_RESPONSE_BYTES``);
+    a search page stops short of it, a batch over it is refused with 413."""
+
+    # Referential integrity (docs/rest.md, "Validation on write").
+
+    referential_integrity_on_write: bool = True
+    """A reference to a local resource that does not exist is refused with 422
+    (``FHIRBOTS_REFERENTIAL_INTEGRITY_ON_WRITE``, ``true`` or ``false``)."""
+
+    referential_integrity_on_delete: bool = True
+    """Deleting a resource others reference is refused with 409
+    (``FHIRBOTS_REFERENTIAL_INTEGRITY_ON_DELETE``, ``true`` or ``false``)."""
+
+    cascade_delete_limit: int = 1000
+    """Most resources one ``DELETE ...?_cascade=delete`` deletes
+    (``FHIRBOTS_CASCADE_DELETE_LIMIT``); a larger cascade is refused with 409."""
+
+    # Running in production: probes, shutdown, schema, TLS, tracing (docs/operations.md).
+
+    management_port: int | None = None
+    """Port of the management server (``/livez``, ``/readyz``, ``/metrics``, unauthenticated)
+    on :attr:`host`; none when None (``FHIRBOTS_MANAGEMENT_PORT``, or ``--management-port``)."""
+
+    shutdown_grace_seconds: float = 30.0
+    """How long a process may take after SIGTERM to finish the work in hand and commit
+    (``FHIRBOTS_SHUTDOWN_GRACE_SECONDS``)."""
+
+    auto_migrate: bool | None = None
+    """Create or upgrade the schema when a server starts (``FHIRBOTS_AUTO_MIGRATE``); when
+    None, only in embedded mode: on PostgreSQL ``fhirbots migrate`` does it."""
+
+    kafka_security_protocol: str = "PLAINTEXT"
+    """``FHIRBOTS_KAFKA_SECURITY_PROTOCOL``: one of :data:`KAFKA_SECURITY_PROTOCOLS`."""
+
+    kafka_sasl_mechanism: str = "PLAIN"
+    """``FHIRBOTS_KAFKA_SASL_MECHANISM``: one of :data:`KAFKA_SASL_MECHANISMS`."""
+
+    kafka_sasl_username: str | None = None
+    """``FHIRBOTS_KAFKA_SASL_USERNAME``."""
+
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    """``FHIRBOTS_KAFKA_SASL_PASSWORD``."""
+
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle the brokers' certificates are checked against; the system's when None
+    (``FHIRBOTS_KAFKA_SSL_CAFILE``)."""
+
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate for mutual TLS (``FHIRBOTS_KAFKA_SSL_CERTFILE``)."""
+
+    kafka_ssl_keyfile: Path | None = None
+    """Key of :attr:`kafka_ssl_certfile` (``FHIRBOTS_KAFKA_SSL_KEYFILE``)."""
+
+    tls_certfile: Path | None = None
+    """Certificate (chain) the API serves HTTPS with; plain HTTP when None
+    (``FHIRBOTS_TLS_CERTFILE``)."""
+
+    tls_keyfile: Path | None = None
+    """Key of :attr:`tls_certfile` (``FHIRBOTS_TLS_KEYFILE``)."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP base URL traces are exported to (``FHIRBOTS_OTLP_ENDPOINT``, e.g.
+    ``http://collector:4318``); no tracing when None."""
+
+    @property
+    def migrates_on_start(self) -> bool:
+        """Whether servers create or upgrade the schema themselves (:attr:`auto_migrate`)."""
+        return self.auto_migrate if self.auto_migrate is not None else not self.database_url
+
     @property
     def retention(self) -> timedelta:
         """:attr:`retention_days` as a duration."""
@@ -292,9 +438,46 @@ class Settings:
                 "a number of hours",
                 base.dashboard_session_hours,
             ),
+            management_port=_parsed(
+                env, "FHIRBOTS_MANAGEMENT_PORT", int, "a port number", base.management_port
+            ),
+            shutdown_grace_seconds=_parsed(
+                env,
+                "FHIRBOTS_SHUTDOWN_GRACE_SECONDS",
+                _positive,
+                "a number of seconds",
+                base.shutdown_grace_seconds,
+            ),
+            auto_migrate=_parsed(
+                env, "FHIRBOTS_AUTO_MIGRATE", _flag, "true or false", base.auto_migrate
+            ),
+            kafka_security_protocol=_parsed(
+                env,
+                "FHIRBOTS_KAFKA_SECURITY_PROTOCOL",
+                _choice(*KAFKA_SECURITY_PROTOCOLS),
+                "one of " + ", ".join(KAFKA_SECURITY_PROTOCOLS),
+                base.kafka_security_protocol,
+            ),
+            kafka_sasl_mechanism=_parsed(
+                env,
+                "FHIRBOTS_KAFKA_SASL_MECHANISM",
+                _choice(*KAFKA_SASL_MECHANISMS),
+                "one of " + ", ".join(KAFKA_SASL_MECHANISMS),
+                base.kafka_sasl_mechanism,
+            ),
+            kafka_sasl_username=env.get("FHIRBOTS_KAFKA_SASL_USERNAME") or None,
+            kafka_sasl_password=env.get("FHIRBOTS_KAFKA_SASL_PASSWORD") or None,
+            kafka_ssl_cafile=_parsed(env, "FHIRBOTS_KAFKA_SSL_CAFILE", Path, "a path", None),
+            kafka_ssl_certfile=_parsed(env, "FHIRBOTS_KAFKA_SSL_CERTFILE", Path, "a path", None),
+            kafka_ssl_keyfile=_parsed(env, "FHIRBOTS_KAFKA_SSL_KEYFILE", Path, "a path", None),
+            tls_certfile=_parsed(env, "FHIRBOTS_TLS_CERTFILE", Path, "a path", None),
+            tls_keyfile=_parsed(env, "FHIRBOTS_TLS_KEYFILE", Path, "a path", None),
+            otlp_endpoint=env.get("FHIRBOTS_OTLP_ENDPOINT") or None,
             **{
                 name: _parsed(env, variable, parse, kind, getattr(base, name))
                 for name, variable, parse, kind in _BOT_SETTINGS
+                + _LIMIT_SETTINGS
+                + _INTEGRITY_SETTINGS
             },
         )
 

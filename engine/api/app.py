@@ -8,11 +8,14 @@ from typing import Protocol
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import Counter, Histogram
 
 from fhirbots.engine.api import fhir, search
-from fhirbots.engine.errors import FhirError, MethodNotAllowed, NotFound
+from fhirbots.engine.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
+from fhirbots.engine.fhir.limits import PayloadTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
+from fhirbots.engine.observability.probes import READINESS, Readiness, livez, metrics, readyz
 from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent, trace_id_of
 from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.web.auth import Authenticator, Principal
@@ -22,7 +25,14 @@ from fhirbots.engine.web.http import fhir_response
 __all__ = ["AUTHENTICATOR", "OPEN_PATHS", "BrowserCredentials", "create_app"]
 
 OPEN_PATHS = frozenset(
-    {"/", f"{API_PATH}/metadata", "/healthz", f"{API_PATH}/Subscription/$websocket"}
+    {
+        "/",
+        f"{API_PATH}/metadata",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        f"{API_PATH}/Subscription/$websocket",
+    }
 )
 """The only paths served without an API key. The websocket authenticates each binding with the
 short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
@@ -90,10 +100,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise  # a redirect (the dashboard's) is an answer, not an error
     except web.HTTPNotFound:
         response = fhir_response(outcome_for(NotFound(f"no route for {request.path}")), status=404)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SERVICES].settings.max_request_bytes
+        too_large = PayloadTooLarge(
+            f"the request body is larger than {limit} bytes (FHIRBOTS_MAX_REQUEST_BYTES)"
+        )
+        response = fhir_response(outcome_for(too_large), status=413)
     except web.HTTPException as exc:
         error = FhirError(exc.reason)
         error.status = exc.status
         response = fhir_response(outcome_for(error), status=exc.status)
+    except RequestPayloadError as exc:
+        detail = str(exc).strip().splitlines()[-1].strip()
+        unreadable = BadRequest(f"the request body cannot be read: {detail}")
+        response = fhir_response(outcome_for(unreadable), status=400)
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         response = fhir_response(outcome_for(FhirError("internal server error")), status=500)
@@ -126,18 +146,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-async def healthz(_: web.Request) -> web.Response:
-    """Liveness: the process serves requests."""
-    return web.json_response({"status": "ok"})
-
-
-async def metrics(_: web.Request) -> web.Response:
-    """Prometheus metrics (authenticated like the rest of the API)."""
-    response = web.Response(body=generate_latest())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return response
-
-
 def create_app(
     services: Services,
     authenticator: Authenticator,
@@ -145,24 +153,30 @@ def create_app(
     *,
     browser: BrowserCredentials | None = None,
     self_authenticating: tuple[str, ...] = (),
+    readiness: Readiness | None = None,
 ) -> web.Application:
     """The HTTP application serving ``services``.
 
     ``extra_routes`` (operations such as ``Subscription/$explain``) go before the generic FHIR
     routes, so a ``$operation`` segment is never taken for an id. ``browser`` lets dashboard
     pages call the API with their session; paths under ``self_authenticating`` (a mounted
-    dashboard) authenticate their callers themselves.
+    dashboard) authenticate their callers themselves. ``/readyz`` reports ``readiness``.
     """
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=64 * 1024**2
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=services.settings.max_request_bytes,
     )
     app[SERVICES] = services
     app[AUTHENTICATOR] = authenticator
     app[SELF_AUTHENTICATING] = self_authenticating
     if browser is not None:
         app[BROWSER] = browser
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    if readiness is not None:
+        app[READINESS] = readiness
+    app.router.add_get("/healthz", livez)  # the older name of /livez
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)  # authenticated here, unlike the management port
     app.add_routes(extra_routes)
     app.add_routes(search.routes())
     app.add_routes(fhir.routes())

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from fhirbots.bots.policy import SandboxPolicy
+from fhirbots.engine.api.server import ApiRunner
 from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
@@ -87,7 +88,7 @@ async def _serve(args: argparse.Namespace) -> int:
             await engine.start_dispatcher()
             await engine.start_bots()
             await engine.start_stats()
-        runner = web.AppRunner(engine.app(), access_log=None)
+        runner = ApiRunner(engine.app(), settings)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
         await site.start()

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from fhirbots.engine.errors import BadRequest, FhirError
+from fhirbots.engine.fhir.limits import ResponseBudget, ResponseTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
 from fhirbots.engine.fhir.service import FhirService, apply_json_patch, check_type
 from fhirbots.engine.storage.model import (
@@ -279,6 +280,17 @@ async def _batch_entry(
     raise BadRequest(f"method {entry.method} is not supported in a batch")
 
 
+def _budgeted(get: GetHandler, budget: ResponseBudget) -> GetHandler:
+    """``get`` spending ``budget`` on each answer (the reads of a Bundle are what grows)."""
+
+    async def counted(project: str, url: str) -> Any:
+        answer = await get(project, url)
+        budget.spend(answer)
+        return answer
+
+    return counted
+
+
 async def process_bundle(
     service: FhirService,
     project: str,
@@ -302,12 +314,16 @@ async def process_bundle(
         FhirError: a transaction that failed as a whole (nothing was written).
     """
     kind, entries = _entries(bundle)
+    service.limits.check_entries(kind, len(entries))
+    get = _budgeted(get, ResponseBudget(service.limits))
     if kind == "transaction":
         return await _Transaction(service, project, context, entries).run(get, representation)
     out: list[dict[str, Any]] = []
     for entry in entries:
         try:
             out.append(await _batch_entry(service, project, context, entry, get, representation))
+        except ResponseTooLarge:
+            raise
         except FhirError as exc:
             out.append({"response": {"status": str(exc.status), "outcome": outcome_for(exc)}})
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out}

@@ -24,6 +24,9 @@ from fhirbots.engine.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from fhirbots.engine.fhir.integrity import IntegrityPolicy, cascade_closure, check_writes
+from fhirbots.engine.fhir.limits import RequestLimits
+from fhirbots.engine.fhir.metrics import WRITES
 from fhirbots.engine.fhir.validator_pool import BulkValidator
 from fhirbots.engine.storage.model import (
     CreateOp,
@@ -100,8 +103,14 @@ class FhirService:
         on_commit: Callable[[], None] | None = None,
         conditional_search: ConditionalSearch | None = None,
         validator: BulkValidator | None = None,
+        limits: RequestLimits | None = None,
+        integrity: IntegrityPolicy | None = None,
     ) -> None:
         self.storage = storage
+        self.integrity = integrity or IntegrityPolicy()
+        """Referential integrity on write and delete (:mod:`fhirbots.engine.fhir.integrity`)."""
+        self.limits = limits or RequestLimits()
+        """The bounds every request is held to (:mod:`fhirbots.engine.fhir.limits`)."""
         self._on_commit = on_commit
         self._conditional_search = conditional_search
         self._checks: dict[str, list[WriteCheck]] = {}
@@ -116,6 +125,9 @@ class FhirService:
     ) -> list[WriteResult]:
         """Apply already validated operations atomically."""
         results = await self.storage.apply(project, ops, context)
+        for result in results:
+            if result.event is not None:
+                WRITES.labels(result.event.interaction, result.event.resource_type).inc()
         if self._on_commit is not None and any(r.event is not None for r in results):
             self._on_commit()
         return results
@@ -150,6 +162,11 @@ class FhirService:
             for op in ops
             if not isinstance(op, DeleteOp)
         ]
+        written = [i for i, op in enumerate(ops) if not isinstance(op, DeleteOp)]
+        self.limits.check_resources(
+            [resource for resource, _ in items],
+            None if where is None else [where[i] for i in written],
+        )
         problems = iter(await self._validator.validate_many(items))
         prepared: list[WriteOp] = []
         for i, op in enumerate(ops):
@@ -160,6 +177,7 @@ class FhirService:
                 if where is not None:
                     exc.located(where[i])
                 raise
+        await check_writes(self.storage, project, prepared, self.integrity, where)
         return prepared
 
     async def _prepare_one(
@@ -266,10 +284,23 @@ class FhirService:
         context: WriteContext,
         *,
         if_match: int | None = None,
+        cascade: bool = False,
     ) -> WriteResult:
-        """Delete (a tombstone version); deleting what is absent changes nothing."""
-        op = await self.prepare(project, DeleteOp(resource_type, resource_id, if_match))
-        return (await self.write(project, [op], context))[0]
+        """Delete (a tombstone version); deleting what is absent changes nothing.
+
+        A resource others reference is refused with 409 (:mod:`fhirbots.engine.fhir.integrity`);
+        with ``cascade``, they are deleted too, in the same transaction.
+        """
+        ops = [DeleteOp(resource_type, resource_id, if_match)]
+        if cascade:
+            check_type(resource_type)
+            check_id(resource_id)
+            closure = await cascade_closure(
+                self.storage, project, (resource_type, resource_id), self.integrity
+            )
+            ops.extend(DeleteOp(t, i) for t, i in closure[1:])
+        prepared = await self.prepare_many(project, ops)
+        return (await self.write(project, prepared, context))[0]
 
     async def read(self, project: str, resource_type: str, resource_id: str) -> StoredResource:
         """The current version: 404 if it never existed, 410 if deleted."""
