@@ -2,9 +2,10 @@
 
 A bot never receives a real module object: ``module.__loader__``, ``module.__dict__`` and
 submodules (``json.decoder``, ``collections.abc``, ``re._parser``) would lead out of the
-sandbox. A :class:`ModuleProxy` exposes only a module's public members (its ``__all__``, or
-its non-underscore names), never a module, and minus the members listed in
-:data:`HIDDEN_MEMBERS`.
+sandbox. A :class:`ModuleProxy` exposes exactly the members
+:data:`fhirbots.bots._allowlist.MODULE_MEMBERS` lists for the module; a module an operator
+added without such a list exposes its public members (its ``__all__``, or its non-underscore
+names) minus :data:`HIDDEN_MEMBERS`. Never a module.
 """
 
 from __future__ import annotations
@@ -13,37 +14,18 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from fhirbots.bots._allowlist import MODULE_MEMBERS
+
 __all__ = ["HIDDEN_MEMBERS", "ModuleProxy", "build_proxies", "build_proxy"]
 
 HIDDEN_MEMBERS: dict[str, frozenset[str]] = {
-    # update_wrapper/wraps get and set attributes named by the caller: a getattr/setattr
-    # primitive that would bypass the attribute guard.
-    # singledispatch(method).register evaluates string annotations with eval(), outside the
-    # compile-time checks.
-    "functools": frozenset(
-        {
-            "update_wrapper",
-            "wraps",
-            "WRAPPER_ASSIGNMENTS",
-            "WRAPPER_UPDATES",
-            "singledispatch",
-            "singledispatchmethod",
-        }
-    ),
-    # Formatter resolves "{0.__class__}" fields with the real getattr.
+    # Modules an operator adds without an entry in MODULE_MEMBERS expose their public
+    # names; these are withheld from them too should one be re-added.
+    "functools": frozenset({"update_wrapper", "wraps", "singledispatch", "singledispatchmethod"}),
     "string": frozenset({"Formatter"}),
-    # template/TEMPLATE are deprecated (warn on use); Scanner drives the regex internals.
-    "re": frozenset({"template", "TEMPLATE", "Scanner"}),
-    # Process-wide mutable contexts would leak state from one execution into the next.
-    "decimal": frozenset({"DefaultContext", "BasicContext", "ExtendedContext", "setcontext"}),
-    # getnode/uuid1 read the hardware address and may run external programs to find it;
-    # Enum, bytes_ and int_ are the module's own imports, not its API (it has no __all__).
-    "uuid": frozenset({"getnode", "uuid1", "Enum", "bytes_", "int_"}),
-    # reset_tzpath changes where every later execution reads time-zone files from;
-    # available_timezones walks the file system.
-    "zoneinfo": frozenset({"reset_tzpath", "TZPATH", "available_timezones"}),
+    "collections": frozenset({"UserString", "UserDict", "UserList"}),
 }
-"""Public members that are still withheld from bots, with the reason beside each."""
+"""Public members withheld even from modules without an explicit member list."""
 
 
 class ModuleProxy:
@@ -80,6 +62,9 @@ class ModuleProxy:
 
 
 def _public_names(module: ModuleType) -> list[str]:
+    listed = MODULE_MEMBERS.get(module.__name__)
+    if listed is not None:
+        return sorted(listed)
     names = getattr(module, "__all__", None)
     if names is None:
         names = [n for n in dir(module) if not n.startswith("_")]

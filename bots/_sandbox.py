@@ -18,6 +18,12 @@ from typing import Any, NoReturn
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
+from fhirbots.bots._allowlist import (
+    BOT_MODULE_NAME,
+    CLASS_ATTRIBUTES,
+    INSTANCE_ATTRIBUTES,
+    attribute_allowed,
+)
 from fhirbots.bots._modules import ModuleProxy
 from fhirbots.bots.compile import BOT_API_MODULE
 from fhirbots.bots.errors import BotError
@@ -36,9 +42,6 @@ __all__ = [
     "guarded_write",
     "json_default",
 ]
-
-BOT_MODULE_NAME = "bot"
-"""``__name__`` of bot code; classes a bot defines carry it as ``__module__``."""
 
 MAX_ERROR_CHARS = 4000
 """Longest error message kept from a bot's exception; the rest is cut."""
@@ -111,7 +114,13 @@ def _refuse(message: str) -> NoReturn:
 
 
 def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
-    """``getattr`` for bot code: no private names, frames, modules or ``str.format``."""
+    """``getattr`` for bot code: only attributes on the allow-list (:mod:`._allowlist`).
+
+    Private names, frame and generator internals and ``str.format`` are refused with their
+    own message; any other attribute must be defined by the bot's own classes or listed for
+    the class that defines it. A value that is a module, frame, code object, traceback or a
+    dangerous builtin is refused as well, whatever the lists say.
+    """
     if not isinstance(name, str):
         raise TypeError("attribute name must be a string")
     if name.startswith("_"):
@@ -122,6 +131,14 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
         isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
     ):
         _refuse(f"str.{name}() is not available in the bot sandbox; use f-strings or %")
+    if not isinstance(obj, ModuleProxy) and not attribute_allowed(obj, name):
+        if default is not _MISSING:  # as if it did not exist
+            return default
+        kind = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        _refuse(
+            f"attribute {name!r} of {kind} is not available in the bot sandbox "
+            "(not on its allow-list)"
+        )
     try:
         value = getattr(obj, name)
     except AttributeError:
@@ -399,6 +416,19 @@ class BotEvent:
 
     def __repr__(self) -> str:
         return f"<BotEvent execution={getattr(self, 'execution_id', None)!r}>"
+
+
+CLASS_ATTRIBUTES.update(
+    {
+        BotFhirClient: frozenset(
+            {"read", "create", "update", "patch", "delete", "search", "search_one", "transaction"}
+        ),
+        BotEvent: frozenset(BotEvent.__slots__),
+        BotLogger: frozenset({"debug", "info", "warning", "error"}),
+    }
+)
+INSTANCE_ATTRIBUTES[BotFhirError] = frozenset({"status", "outcome"})
+"""The bot-facing objects of this module join the allow-list (it cannot import them)."""
 
 
 def _import_guard(proxies: Mapping[str, ModuleProxy]) -> Callable[..., ModuleProxy]:

@@ -49,7 +49,8 @@ def test_getattr_refusals(obj: Any, name: str, fragment: str) -> None:
 
 
 def test_getattr_refuses_values_that_lead_out() -> None:
-    class Holder:
+    class Holder:  # as if bot code had defined it
+        __module__ = "bot"
         module = pytest
         opener = open
 
@@ -62,6 +63,7 @@ def test_getattr_refuses_values_that_lead_out() -> None:
 def test_getattr_default_and_plain_attributes() -> None:
     assert guarded_getattr(Decimal("1.5"), "is_signed")() is False
     assert guarded_getattr(object(), "missing", 7) == 7
+    assert guarded_getattr(1, "not_listed", 7) == 7
     with pytest.raises(AttributeError):
         guarded_getattr(object(), "missing")
     with pytest.raises(TypeError):
