@@ -15,7 +15,8 @@
 # its state dir, checked to be the broker of that dir's config.
 #
 # Environment:
-#   KAFKA_PORT          client port on 127.0.0.1 (default 19092; the controller uses PORT+1)
+#   KAFKA_PORT          client port (default 19092; the controller uses PORT+1 on 127.0.0.1)
+#   KAFKA_HOST          address the client port listens on and advertises (default 127.0.0.1)
 #   KAFKA_STATE_DIR     storage, config, pid and log (default deploy/kafka/target/broker)
 #   KAFKA_HEAP_OPTS     JVM heap (default "-Xms128m -Xmx512m": a test broker needs little)
 #   KAFKA_START_TIMEOUT seconds to wait for readiness (default 90)
@@ -25,6 +26,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LIB="$HERE/lib"
 PORT="${KAFKA_PORT:-19092}"
+HOST="${KAFKA_HOST:-127.0.0.1}"
 CONTROLLER_PORT="$((PORT + 1))"
 # Absolute, as the broker's command line names its config by this path: stop and status find
 # the broker of this dir by it, from whatever folder they are run.
@@ -91,7 +93,7 @@ terminate() {
   wait "$pid" 2>/dev/null || true
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
 fetch() {
   if compgen -G "$LIB/kafka_2.13-*.jar" >/dev/null; then
@@ -110,8 +112,8 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -153,7 +155,7 @@ java_opts() {
 
 start() {
   if pid="$(running_pid)"; then
-    echo "already running (pid $pid) on 127.0.0.1:$PORT"
+    echo "already running (pid $pid) on $HOST:$PORT"
     return
   fi
   compgen -G "$LIB/kafka_2.13-*.jar" >/dev/null || fetch
@@ -192,9 +194,9 @@ start() {
     sleep 0.2
     waited=$((waited + 1))
   done
-  is_our_broker "$pid" || die "process $pid answers on 127.0.0.1:$PORT but is not this broker"
+  is_our_broker "$pid" || die "process $pid answers on $HOST:$PORT but is not this broker"
   trap - EXIT INT TERM HUP
-  echo "started (pid $pid) on 127.0.0.1:$PORT"
+  echo "started (pid $pid) on $HOST:$PORT"
 }
 
 # The EXIT trap of a start that did not finish: stop the broker it launched.
@@ -220,7 +222,7 @@ stop() {
 status() {
   local pid
   if pid="$(running_pid)" && port_open; then
-    echo "running (pid $pid) bootstrap=127.0.0.1:$PORT"
+    echo "running (pid $pid) bootstrap=$HOST:$PORT"
     return 0
   fi
   echo "not running"

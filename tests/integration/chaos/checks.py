@@ -1,0 +1,169 @@
+"""What must hold after the chaos run, and the figures it prints.
+
+* every acknowledged write is stored (read back through the API, same version);
+* every acknowledged write's notification reached the rest-hook endpoint at least once,
+  carrying an event number, and no event number of a subscription was used for two
+  different events (nor one event numbered twice);
+* every acknowledged write ran the bot, whose Flag carries the run's idempotency key
+  (``<project>/<subscription>:<eventNumber>``): a patient's Flags may repeat only with the same
+  key, and a key belongs to one patient;
+* after each fault the pipeline caught up within :data:`RECOVERY_BOUND` seconds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.integration.chaos.load import Write
+from tests.integration.chaos.receiver import Receipt
+
+__all__ = ["RECOVERY_BOUND", "Fault", "Report", "verify"]
+
+RECOVERY_BOUND = 90.0
+"""Seconds within which the pipeline must have caught up after a fault: a killed consumer's
+partitions move after the broker's session timeout (10 s), a restarted broker or database
+takes some seconds more, and retried deliveries back off."""
+
+FLAG_SYSTEM = "urn:fhirbots:chaos"
+"""Identifier system of the bot's Flags; the value is the run's idempotency key."""
+
+
+@dataclass
+class Fault:
+    """One fault of the run and how long the pipeline took to come back."""
+
+    name: str
+    injected: float
+    repaired: float = 0.0
+    recovered: float | None = None
+    """When every write acknowledged before the repair, and one after it, was delivered."""
+
+    @property
+    def recovery_seconds(self) -> float | None:
+        return None if self.recovered is None else self.recovered - self.injected
+
+
+@dataclass
+class Report:
+    """The figures of a run and every violation found."""
+
+    sent: int = 0
+    acknowledged: int = 0
+    stored: int = 0
+    deliveries: int = 0
+    duplicate_deliveries: int = 0
+    bot_runs: int = 0
+    duplicate_bot_runs: int = 0
+    seconds: float = 0.0
+    faults: list[Fault] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        """The figures as text."""
+        lines = [
+            f"chaos run: {self.seconds:.0f} s, {len(self.faults)} faults",
+            f"  writes sent {self.sent}, acknowledged {self.acknowledged}, stored {self.stored}",
+            f"  rest-hook deliveries {self.deliveries} (duplicates {self.duplicate_deliveries})",
+            f"  bot runs {self.bot_runs} (duplicates {self.duplicate_bot_runs}, "
+            "same idempotency key)",
+            "  recovery after each fault (until every write acknowledged before it is delivered):",
+        ]
+        for fault in self.faults:
+            took = fault.recovery_seconds
+            shown = "not within bound" if took is None else f"{took:5.1f} s"
+            lines.append(f"    {fault.name:<34} {shown}")
+        lines.extend(f"  VIOLATION: {v}" for v in self.violations[:40])
+        if len(self.violations) > 40:
+            lines.append(f"  ... and {len(self.violations) - 40} more violations")
+        return "\n".join(lines)
+
+
+def _by_event_number(
+    numbered: Iterable[tuple[str, int, str]], what: str, violations: list[str]
+) -> None:
+    """Each (subscription, event number) names one event, each event one number."""
+    events: dict[tuple[str, int], set[str]] = defaultdict(set)
+    numbers: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for subscription, number, event in numbered:
+        events[(subscription, number)].add(event)
+        numbers[(subscription, event)].add(number)
+    for (subscription, number), seen in sorted(events.items()):
+        if len(seen) > 1:
+            violations.append(
+                f"{what}: event number {number} of {subscription} used for {sorted(seen)}"
+            )
+    for (subscription, event), used in sorted(numbers.items()):
+        if len(used) > 1:
+            violations.append(f"{what}: {event} numbered {sorted(used)} by {subscription}")
+
+
+def verify(
+    writes: Sequence[Write],
+    stored: set[str],
+    receipts: Sequence[Receipt],
+    flags: Sequence[dict[str, Any]],
+    faults: Sequence[Fault],
+) -> Report:
+    """Check a finished run.
+
+    Args:
+        writes: Every write of the load.
+        stored: ``Patient/id/_history/version`` of each acknowledged write read back.
+        receipts: Every notification the rest-hook endpoint got.
+        flags: Every Flag the bot wrote.
+        faults: The faults, with their recovery times.
+    """
+    report = Report(faults=list(faults))
+    acked = [w for w in writes if w.acked is not None and w.resource is not None]
+    report.sent, report.acknowledged, report.stored = len(writes), len(acked), len(stored)
+    violations = report.violations
+    for write in acked:
+        if write.resource not in stored:
+            violations.append(f"write {write.seq} acknowledged as {write.resource}, not stored")
+
+    delivered: dict[str, int] = defaultdict(int)
+    by_notification: dict[str, int] = defaultdict(int)
+    for receipt in receipts:
+        delivered[receipt.resource] += 1
+        by_notification[receipt.notification_id] += 1
+        if receipt.event_number < 1:
+            violations.append(f"{receipt.resource} delivered without an event number")
+    report.deliveries = len(receipts)
+    report.duplicate_deliveries = sum(n - 1 for n in by_notification.values())
+    _by_event_number(
+        ((r.subscription, r.event_number, r.resource) for r in receipts), "rest-hook", violations
+    )
+    for write in acked:
+        if write.resource not in delivered:
+            violations.append(f"write {write.seq} ({write.resource}) never delivered")
+
+    keys: dict[str, set[str]] = defaultdict(set)
+    runs: dict[str, int] = defaultdict(int)
+    numbered: list[tuple[str, int, str]] = []
+    for flag in flags:
+        subject = flag["subject"]["reference"]
+        key = next(i["value"] for i in flag["identifier"] if i["system"] == FLAG_SYSTEM)
+        keys[subject].add(key)
+        runs[key] += 1
+        subscription, _, number = key.rpartition(":")
+        numbered.append((subscription, int(number), subject))
+    report.bot_runs = len(flags)
+    report.duplicate_bot_runs = sum(n - 1 for n in runs.values())
+    _by_event_number(numbered, "bot", violations)
+    for subject, used in sorted(keys.items()):
+        if len(used) > 1:
+            violations.append(f"bot ran for {subject} under several keys {sorted(used)}")
+    for write in acked:
+        assert write.resource is not None
+        subject = write.resource.split("/_history/")[0]
+        if subject not in keys:
+            violations.append(f"write {write.seq} ({subject}) never ran the bot")
+
+    for fault in faults:
+        took = fault.recovery_seconds
+        if took is None or took > RECOVERY_BOUND:
+            violations.append(f"{fault.name}: not caught up within {RECOVERY_BOUND:g} s")
+    return report
