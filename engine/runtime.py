@@ -41,6 +41,7 @@ from fhirbots.engine.observatory.factory import create_observatory_store
 from fhirbots.engine.operations.bots import install as install_bots
 from fhirbots.engine.operations.delivery import delivery_routes
 from fhirbots.engine.operations.subscriptions import install as install_subscriptions
+from fhirbots.engine.operations.validate import install as install_validate
 from fhirbots.engine.settings import Settings
 from fhirbots.engine.stages.dispatcher import DISPATCHER_GROUP, Dispatcher, open_dispatcher
 from fhirbots.engine.stages.matcher import MATCHER_GROUP, MatcherStage, service_error_marker
@@ -112,6 +113,7 @@ class Engine:
         """Operation routes other parts add (they are served before the generic routes)."""
         self.dispatcher: Dispatcher | None = None
         install_subscriptions(self.fhir, self.routes)
+        install_validate(self.routes)
         guard = EndpointGuard.from_cidrs(settings.allowed_endpoint_networks)
         self.fhir.add_write_check("Subscription", ChannelRules(guard).check)
         self.matcher: MatcherStage | None = None

@@ -11,6 +11,7 @@ from aiohttp import web
 from fhirbots.engine.api.capability import capability_statement
 from fhirbots.engine.errors import BadRequest, Issue
 from fhirbots.engine.fhir.bundles import process_bundle
+from fhirbots.engine.fhir.integrity import cascade_requested
 from fhirbots.engine.fhir.outcome import operation_outcome
 from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.storage.model import HistoryPage, StoredResource, WriteResult
@@ -129,6 +130,7 @@ async def delete(request: web.Request) -> web.Response:
         request.match_info["id"],
         write_context(request),
         if_match=_if_match(request),
+        cascade=cascade_requested(request.query.get("_cascade")),
     )
     headers = version_headers(result.stored) if result.stored is not None else None
     return fhir_response(None, status=204, headers=headers)

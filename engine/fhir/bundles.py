@@ -96,8 +96,9 @@ def _split_url(entry: _Entry) -> tuple[str, str | None]:
     raise BadRequest(f"Bundle.entry[{entry.index}].request.url {entry.url!r} is not supported")
 
 
-def _rewrite(value: Any, ids: dict[str, str]) -> Any:
-    """Point every ``reference`` naming a fullUrl of the Bundle at the id it was assigned.
+def _rewrite(value: Any, ids: dict[str, str], missing: list[str] | None = None) -> Any:
+    """Point every ``reference`` naming a fullUrl of the Bundle at the id it was assigned;
+    ``urn:uuid:`` references that name no fullUrl are added to ``missing``.
 
     In place: the entries are the request's own parsed JSON, and a copy of every resource of a
     large transaction was a third of the API's time for it."""
@@ -106,13 +107,36 @@ def _rewrite(value: Any, ids: dict[str, str]) -> Any:
             if key == "reference" and isinstance(item, str):
                 if item in ids:
                     value[key] = ids[item]
+                elif missing is not None and item.startswith("urn:uuid:"):
+                    missing.append(item)
             elif isinstance(item, (dict, list)):
-                _rewrite(item, ids)
+                _rewrite(item, ids, missing)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, (dict, list)):
-                _rewrite(item, ids)
+                _rewrite(item, ids, missing)
     return value
+
+
+def _check_distinct(entries: list[_Entry]) -> None:
+    """400 for two entries of a transaction with one fullUrl, or writing one resource (which
+    of them wins would depend on the processing order)."""
+    full_urls: dict[str, int] = {}
+    targets: dict[str, int] = {}
+    for entry in entries:
+        if entry.full_url:
+            first = full_urls.setdefault(entry.full_url, entry.index)
+            if first != entry.index:
+                raise BadRequest(
+                    f"Bundle.entry[{first}] and Bundle.entry[{entry.index}] have the same"
+                    f" fullUrl {entry.full_url!r}"
+                )
+        if entry.method in ("PUT", "PATCH", "DELETE") and "?" not in entry.url:
+            first = targets.setdefault(entry.url, entry.index)
+            if first != entry.index:
+                raise BadRequest(
+                    f"Bundle.entry[{first}] and Bundle.entry[{entry.index}] both write {entry.url}"
+                )
 
 
 def _patch_document(entry: _Entry) -> Any:
@@ -186,7 +210,12 @@ class _Transaction:
         check_type(resource_type)
         if "?" in entry.url and entry.method != "GET":
             raise BadRequest(f"conditional {entry.method} by URL is not supported: {entry.url}")
-        resource = _rewrite(entry.resource, self.ids)
+        missing: list[str] = []
+        resource = _rewrite(entry.resource, self.ids, missing)
+        if missing:
+            raise BadRequest(
+                f"{', '.join(repr(m) for m in dict.fromkeys(missing))} names no entry's fullUrl"
+            )
         if entry.method == "POST":
             return CreateOp(resource, assigned[entry.index])
         if resource_id is None:
@@ -200,6 +229,7 @@ class _Transaction:
         return UpdateOp(resource_type, resource_id, patched, current.version_id)
 
     async def run(self, get: GetHandler, representation: bool) -> dict[str, Any]:
+        _check_distinct(self.entries)
         assigned = await self._assign_ids()
         ordered = sorted(self.entries, key=lambda e: _ORDER.get(e.method, 9))
         writes: list[tuple[_Entry, WriteOp]] = []

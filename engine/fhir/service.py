@@ -140,6 +140,11 @@ class FhirService:
         """
         self._checks.setdefault(resource_type, []).append(check)
 
+    def write_checks(self, resource_type: str) -> tuple[WriteCheck, ...]:
+        """The checks :meth:`add_write_check` registered for ``resource_type`` (``$validate``
+        runs them without writing)."""
+        return tuple(self._checks.get(resource_type, ()))
+
     async def prepare(self, project: str, op: WriteOp) -> WriteOp:
         """Validate the resource an operation writes (422 naming the element if invalid)."""
         return (await self.prepare_many(project, [op]))[0]

@@ -122,6 +122,18 @@ class Storage(Protocol):
         """``(type, id)`` of the ``source_type`` resources whose reference parameters
         ``params`` point to one of ``targets``, ``(type, id)`` pairs (``_revinclude``)."""
 
+    async def existing(self, project: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(type, id)`` among ``keys`` that are live (not deleted) resources of
+        ``project`` (referential integrity on write)."""
+
+    async def referrers(
+        self, project: str, targets: Sequence[str], *, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """``(type, id, reference)`` of ``project``'s live resources holding a reference, as
+        indexed by a reference search parameter, to one of ``targets`` (``Type/id`` texts or
+        absolute URLs): at most ``limit``, ordered by type, id and reference (referential
+        integrity on delete)."""
+
     async def ensure_project(self, project: str, name: str) -> bool:
         """Create the project if missing; True if it was created."""
 

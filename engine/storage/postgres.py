@@ -23,6 +23,7 @@ import orjson
 
 from fhirbots.engine.errors import Conflict, DatastoreUnavailable
 from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.migrations import migrate_postgres, require_current_postgres
 from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
@@ -36,6 +37,7 @@ from fhirbots.engine.storage.model import (
 from fhirbots.engine.storage.planner import op_target, plan_write
 from fhirbots.engine.storage.port import SearchIndexer
 from fhirbots.engine.storage.postgres_pool import DRIVER_ERRORS
+from fhirbots.engine.storage.references import existing_statements, referrers_statements
 from fhirbots.engine.storage.search_index import (
     compile_count,
     compile_search,
@@ -92,14 +94,28 @@ def _opened(pool: asyncpg.Pool | None) -> asyncpg.Pool:
     return pool
 
 
+async def _check_unversioned(conn: Any, version: int) -> None:
+    """Before the first migration: refuse tables of a release older than the one whose schema
+    migration 1 is (kept in its ``schema_version`` table; another layout, not upgraded in
+    place)."""
+    if version == 0 and await conn.fetchval("SELECT to_regclass('resources') IS NOT NULL"):
+        found = 0
+        if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+            found = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        sql.check_schema_version(found, True)
+
+
 class PostgresStorage:
     """The storage port on PostgreSQL."""
 
     dialect = "postgres"
 
-    def __init__(self, dsn: str, *, indexer: SearchIndexer | None = None) -> None:
+    def __init__(
+        self, dsn: str, *, indexer: SearchIndexer | None = None, migrate: bool = True
+    ) -> None:
         self._dsn = dsn
         self._indexer = indexer
+        self._migrate = migrate
         self._pool: asyncpg.Pool | None = None
         self._search_pool: asyncpg.Pool | None = None
 
@@ -126,25 +142,16 @@ class PostgresStorage:
             max_size=POOL_SIZE,
             server_settings={"plan_cache_mode": "force_custom_plan"},
         )
-        statements = sql.schema("postgres")
-        if self._indexer is not None:
-            statements += self._indexer.ddl("postgres")
-        async with self.pool.acquire() as conn:
-            # Serialises schema creation between processes starting at once.
-            await conn.execute("SELECT pg_advisory_lock(7311)")
-            try:
-                has_resources = await conn.fetchval("SELECT to_regclass('resources') IS NOT NULL")
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-                )
-                version = await conn.fetchval("SELECT max(version) FROM schema_version")
-                sql.check_schema_version(version or 0, has_resources)
-                for statement in statements:
-                    await conn.execute(statement)
-                if version is None:
-                    await conn.execute("INSERT INTO schema_version VALUES ($1)", sql.SCHEMA_VERSION)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(7311)")
+        history = sql.history(self._indexer.ddl if self._indexer is not None else None)
+        try:
+            async with self.pool.acquire() as conn:
+                if self._migrate:
+                    await migrate_postgres(conn, history, before=_check_unversioned)
+                else:
+                    await require_current_postgres(conn, history)
+        except BaseException:
+            await self.close()
+            raise
 
     @_translated
     async def close(self) -> None:
@@ -316,6 +323,20 @@ class PostgresStorage:
         targets: Iterable[tuple[str, str]],
     ) -> set[tuple[str, str]]:
         return await self._pairs(revinclude_statements(project, source_type, params, targets))
+
+    @_translated
+    async def existing(self, project: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        return await self._pairs(existing_statements(project, keys))
+
+    @_translated
+    async def referrers(
+        self, project: str, targets: Sequence[str], *, limit: int
+    ) -> list[tuple[str, str, str]]:
+        found: set[tuple[str, str, str]] = set()
+        for statement, params in referrers_statements(project, targets, limit):
+            rows = await self.search_pool.fetch(sql.numbered(statement), *params)
+            found |= {(str(a), str(b), str(c)) for a, b, c in rows}
+        return sorted(found)[:limit]
 
     # -- projects and keys ------------------------------------------------------------------
 

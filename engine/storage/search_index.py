@@ -141,6 +141,11 @@ def index_ddl(dialect: Dialect) -> list[str]:
             f"CREATE INDEX IF NOT EXISTS {table}_lookup ON {table} "
             f"(proj, resource_type, param, {lookup}, res)"
         )
+    # Who references a resource, whatever the source type and parameter (integrity checks on
+    # delete, fhirbots.engine.storage.references); url is "Type/id" for a relative reference.
+    statements.append(
+        "CREATE INDEX IF NOT EXISTS search_reference_target ON search_reference (proj, url, res)"
+    )
     return statements
 
 
@@ -332,9 +337,10 @@ def _token_sql(mod: str | None, value: TokenValue) -> tuple[str, list[Any]]:
         return "s.code = ?", [value.code]
     if value.system == "":
         return "s.system IS NULL AND s.code = ?", [value.code]
+    in_system = "(s.system = ? OR s.system IS NULL)" if value.implicit else "s.system = ?"
     if value.code is None:
-        return "s.system = ?", [value.system]
-    return "s.system = ? AND s.code = ?", [value.system, value.code]
+        return in_system, [value.system]
+    return f"{in_system} AND s.code = ?", [value.system, value.code]
 
 
 def _reference_sql(_mod: str | None, value: ReferenceValue) -> tuple[str, list[Any]]:
@@ -360,8 +366,8 @@ def _date_sql(_mod: str | None, value: DateValue) -> tuple[str, list[Any]]:
         "ne": ("NOT (s.low >= ? AND s.high <= ?)", [sl, sh]),
         "gt": ("s.high > ?", [sh]),
         "lt": ("s.low < ?", [sl]),
-        "ge": ("(s.high > ? OR (s.low >= ? AND s.high <= ?))", [sh, sl, sh]),
-        "le": ("(s.low < ? OR (s.low >= ? AND s.high <= ?))", [sl, sl, sh]),
+        "ge": ("s.high >= ?", [sl]),
+        "le": ("s.low <= ?", [sh]),
         "sa": ("s.low > ?", [sh]),
         "eb": ("s.high < ?", [sl]),
         "ap": ("(s.low <= ? AND s.high >= ?)", [sh, sl]),

@@ -38,6 +38,7 @@ import structlog
 import fhirbots
 from fhirbots.engine.errors import DatastoreUnavailable
 from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.migrations import migrate_sqlite, require_current_sqlite
 from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
@@ -49,6 +50,7 @@ from fhirbots.engine.storage.model import (
 )
 from fhirbots.engine.storage.planner import format_instant, op_target
 from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.references import existing_statements, referrers_statements
 from fhirbots.engine.storage.search_index import (
     compile_count,
     compile_search,
@@ -228,6 +230,17 @@ class _Writer(threading.Thread):
             self._stop_process()
 
 
+def _check_unversioned(conn: sqlite3.Connection, version: int) -> None:
+    """Before the first migration: refuse tables of a release older than the one whose
+    schema migration 1 is (another layout, which is not upgraded in place)."""
+    if version == 0:
+        has_resources = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'resources'"
+        ).fetchone()
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        sql.check_schema_version(found, has_resources is not None)
+
+
 class SqliteStorage:
     """The storage port on a SQLite file.
 
@@ -241,11 +254,17 @@ class SqliteStorage:
     dialect = "sqlite"
 
     def __init__(
-        self, path: Path, *, indexer: SearchIndexer | None = None, writer_process: bool = True
+        self,
+        path: Path,
+        *,
+        indexer: SearchIndexer | None = None,
+        writer_process: bool = True,
+        migrate: bool = True,
     ) -> None:
         self._path = path
         self._indexer = indexer
         self._writer_process = writer_process
+        self._migrate = migrate
         self._writer: _Writer | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -265,17 +284,12 @@ class SqliteStorage:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self._path)
         try:
-            has_resources = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'resources'"
-            ).fetchone()
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            sql.check_schema_version(version, has_resources is not None)
-            statements = sql.schema("sqlite")
-            if self._indexer is not None:
-                statements += self._indexer.ddl("sqlite")
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
+            history = sql.history(self._indexer.ddl if self._indexer is not None else None)
+            if self._migrate:
+                migrate_sqlite(conn, history, before=_check_unversioned)
+                conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
+            else:
+                require_current_sqlite(conn, history)
         finally:
             conn.close()
         writer = _Writer(self._path, self._indexer, process=self._writer_process)
@@ -451,6 +465,24 @@ class SqliteStorage:
         targets: Iterable[tuple[str, str]],
     ) -> set[tuple[str, str]]:
         return await self._pairs(revinclude_statements(project, source_type, params, targets))
+
+    async def existing(self, project: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        return await self._pairs(existing_statements(project, keys))
+
+    async def referrers(
+        self, project: str, targets: Sequence[str], *, limit: int
+    ) -> list[tuple[str, str, str]]:
+        statements = referrers_statements(project, targets, limit)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            return [
+                (str(a), str(b), str(c))
+                for statement, params in statements
+                for a, b, c in conn.execute(statement, params).fetchall()
+            ]
+
+        found = await self._read(work) if statements else []
+        return sorted(set(found))[:limit]
 
     # -- projects and keys ------------------------------------------------------------------
 

@@ -281,3 +281,53 @@ async def test_include_targets_and_revinclude_sources(storage: Storage) -> None:
     }
     assert await storage.revinclude_sources("p1", "Observation", [], targets) == set()
     assert await storage.revinclude_sources("p1", "Observation", ["subject"], []) == set()
+
+
+async def test_existing_names_the_live_resources_among_keys(storage: Storage) -> None:
+    await _put(storage, "p1", {**patient("A"), "id": "a"}, {**patient("B"), "id": "gone"})
+    await _put(storage, "p1", observation("o1"))
+    await _put(storage, "p2", {**patient("C"), "id": "c"})
+    await storage.apply("p1", [DeleteOp("Patient", "gone")], CTX)
+    keys = [("Patient", "a"), ("Patient", "gone"), ("Patient", "c"), ("Observation", "o1")]
+    assert await storage.existing("p1", [*keys, ("Patient", "a"), ("Group", "g")]) == {
+        ("Patient", "a"),
+        ("Observation", "o1"),
+    }
+    assert await storage.existing("p1", []) == set()
+
+
+async def test_referrers_are_the_live_holders_of_an_indexed_reference(storage: Storage) -> None:
+    await _put(
+        storage,
+        "p1",
+        {**patient("A"), "id": "a"},
+        observation("o1", subject="Patient/a", performer="Practitioner/dr"),
+        observation("o2", subject="Patient/a/_history/1"),
+        observation("o3", subject="https://fhir.example/fhir/R4/Patient/a"),
+        observation("gone", subject="Patient/a"),
+        {
+            "resourceType": "Encounter",
+            "id": "e1",
+            "status": "finished",
+            "subject": {"reference": "Patient/a"},
+            "class": {"code": "AMB"},
+        },
+    )
+    await storage.apply("p1", [DeleteOp("Observation", "gone")], CTX)
+    await _put(storage, "p2", observation("o4", subject="Patient/a"))
+    # Several parameters index Observation.subject (subject, patient): one row each referrer.
+    assert await storage.referrers("p1", ["Patient/a"], limit=10) == [
+        ("Encounter", "e1", "Patient/a"),
+        ("Observation", "o1", "Patient/a"),
+        ("Observation", "o2", "Patient/a"),
+    ]
+    assert await storage.referrers("p1", ["Patient/a"], limit=1) == [
+        ("Encounter", "e1", "Patient/a")
+    ]
+    absolute = "https://fhir.example/fhir/R4/Patient/a"
+    assert await storage.referrers("p1", [absolute, "Practitioner/dr"], limit=10) == [
+        ("Observation", "o1", "Practitioner/dr"),
+        ("Observation", "o3", absolute),
+    ]
+    assert await storage.referrers("p1", ["Patient/nobody"], limit=10) == []
+    assert await storage.referrers("p1", [], limit=10) == []
