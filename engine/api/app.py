@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import Counter, Histogram
 
-from fhirbots.engine.api import fhir, search
+from fhirbots.engine.api import fhir, openapi, search
 from fhirbots.engine.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
 from fhirbots.engine.fhir.limits import PayloadTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
@@ -28,14 +28,17 @@ OPEN_PATHS = frozenset(
     {
         "/",
         f"{API_PATH}/metadata",
+        f"{API_PATH}/openapi.json",
         "/healthz",
         "/livez",
         "/readyz",
         f"{API_PATH}/Subscription/$websocket",
     }
 )
-"""The only paths served without an API key. The websocket authenticates each binding with the
-short-lived token ``$get-ws-binding-token`` hands out to an authenticated caller."""
+"""The only paths served without an API key, and only to GET (another method on one of them
+is an interaction on a resource, e.g. ``PUT Subscription/$websocket``). The websocket
+authenticates each binding with the short-lived token ``$get-ws-binding-token`` hands out to
+an authenticated caller."""
 
 
 class BrowserCredentials(Protocol):
@@ -129,7 +132,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every path but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>`` (or, from a
     dashboard page, its session and CSRF token)."""
-    if request.path in OPEN_PATHS or request.path.startswith(request.app[SELF_AUTHENTICATING]):
+    opened = request.path in OPEN_PATHS and request.method in ("GET", "HEAD")
+    if opened or request.path.startswith(request.app[SELF_AUTHENTICATING]):
         return await handler(request)
     authorization = request.headers.get("Authorization")
     browser = request.app.get(BROWSER)
@@ -178,6 +182,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)  # authenticated here, unlike the management port
     app.add_routes(extra_routes)
+    app.add_routes(openapi.routes())
     app.add_routes(search.routes())
     app.add_routes(fhir.routes())
     return app

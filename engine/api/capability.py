@@ -9,7 +9,7 @@ from typing import Any
 
 from fhirbots.schemas.validation import CUSTOM_TYPES, R4B_RESOURCE_TYPES
 
-__all__ = ["capability_statement", "resource_types"]
+__all__ = ["capability_statement", "resource_types", "software_version"]
 
 _INTERACTIONS = [
     "read",
@@ -27,7 +27,8 @@ STARTED = datetime.now(UTC).date().isoformat()
 """The statement describes this process: it is dated when the process started."""
 
 
-def _software_version() -> str:
+def software_version() -> str:
+    """The installed package's version."""
     try:
         return version("fhirbots")
     except PackageNotFoundError:  # running from a checkout that was never installed
@@ -66,7 +67,7 @@ def capability_statement(
         "status": "active",
         "date": STARTED,
         "kind": "instance",
-        "software": {"name": "fhirbots", "version": _software_version()},
+        "software": {"name": "fhirbots", "version": software_version()},
         "implementation": {"description": "fhirbots FHIR R4 datastore", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],

@@ -1,0 +1,77 @@
+"""A real ``fhirbots serve`` process on a free port, for tests that drive it from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import child_env
+from tests.waiting import eventually
+
+__all__ = ["ServedProcess", "free_port", "serve_process"]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServedProcess:
+    """The running server: its FHIR base URL, data dir and admin key."""
+
+    base: str
+    data_dir: Path
+    output: list[bytes]
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+
+@asynccontextmanager
+async def serve_process(data_dir: Path, **env: str) -> AsyncIterator[ServedProcess]:
+    """``fhirbots serve`` (embedded mode) with ``env`` on top of a clean ``FHIRBOTS_*``-free
+    environment; stopped with SIGTERM at exit, which must end it with status 0."""
+    port = free_port()
+    clean = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fhirbots.engine.cli.main",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        env={**clean, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            assert proc.returncode is None, "serve exited"
+            return False
+
+    output: list[bytes] = []
+    try:
+        await eventually(lambda: asyncio.to_thread(healthy), "serve to answer /healthz")
+        yield ServedProcess(f"http://127.0.0.1:{port}/fhir/R4", data_dir, output)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        out, _ = await proc.communicate()
+        output.append(out)
+        assert proc.returncode == 0
