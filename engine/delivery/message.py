@@ -1,27 +1,23 @@
 """The message channel: notifications published on a named topic of the event log.
 
-The endpoint names the topic (``[A-Za-z0-9._-]``, e.g. ``acme.lab-results.v1``). The topic is
-created on first use; messages are keyed by ``project/subscription`` so one subscription's
-notifications stay in order on one partition, with the event number and traceparent in
-headers.
+The endpoint names a topic inside the project's namespace (``acme.lab-results.v1`` of project
+``p1`` is published to ``project.p1.acme.lab-results.v1``, see
+:func:`fhirbots.engine.delivery.channels.message_topic`); the engine's own names are refused.
+The topic is created on first use; messages are keyed by ``project/subscription`` so one
+subscription's notifications stay in order on one partition, with the event number and
+traceparent in headers.
 """
 
 from __future__ import annotations
 
-import re
 import time
 
 from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.delivery.channels import message_topic, topic_problem
 from fhirbots.engine.eventlog.errors import EventLogError
 from fhirbots.engine.eventlog.port import EventLog
 
-__all__ = ["MESSAGE_TOPIC", "MessageChannel"]
-
-MESSAGE_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-"""Allowed topic names (Kafka's legal characters and length limit, minus a margin)."""
-
-RESERVED_PREFIX = "fhir."
-"""The engine's own topics may not be written by a subscription."""
+__all__ = ["MessageChannel"]
 
 
 class MessageChannel:
@@ -36,16 +32,15 @@ class MessageChannel:
         self._created: set[str] = set()
 
     async def send(
-        self, topic: str, key: str, body: bytes, headers: dict[str, str]
+        self, project: str, name: str, key: str, body: bytes, headers: dict[str, str]
     ) -> AttemptResult:
-        """Publish ``body`` on ``topic``; delivered once the log stored it durably."""
+        """Publish ``body`` on ``project``'s topic ``name``; delivered once the log stored it
+        durably."""
         started = time.perf_counter()
-        if not MESSAGE_TOPIC.match(topic) or topic.startswith(RESERVED_PREFIX):
-            return AttemptResult(
-                False,
-                error=f"message endpoint {topic!r} is not an allowed topic name",
-                retryable=False,
-            )
+        problem = topic_problem(project, name)
+        if problem is not None:
+            return AttemptResult(False, error=problem, retryable=False)
+        topic = message_topic(project, name)
         try:
             if topic not in self._created:
                 await self._log.create_topic(topic)

@@ -2,8 +2,11 @@
 
 Headers: the channel's own ``header`` lines, a W3C ``traceparent`` continuing the change's
 trace, the event number, the notification id (an idempotency key), and with a secret an
-``X-Signature`` (hex HMAC-SHA256 of the exact body). Redirects are not followed: an endpoint
-must answer itself (a redirect could point inside the network the guard protects).
+``X-Signature`` (hex HMAC-SHA256 of the exact body); channel lines naming a hop-by-hop or
+engine-owned header are dropped (:mod:`fhirbots.engine.delivery.channels`). Redirects are not
+followed: an endpoint must answer itself (a redirect could point inside the network the guard
+protects). Names are resolved through the guard (:class:`GuardedResolver`), so the address
+connected to is the address checked.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from collections.abc import Mapping
 import aiohttp
 
 from fhirbots.engine.delivery.attempt import AttemptResult
+from fhirbots.engine.delivery.channels import allowed_header_lines
 from fhirbots.engine.delivery.errors import EndpointRefused
 from fhirbots.engine.delivery.policy import DeliveryPolicy
-from fhirbots.engine.delivery.safety import EndpointGuard
+from fhirbots.engine.delivery.safety import EndpointGuard, GuardedResolver
 from fhirbots.schemas.deliveries import RESPONSE_EXCERPT_CHARS
 
 __all__ = [
@@ -50,7 +54,7 @@ def sign(secret: str, body: bytes) -> str:
 
 def _header_lines(lines: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in lines:
+    for line in allowed_header_lines(lines):
         name, sep, value = line.partition(":")
         if sep and name.strip():
             out[name.strip()] = value.strip()
@@ -73,7 +77,9 @@ class RestHookChannel:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=10, resolver=GuardedResolver(self._guard)
+                )
             )
         return self._session
 
@@ -123,6 +129,8 @@ class RestHookChannel:
                         excerpt=head.decode(errors="replace") or None,
                     )
                 text = (await response.text(errors="replace"))[:MAX_ERROR_BODY]
+        except EndpointRefused as exc:  # by the resolver, at connect time
+            return AttemptResult(False, error=str(exc), retryable=False)
         except TimeoutError:
             return AttemptResult(
                 False,

@@ -108,7 +108,11 @@ class Sender:
             if self.message is None or not channel.endpoint:
                 return AttemptResult(False, error="message channel without topic", retryable=False)
             return await self.message.send(
-                channel.endpoint, n.key, self._bundle(delivery, info), self.headers(delivery)
+                n.project,
+                channel.endpoint,
+                n.key,
+                self._bundle(delivery, info),
+                self.headers(delivery),
             )
         return AttemptResult(
             False, error=f"channel {channel.type!r} is not supported", retryable=False

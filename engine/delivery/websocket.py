@@ -3,8 +3,14 @@
 A client asks ``Subscription/<id>/$get-ws-binding-token`` for a token, opens the websocket
 URL that came with it and sends ``bind-with-token <token>`` (Subscriptions Backport IG). It
 then receives a handshake Bundle and, as text frames, every notification Bundle of that
-subscription. Notifications sent while no client is bound are not queued: a client catches up
-with ``Subscription/<id>/$events`` from the last event number it saw.
+subscription.
+
+A token is single-use (:meth:`WebSocketHub.claim` removes it) and bound to the project and
+the key that asked for it: a socket can only bind tokens issued to the key it was opened with
+(see :mod:`fhirbots.engine.operations.delivery`).
+
+Notifications sent while no client is bound are not queued: a client catches up with
+``Subscription/<id>/$events`` from the last event number it saw.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ class Binding:
     project: str
     subscription_id: str
     expires_at: float
+    key_id: str = ""
+    """The API key that asked for the token."""
+
+    @property
+    def owner(self) -> tuple[str, str]:
+        """(project, key) the token was issued to."""
+        return self.project, self.key_id
 
 
 class WebSocketHub:
@@ -44,18 +57,20 @@ class WebSocketHub:
         self._tokens: dict[str, Binding] = {}
         self._sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
 
-    def issue_token(self, project: str, subscription_id: str) -> tuple[str, Binding]:
-        """A new token for ``subscription_id`` and what it binds to."""
+    def issue_token(
+        self, project: str, subscription_id: str, key_id: str = ""
+    ) -> tuple[str, Binding]:
+        """A new token for ``subscription_id``, asked for by ``key_id``, and what it binds to."""
         now = time.time()
         self._tokens = {t: b for t, b in self._tokens.items() if b.expires_at > now}
         token = secrets.token_urlsafe(24)
-        binding = Binding(project, subscription_id, now + self.token_ttl)
+        binding = Binding(project, subscription_id, now + self.token_ttl, key_id)
         self._tokens[token] = binding
         return token, binding
 
-    def redeem(self, token: str) -> Binding | None:
-        """The binding of a valid, unexpired token."""
-        binding = self._tokens.get(token)
+    def claim(self, token: str) -> Binding | None:
+        """The binding of a valid, unexpired token, which can never be claimed again."""
+        binding = self._tokens.pop(token, None)
         if binding is None or binding.expires_at <= time.time():
             return None
         return binding

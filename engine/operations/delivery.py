@@ -7,8 +7,10 @@
 * ``GET|POST /fhir/R4/Subscription/<id>/$events?eventsSinceNumber=&eventsUntilNumber=&content=``:
   past notifications from the retained log, as a notification Bundle (``query-event``).
 * ``GET|POST /fhir/R4/Subscription/<id>/$get-ws-binding-token``: a Parameters with ``token``,
-  ``expiration``, ``subscription`` and ``websocket-url``.
-* ``GET /fhir/R4/Subscription/$websocket``: the websocket; send ``bind-with-token <token>``.
+  ``expiration``, ``subscription`` and ``websocket-url`` (which carries the token).
+* ``GET /fhir/R4/Subscription/$websocket?token=<token>`` (or with an API key): the websocket;
+  send ``bind-with-token <token>``. Tokens are single-use and only bind on a socket opened by
+  the key that asked for them; an upgrade with neither a valid token nor a key gets 401.
 * ``POST /fhir/R4/Subscription/<id>/$resend?resource=Patient/1``: the resource's current
   version sent again as a new notification (new event number).
 * ``GET /fhir/R4/Subscription/$dead-letters?subscription=&_count=``: a Parameters with one
@@ -31,10 +33,11 @@ from fhirbots.engine.delivery.payload import notification_bundle, status_bundle,
 from fhirbots.engine.delivery.store import Delivery
 from fhirbots.engine.delivery.subscriptions import SubscriptionInfo, topic_of
 from fhirbots.engine.delivery.websocket import Binding
-from fhirbots.engine.errors import BadRequest, NotFound
+from fhirbots.engine.errors import BadRequest, NotFound, Unauthorized
 from fhirbots.engine.fhir.service import check_id
 from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.stages.dispatcher import Dispatcher
+from fhirbots.engine.web.auth import Authenticator
 from fhirbots.engine.web.context import principal
 from fhirbots.engine.web.http import base_url, fhir_response, read_json
 
@@ -81,8 +84,9 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
 
 
 class _Handlers:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, authenticator: Authenticator | None) -> None:
         self.d = dispatcher
+        self.authenticator = authenticator
 
     async def _subscription(self, project: str, subscription_id: str) -> SubscriptionInfo:
         check_id(subscription_id)
@@ -164,7 +168,9 @@ class _Handlers:
         hub = self.d.hub
         if hub is None:
             raise BadRequest("this server does not serve websockets")
-        token, binding = hub.issue_token(project, str(info.resource["id"]))
+        token, binding = hub.issue_token(
+            project, str(info.resource["id"]), principal(request).key_id
+        )
         ws_base = base_url(request).replace("http", "ws", 1).removesuffix(API_PATH)
         parameters = {
             "resourceType": "Parameters",
@@ -175,15 +181,39 @@ class _Handlers:
                     "valueDateTime": _instant(datetime.fromtimestamp(binding.expires_at, UTC)),
                 },
                 {"name": "subscription", "valueString": f"Subscription/{info.resource['id']}"},
-                {"name": "websocket-url", "valueUrl": ws_base + WEBSOCKET_PATH},
+                {
+                    "name": "websocket-url",
+                    "valueUrl": f"{ws_base}{WEBSOCKET_PATH}?token={token}",
+                },
             ],
         }
         return fhir_response(parameters)
+
+    async def _opener(self, request: web.Request) -> tuple[tuple[str, str], dict[str, Binding]]:
+        """Who opens a socket: the owner of the ``token`` in the URL (claimed here), or of the
+        key in ``Authorization``; 401 before the upgrade when neither is valid."""
+        hub = self.d.hub
+        assert hub is not None
+        token = request.query.get("token")
+        if token is not None:
+            claimed = hub.claim(token)
+            if claimed is None:
+                raise Unauthorized("unknown, expired or already used websocket binding token")
+            return claimed.owner, {token: claimed}
+        if self.authenticator is not None and "Authorization" in request.headers:
+            caller = await self.authenticator.authenticate(request.headers["Authorization"])
+            return (caller.project, caller.key_id), {}
+        raise Unauthorized(
+            "the websocket needs ?token=<token from $get-ws-binding-token> or an API key"
+        )
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         hub = self.d.hub
         if hub is None:
             raise BadRequest("this server does not serve websockets")
+        # Browsers cannot send an Authorization header with a websocket, so this path is open
+        # (app.OPEN_PATHS) and authenticates here: the single-use token is the credential.
+        owner, claimed = await self._opener(request)
         socket = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS)
         await socket.prepare(request)
         try:
@@ -191,12 +221,19 @@ class _Handlers:
                 if message.type != WSMsgType.TEXT:
                     continue
                 command, _, token = message.data.strip().partition(" ")
-                binding = hub.redeem(token.strip()) if command == "bind-with-token" else None
-                # The short-lived token is the credential here: browsers cannot send an
-                # Authorization header with a websocket, so this path is open (app.OPEN_PATHS).
-                if binding is None:
-                    await socket.send_str("error: unknown or expired token")
+                if command != "bind-with-token":
+                    await socket.send_str("error: expected 'bind-with-token <token>'")
                     continue
+                token = token.strip()
+                binding = claimed.get(token) or hub.claim(token)
+                if binding is None:
+                    await socket.send_str("error: unknown, expired or already used token")
+                    continue
+                if binding.owner != owner:
+                    _log.warning("websocket token of another key refused", project=owner[0])
+                    await socket.send_str("error: the token was issued to another key")
+                    continue
+                claimed[token] = binding
                 await self._bound(socket, binding)
         finally:
             hub.unbind(socket)
@@ -297,9 +334,12 @@ def _dead_letter_parts(row: Delivery) -> list[dict[str, Any]]:
     ]
 
 
-def delivery_routes(dispatcher: Dispatcher) -> list[web.RouteDef]:
-    """The delivery operation routes, bound to ``dispatcher``."""
-    h = _Handlers(dispatcher)
+def delivery_routes(
+    dispatcher: Dispatcher, authenticator: Authenticator | None = None
+) -> list[web.RouteDef]:
+    """The delivery operation routes, bound to ``dispatcher``; ``authenticator`` lets a
+    websocket be opened with an API key instead of a token in its URL."""
+    h = _Handlers(dispatcher, authenticator)
     return [
         web.get(f"{PREFIX}/$status", h.status),
         web.get(WEBSOCKET_PATH, h.websocket),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from fhirbots.engine.delivery.bot import BotInvocation
@@ -197,12 +197,15 @@ async def test_websocket_binds_and_receives(api: Api) -> None:
     token_params = await api.call("POST", "/Subscription/ws1/$get-ws-binding-token")
     params = {p["name"]: p for p in token_params["parameter"]}
     url = params["websocket-url"]["valueUrl"]
-    assert url.startswith("ws://") and url.endswith("/fhir/R4/Subscription/$websocket")
-    socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
+    token = params["token"]["valueString"]
+    assert url.startswith("ws://") and url.endswith(
+        f"/fhir/R4/Subscription/$websocket?token={token}"
+    )
+    socket = await api.client.ws_connect("/fhir/R4" + url.split("/fhir/R4", 1)[1])
     await socket.send_str("bind-with-token not-a-token")
     refused = await eventually(socket.receive, "the answer to a bad token")
     assert refused.type == WSMsgType.TEXT and refused.data.startswith("error")
-    await socket.send_str(f"bind-with-token {params['token']['valueString']}")
+    await socket.send_str(f"bind-with-token {token}")
     handshake = json.loads((await eventually(socket.receive, "the handshake")).data)
     assert handshake["entry"][0]["resource"]["type"] == "handshake"
     patient = await api.patient()
@@ -215,7 +218,8 @@ async def test_websocket_binds_and_receives(api: Api) -> None:
     await socket.close()
 
 
-async def test_message_channel_publishes_on_named_topic(api: Api) -> None:
+async def test_message_channel_publishes_on_the_projects_topic(api: Api) -> None:
+    topic = "project.p1.acme.patients.v1"  # the project's namespace
     await api.subscription(
         "m1",
         {"type": "message", "endpoint": "acme.patients.v1", "payload": "application/fhir+json"},
@@ -226,12 +230,12 @@ async def test_message_channel_publishes_on_named_topic(api: Api) -> None:
 
     async def read_all() -> list[Record]:
         try:
-            ends = await log.end_offsets("acme.patients.v1")
+            ends = await log.end_offsets(topic)
         except Exception:
             return []
         out: list[Record] = []
         for partition in ends:
-            out.extend(await log.read("acme.patients.v1", partition, offset=0))
+            out.extend(await log.read(topic, partition, offset=0))
         return out
 
     async def arrived() -> bool:
@@ -373,7 +377,10 @@ async def test_websocket_heartbeats_for_topic_subscription(api: Api) -> None:
     await api.subscription("wsb", channel, criteria=TOPIC_URL)
     token = await api.call("GET", "/Subscription/wsb/$get-ws-binding-token")
     value = token["parameter"][0]["valueString"]
-    socket = await api.client.ws_connect("/fhir/R4/Subscription/$websocket")
+    # Opened with the key that asked for the token (rather than the token in the URL).
+    socket = await api.client.ws_connect(
+        "/fhir/R4/Subscription/$websocket", headers={"Authorization": api.headers["Authorization"]}
+    )
     await socket.send_str(f"bind-with-token {value}")
     kinds: list[str] = []
 
@@ -384,4 +391,89 @@ async def test_websocket_heartbeats_for_topic_subscription(api: Api) -> None:
 
     await eventually(heartbeat, "a heartbeat on the socket")
     assert kinds[0] == "handshake"
+    await socket.close()
+
+
+WS_PATH = "/fhir/R4/Subscription/$websocket"
+
+
+async def _token(api: Api, sid: str, headers: dict[str, str] | None = None) -> str:
+    response = await api.client.post(
+        f"/fhir/R4/Subscription/{sid}/$get-ws-binding-token", headers=headers or api.headers
+    )
+    assert response.status == 200, await response.text()
+    params = {p["name"]: p for p in (await response.json())["parameter"]}
+    return str(params["token"]["valueString"])
+
+
+async def _refused_upgrade(api: Api, path: str, headers: dict[str, str] | None = None) -> None:
+    with pytest.raises(WSServerHandshakeError) as caught:
+        await api.client.ws_connect(path, headers=headers)
+    assert caught.value.status == 401
+
+
+async def _answer(socket: ClientWebSocketResponse) -> str:
+    message = await eventually(socket.receive, "the socket's answer")
+    assert message.type == WSMsgType.TEXT
+    return str(message.data)
+
+
+async def test_websocket_upgrade_needs_a_valid_token_or_key(api: Api) -> None:
+    await api.subscription("ws2", {"type": "websocket"})
+    await _refused_upgrade(api, WS_PATH)
+    await _refused_upgrade(api, f"{WS_PATH}?token=")
+    await _refused_upgrade(api, f"{WS_PATH}?token=not-a-token")
+    await _refused_upgrade(api, WS_PATH, {"Authorization": "Bearer fhb_not-a-key"})
+    response = await api.client.get(WS_PATH)
+    assert response.status == 401
+    assert (await response.json())["resourceType"] == "OperationOutcome"
+
+
+async def test_websocket_token_is_single_use(api: Api) -> None:
+    await api.subscription("ws3", {"type": "websocket"})
+    token = await _token(api, "ws3")
+    first = await api.client.ws_connect(f"{WS_PATH}?token={token}")
+    await first.send_str(f"bind-with-token {token}")
+    assert json.loads(await _answer(first))["entry"][0]["resource"]["type"] == "handshake"
+    # The same token again: refused in a URL, and as a message on a socket of the same key.
+    await _refused_upgrade(api, f"{WS_PATH}?token={token}")
+    second = await api.client.ws_connect(
+        WS_PATH, headers={"Authorization": api.headers["Authorization"]}
+    )
+    await second.send_str(f"bind-with-token {token}")
+    assert (await _answer(second)).startswith("error: unknown, expired or already used")
+    assert api.engine.dispatcher is not None and api.engine.dispatcher.hub is not None
+    assert api.engine.dispatcher.hub.bound("p1", "ws3") == 1
+    await first.close()
+    await second.close()
+
+
+async def test_websocket_token_binds_only_for_the_key_that_asked(api: Api) -> None:
+    await api.subscription("ws4", {"type": "websocket"})
+    other_project = await api.engine.create_project("p2", "Project two")
+    other_key = await api.engine.create_project("p1", "Project one")  # a second key of p1
+    foreign = {"Authorization": f"Bearer {other_project}"}
+    # Project two cannot even ask for a token of project one's subscription.
+    response = await api.client.post(
+        "/fhir/R4/Subscription/ws4/$get-ws-binding-token", headers=foreign
+    )
+    assert response.status == 404 and "ws4" not in (await response.text()).replace(
+        "Subscription/ws4 is not known", ""
+    )
+    for key in (other_project, other_key):
+        token = await _token(api, "ws4")
+        socket = await api.client.ws_connect(WS_PATH, headers={"Authorization": f"Bearer {key}"})
+        await socket.send_str(f"bind-with-token {token}")
+        assert (await _answer(socket)).startswith("error: the token was issued to another key")
+        await socket.close()
+        # Claimed by the refused attempt: the token is spent.
+        await _refused_upgrade(api, f"{WS_PATH}?token={token}")
+    # A socket opened with one token binds another token of the same key, not of another.
+    mine, theirs = await _token(api, "ws4"), await _token(api, "ws4")
+    other_token = await _token(api, "ws4", {**api.headers, "Authorization": f"Bearer {other_key}"})
+    socket = await api.client.ws_connect(f"{WS_PATH}?token={mine}")
+    await socket.send_str(f"bind-with-token {other_token}")
+    assert (await _answer(socket)).startswith("error: the token was issued to another key")
+    await socket.send_str(f"bind-with-token {theirs}")
+    assert json.loads(await _answer(socket))["entry"][0]["resource"]["type"] == "handshake"
     await socket.close()

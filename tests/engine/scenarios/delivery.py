@@ -209,7 +209,8 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     """Engine + event log; call ``await harness.start()`` for the dispatcher."""
-    engine = Engine(Settings(data_dir=tmp_path))
+    # The receivers listen on the loopback address, which endpoints may name only when allowed.
+    engine = Engine(Settings(data_dir=tmp_path, allowed_endpoint_networks=("127.0.0.1/32",)))
     await engine.open()
     await engine.storage.ensure_project(PROJECT, "Project one")
     await engine.start_relay()
