@@ -73,8 +73,12 @@ STATUSES: frozenset[str] = frozenset({"requested", "active", "error", "off"})
 CHANNEL_TYPES: frozenset[str] = frozenset({"rest-hook", "websocket", "message", "email"})
 """Channel types with a delivery; R4's ``sms`` has none and is refused."""
 CONTENT_LEVELS: frozenset[str] = frozenset({"empty", "id-only", "full-resource"})
-RESULT_PARAMETERS = ("sort", "count", "total", "summary", "elements", "include", "revinclude")
-"""SearchQuery fields that shape a result set: meaningless for a subscription, so refused."""
+IGNORED_PARAMETERS: frozenset[str] = frozenset(
+    {"_sort", "_count", "_offset", "_total", "_summary", "_elements", "_include", "_revinclude"}
+)
+"""Parameters that shape a result set: meaningless for a subscription. Existing Subscriptions
+(written for HAPI or Medplum) carry them, so they are accepted, ignored and reported as a
+warning (``Criterion.warnings``: logged at write time and shown by ``$explain``)."""
 
 _STRUCTURE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 _URL_SCHEMES = ("http://", "https://", "urn:")
@@ -106,10 +110,12 @@ def parse_criterion(text: str, expression: str, *, resource_type: str | None = N
 
     Raises:
         CriteriaError: Unknown type, parameter, modifier or prefix, a malformed value, chained
-            or ``_has`` parameters, or result parameters such as ``_sort``.
+            or ``_has`` parameters (result parameters such as ``_sort`` are dropped with a
+            warning instead, see :data:`IGNORED_PARAMETERS`).
     """
+    kept, warnings = _without_result_parameters(text, expression)
     try:
-        query = parse_search(text, resource_type=resource_type).query
+        query = parse_search(kept, resource_type=resource_type).query
         check_in_memory(query)
     except SearchError as exc:
         raise CriteriaError(f"{expression}: {exc}", expression=expression) from exc
@@ -120,13 +126,29 @@ def parse_criterion(text: str, expression: str, *, resource_type: str | None = N
             f"{expression}: {text!r} searches {query.resource_type}, not {resource_type}",
             expression=expression,
         )
-    for name in RESULT_PARAMETERS:
-        if getattr(query, name):
-            raise CriteriaError(
-                f"{expression}: _{name} shapes search results and means nothing in a criterion",
-                expression=expression,
+    return Criterion(text=text, query=query, expression=expression, warnings=warnings)
+
+
+def _without_result_parameters(text: str, expression: str) -> tuple[str, tuple[str, ...]]:
+    """``text`` without its :data:`IGNORED_PARAMETERS`, and a warning for each one dropped."""
+    head, mark, params = text.partition("?")
+    if not mark and "=" in head:
+        head, params = "", head
+    kept: list[str] = []
+    warnings: list[str] = []
+    for item in params.split("&"):
+        name = item.partition("=")[0].partition(":")[0]
+        if name in IGNORED_PARAMETERS:
+            warnings.append(
+                f"{expression}: {item} shapes search results and is ignored in a criterion"
             )
-    return Criterion(text=text, query=query, expression=expression)
+        elif item:
+            kept.append(item)
+    if not warnings:
+        return text, ()
+    joined = "&".join(kept)
+    rebuilt = f"{head}?{joined}" if mark else joined
+    return (rebuilt if rebuilt != "?" else head), tuple(warnings)
 
 
 def _check_fhirpath(expression_text: str, where: str, resource_type: str | None) -> str:

@@ -30,6 +30,7 @@ class Explanation:
         failed: The criterion that did not hold.
         values: The resource's values for that criterion.
         error: A run-time or parse error.
+        warnings: What its criteria carry that is accepted but ignored (``_sort`` ...).
     """
 
     subscription: str
@@ -39,6 +40,7 @@ class Explanation:
     failed: str | None = None
     values: tuple[str, ...] = ()
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A plain JSON object (for the CLI and logs)."""
@@ -50,6 +52,7 @@ class Explanation:
             "failed": self.failed,
             "values": list(self.values),
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
 
@@ -83,6 +86,7 @@ def explain(
                 failed=failed,
                 values=values,
                 error=verdict.error,
+                warnings=spec.warnings,
             )
         )
     for problem in config.problems:
@@ -110,5 +114,6 @@ def to_parameters(explanations: list[Explanation]) -> dict[str, Any]:
         parts.extend(_part("value", valueString=v) for v in item.values)
         if item.error is not None:
             parts.append(_part("error", valueString=item.error))
+        parts.extend(_part("warning", valueString=w) for w in item.warnings)
         parameters.append({"name": "result", "part": parts})
     return {"resourceType": "Parameters", "parameter": parameters}

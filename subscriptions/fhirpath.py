@@ -2,8 +2,9 @@
 
 Expressions are compiled once (fhirpathpy) and cached. The expression runs on the current
 version of the resource (the previous one on delete) with two environment variables:
-``%current`` and ``%previous``, each ``{}`` when absent, as Medplum defines them. A criterion
-holds when its first result is ``true``.
+``%current`` and ``%previous``, each empty when absent (``%previous`` on a create,
+``%current`` on a delete), so ``%previous.exists()`` is false and ``%previous.empty()`` true on a
+create, as Medplum documents. A criterion holds when its first result is ``true``.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ def evaluate_fhirpath(
     """
     compiled = compile_fhirpath(expression)
     context = current if current is not None else (previous or {})
-    environment = {"current": current or {}, "previous": previous or {}}
+    # An absent version is the empty collection, not an empty object: `{}` exists.
+    environment = {
+        "current": current if current is not None else [],
+        "previous": previous if previous is not None else [],
+    }
     try:
         return compiled(context, environment)
     except Exception as exc:  # user expressions can fail in many fhirpathpy-internal ways

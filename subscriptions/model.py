@@ -44,11 +44,13 @@ class Criterion:
         text: The string as written (for explanations).
         query: The parsed query.
         expression: Where it was written (``Subscription.criteria`` ...).
+        warnings: What was accepted but ignored (``_sort`` and other result parameters).
     """
 
     text: str
     query: SearchQuery
     expression: str
+    warnings: tuple[str, ...] = ()
 
     @property
     def resource_type(self) -> str:
@@ -143,6 +145,12 @@ class SubscriptionSpec:
     error: str | None = None
     since: datetime | None = None
     criteria_failed: bool = False
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What its criteria and filters carry that is accepted but ignored."""
+        criteria = (self.criteria,) if self.criteria is not None else ()
+        return tuple(w for c in (*criteria, *self.filters) for w in c.warnings)
 
     @property
     def fires(self) -> bool:

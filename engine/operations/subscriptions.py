@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from fhirbots.engine.errors import BadRequest, Issue, Unprocessable
@@ -33,6 +34,8 @@ from fhirbots.subscriptions.model import ALL_INTERACTIONS, Topic
 __all__ = ["EXPLAIN_PATH", "build_explain_event", "install"]
 
 EXPLAIN_PATH = f"{API_PATH}/Subscription/$explain"
+
+log = structlog.get_logger(__name__)
 
 
 def _refuse(exc: CriteriaError) -> Unprocessable:
@@ -58,9 +61,16 @@ async def _topics(storage: Storage, project: str) -> dict[str, Topic]:
 def _checks(fhir: FhirService) -> None:
     async def check_subscription(project: str, resource: dict[str, Any]) -> None:
         try:
-            parse_subscription(resource, await _topics(fhir.storage, project))
+            spec = parse_subscription(resource, await _topics(fhir.storage, project))
         except CriteriaError as exc:
             raise _refuse(exc) from exc
+        for warning in spec.warnings:
+            log.warning(
+                "subscription criteria parameter ignored",
+                project=project,
+                subscription=resource.get("id"),
+                warning=warning,
+            )
 
     async def check_topic(_project: str, resource: dict[str, Any]) -> None:
         try:

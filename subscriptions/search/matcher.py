@@ -160,9 +160,10 @@ def _token(modifier: str | None, entry: TokenEntry, value: TokenValue) -> bool:
         return entry.code == value.code
     if value.system == "":
         return entry.system is None and entry.code == value.code
+    in_system = entry.system == value.system or (value.implicit and entry.system is None)
     if value.code is None:
-        return entry.system == value.system
-    return entry.system == value.system and entry.code == value.code
+        return in_system
+    return in_system and entry.code == value.code
 
 
 def _reference(_modifier: str | None, entry: ReferenceEntry, value: ReferenceValue) -> bool:
@@ -192,9 +193,9 @@ def _date(_modifier: str | None, entry: DateEntry, value: DateValue) -> bool:
     if prefix == "lt":
         return rl < sl
     if prefix == "ge":
-        return rh > sh or within
+        return rh >= sl  # the resource reaches the searched range (as HAPI and Medplum)
     if prefix == "le":
-        return rl < sl or within
+        return rl <= sh  # the resource starts within or before the searched range
     if prefix == "sa":
         return rl > sh
     if prefix == "eb":
@@ -267,7 +268,7 @@ Predicate = Callable[[list[Any]], bool]
 def _entry_test(param_type: str, modifier: str | None, value: Any) -> EntryTest:
     """One value as a test of one entry: the common token and reference forms as direct
     comparisons, the rest through the per-type test above (same semantics)."""
-    if param_type == "token" and modifier is None:
+    if param_type == "token" and modifier is None and not value.implicit:
         system, code = value.system, value.code
         if system is None:
             return lambda e: bool(e.code == code)

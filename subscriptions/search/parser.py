@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import cast
 from urllib.parse import unquote
@@ -26,6 +26,7 @@ from fhirbots.subscriptions.search.errors import (
     UnsupportedSearchError,
 )
 from fhirbots.subscriptions.search.extraction import Extractor, compile_expression, compile_relative
+from fhirbots.subscriptions.search.implicit import implicit_system
 from fhirbots.subscriptions.search.matcher import compile_predicate
 from fhirbots.subscriptions.search.query import (
     ChainClause,
@@ -498,7 +499,10 @@ def _parse_value(
         raw = unescape(text)
         return StringValue(raw, normalize(raw))
     if ptype == "token":
-        return _parse_token(modifier, text, name)
+        value = _parse_token(modifier, text, name)
+        if modifier in (None, "not") and value.system and value.system == implicit_system(param):
+            return replace(value, implicit=True)
+        return value
     if ptype == "reference":
         return _parse_reference(param, modifier, text, name, context.base_url)
     if ptype == "date":

@@ -55,12 +55,15 @@ class TokenValue:
     ``system`` is None when no ``|`` was given (any system); ``""`` for ``|code`` (no system).
     ``code`` is None for ``system|`` (any code in the system). For ``:text`` the normalised text
     is in ``code``; for ``:of-type`` ``type_system``/``type_code`` hold the identifier type.
+    ``implicit`` is set when ``system`` is the implicit code system of the parameter's ``code``
+    element (:mod:`~fhirbots.subscriptions.search.implicit`): values without a system match too.
     """
 
     system: str | None
     code: str | None
     type_system: str | None = None
     type_code: str | None = None
+    implicit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

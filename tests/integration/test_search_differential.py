@@ -30,6 +30,7 @@ from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from fhirbots.engine.storage.sqlite import SqliteStorage
 from fhirbots.subscriptions.search import SearchQuery, matches, parse_params, resource_entries
 from fhirbots.subscriptions.search.entries import composite_groups
+from fhirbots.subscriptions.search.implicit import implicit_system
 from fhirbots.subscriptions.search.query import ChainClause, HasClause
 from fhirbots.subscriptions.search.values import MAX_US, MIN_US
 from tests.conftest import scratch_database
@@ -235,9 +236,14 @@ def _clause_for(resource: dict[str, Any], rng: random.Random) -> tuple[str, str]
         return None
     if rng.random() < 0.05:
         return f"{code}:missing", rng.choice(("true", "false"))
-    made = GENERATORS[param.type](rng.choice(entries[code]), rng)
+    entry = rng.choice(entries[code])
+    made = GENERATORS[param.type](entry, rng)
     if made is None or not made[1]:
         return None
+    implicit = implicit_system(param)
+    if implicit is not None and made[0] == "" and entry.system is None and entry.code:
+        # A bound code element searched with its implicit system (gender=<system>|male).
+        made = ("", f"{implicit}|{entry.code}" if rng.random() < 0.8 else f"{implicit}|")
     modifier, value = made
     return f"{code}{modifier}", value.replace("\\", "\\\\").replace(",", "\\,").replace("$", "\\$")
 

@@ -35,7 +35,6 @@ def refused(resource: dict[str, Any], topics: dict[str, Any] | None = None) -> C
         ("Observation?value-quantity=zz5", "value-quantity"),
         ("Observation?subject.name=smith", "subject.name"),
         ("Patient?_has:Observation:subject:code=1234", "_has"),
-        ("Observation?_sort=date", "_sort"),
         ("NotAType?x=1", "NotAType"),
         ("?_id=1", "no resource type"),
     ],
@@ -44,6 +43,35 @@ def test_criteria_the_engine_cannot_evaluate_are_refused(criteria: str, named: s
     error = refused(subscription(criteria))
     assert error.expression == "Subscription.criteria"
     assert named in error.message
+
+
+@pytest.mark.parametrize(
+    "shaping",
+    [
+        "_sort=-date",
+        "_count=10",
+        "_summary=true",
+        "_elements=status",
+        "_total=accurate",
+        "_include=Observation:subject",
+        "_revinclude=Provenance:target",
+    ],
+)
+def test_result_parameters_are_accepted_and_ignored_with_a_warning(shaping: str) -> None:
+    spec = parse_subscription(subscription(f"Observation?status=final&{shaping}"), {})
+    assert spec.criteria is not None
+    assert [c.name for c in spec.criteria.query.clauses] == ["status"]
+    plain = parse_subscription(subscription("Observation?status=final"), {}).criteria
+    assert plain is not None and spec.criteria.query == plain.query
+    assert len(spec.warnings) == 1
+    assert shaping in spec.warnings[0] and "ignored" in spec.warnings[0]
+
+
+def test_only_result_parameters_leave_a_criterion_on_the_type() -> None:
+    spec = parse_subscription(subscription("Observation?_count=1&_sort=date"), {})
+    assert spec.criteria is not None and spec.criteria.query.clauses == ()
+    assert spec.criteria.resource_type == "Observation"
+    assert len(spec.warnings) == 2
 
 
 def test_bad_fhirpath_refused_with_its_element() -> None:

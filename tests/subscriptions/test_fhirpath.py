@@ -18,8 +18,13 @@ def test_compiled_once() -> None:
     assert compile_fhirpath("status = 'final'") is compile_fhirpath("status = 'final'")
 
 
-def test_environment_is_empty_object_when_absent() -> None:
+def test_an_absent_version_is_empty() -> None:
     current = {"resourceType": "Patient", "active": True}
+    assert not fhirpath_holds("%previous.exists()", current, None)  # a create
+    assert fhirpath_holds("%previous.empty()", current, None)
+    assert fhirpath_holds("%previous.exists()", current, current)  # an update
+    assert not fhirpath_holds("%previous.empty()", current, current)
+    assert fhirpath_holds("%current.empty()", None, current)  # a delete
     assert fhirpath_holds("%previous.active.empty()", current, None)
     assert fhirpath_holds("%current.active", current, None)
     assert not fhirpath_holds("%previous.active", current, None)

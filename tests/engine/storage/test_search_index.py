@@ -192,6 +192,16 @@ SEARCH_CASES: list[tuple[str, list[str]]] = [
     ("Observation?component-code-value-quantity=8480-6$lt100", []),
     ("Observation?component-code-value-quantity=8462-4$lt100", ["obs-3"]),
     ("Observation?combo-code-value-quantity=8462-4$95,8867-4$72", ["obs-1", "obs-3"]),
+    # A bound code element matches its implicit code system.
+    ("Patient?gender=http://hl7.org/fhir/administrative-gender|female", ["pat-b", "pat-c"]),
+    ("Patient?gender=http://hl7.org/fhir/administrative-gender|", ["pat-a", "pat-b", "pat-c"]),
+    ("Patient?gender=http://example.org/gender|female", []),
+    ("Patient?gender:not=http://hl7.org/fhir/administrative-gender|female", ["pat-a"]),
+    # ge: the resource reaches the searched range; le: it starts within or before it.
+    ("Observation?date=ge2020-01-15T08:00:00Z", ["obs-1", "obs-2", "obs-3"]),
+    ("Observation?date=le2020-01", ["obs-1"]),
+    ("Observation?date=le2021-03-01T12:00:00Z", ["obs-1", "obs-2"]),
+    ("Observation?date=ge2021-03-01T23:59:59Z", ["obs-2", "obs-3"]),
     ("Patient?name=a_", []),  # LIKE wildcards in values are escaped
     ("Patient?name=%", []),
 ]

@@ -119,6 +119,14 @@ def test_string(search: str, expected: bool) -> None:
         ("Observation?status=final,amended", True),
         ("Observation?status=amended", False),
         ("Patient?gender=male", True),
+        # A code element's implicit system (its required binding's code system) matches.
+        ("Patient?gender=http://hl7.org/fhir/administrative-gender|male", True),
+        ("Patient?gender=http://hl7.org/fhir/administrative-gender|female", False),
+        ("Patient?gender=http://hl7.org/fhir/administrative-gender|", True),
+        ("Patient?gender=http://example.org/gender|male", False),
+        ("Patient?gender:not=http://hl7.org/fhir/administrative-gender|male", False),
+        ("Observation?status=http://hl7.org/fhir/observation-status|final", True),
+        ("Observation?code=http://hl7.org/fhir/observation-status|final", False),
         ("Patient?active=true", True),
         ("Patient?active=false", False),
         ("Patient?identifier=12345", True),
@@ -201,6 +209,17 @@ def test_reference(search: str, expected: bool) -> None:
         ("Observation?date=lt2020-01-15T08:00:00Z", False),
         ("Observation?date=2020-01-15T10:00:00+02:00", False),
         ("Observation?date=eq2020-01-15T08:00:00-01:00", False),
+        # ge: the resource reaches the searched range; le: it starts within or before it.
+        ("Observation?date=ge2020-01-15T09:00:00Z", True),  # ends in the searched second
+        ("Observation?date=ge2020-01-15T09:00:01Z", False),
+        ("Observation?date=le2020-01", True),  # starts within the searched month
+        ("Observation?date=le2020-01-15T08:00:00Z", True),  # starts in the searched second
+        ("Observation?date=le2020-01-14", False),
+        ("Observation?date=ge2020-01-15", True),
+        ("Observation?date=ge2020-01-16", False),
+        ("Patient?birthdate=ge1974-12", True),
+        ("Patient?birthdate=le1974-12-25T23:59:59Z", True),
+        ("Patient?birthdate=le1974-12-24", False),
         ("Patient?_lastUpdated=gt2024-02-29", True),
         ("Patient?_lastUpdated=lt2024-03-01", False),
     ],
