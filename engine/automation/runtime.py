@@ -74,8 +74,8 @@ def create_bot_store(settings: Settings) -> BotStore:
         # Imported only when configured: the embedded engine never loads asyncpg.
         from fhirbots.engine.automation.store_postgres import PostgresBotStore
 
-        return PostgresBotStore(settings.database_url)
-    return SqliteBotStore(settings.data_dir / BOTS_DB)
+        return PostgresBotStore(settings.database_url, migrate=settings.migrates_on_start)
+    return SqliteBotStore(settings.data_dir / BOTS_DB, migrate=settings.migrates_on_start)
 
 
 class BotRuntime:
@@ -229,10 +229,15 @@ class BotRuntime:
     ) -> ExecutionResult:
         """Execute, then write the AuditEvent (per the Bot's trigger) and the record.
 
+        A direct call (``trigger="execute"``) is refused when the project's queue is full;
+        subscription and cron runs wait their turn.
+
         Raises:
+            ProjectBusyError: a direct call and the project runs its share of the workers
+                with a full queue (answered 429 with ``Retry-After``).
             ExecutorError: the executor is closed or its workers cannot start.
         """
-        result = await self.executor.execute(request)
+        result = await self.executor.execute(request, bounded=trigger == "execute")
         await self.recorder.audit(request, result)
         record = build_record(
             request,
@@ -330,7 +335,12 @@ class BotRuntime:
     async def submit(
         self, request: ExecutionRequest, *, trigger: ExecutionTrigger, bot_version: str | None
     ) -> Job:
-        """Start an execution in the background and return its job (``respond-async``)."""
+        """Start an execution in the background and return its job (``respond-async``).
+
+        Raises:
+            ProjectBusyError: the project's queue is full (nothing was started).
+        """
+        self.executor.check_admission(request.project)
         store = await self.store()
         job = Job(
             id=uuid.uuid4().hex,

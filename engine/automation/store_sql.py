@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 
 from fhirbots.engine.automation.store import Job
+from fhirbots.engine.storage.migrations import Migration, SchemaHistory, fixed
 
 __all__ = [
     "FINISH_JOB",
+    "HISTORY",
     "INSERT_CLAIM",
     "INSERT_JOB",
     "PURGE_CLAIMS",
@@ -35,6 +37,13 @@ SCHEMA = (
         result TEXT, created TEXT NOT NULL, finished TEXT)""",
 )
 """Tables, created idempotently on open."""
+
+HISTORY = SchemaHistory(
+    "bots",
+    (Migration(1, "cron claims and bot jobs", fixed(SCHEMA)),),
+)
+"""The store's schema migrations (:mod:`fhirbots.engine.storage.migrations`); a change to a
+table is a new step here, never an edit of :data:`SCHEMA`."""
 
 INSERT_CLAIM = (
     "INSERT INTO bot_cron_claims (project, bot, tick, owner, claimed) VALUES (?, ?, ?, ?, ?)"

@@ -29,11 +29,15 @@ class SqliteBotStore:
 
     Args:
         path: The database file (created with its folder).
+        migrate: Whether opening creates or upgrades the tables; without, it refuses tables
+            that are missing or old (``fhirbots migrate`` makes them).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = path
-        self._file = SqliteFile(path, schema=sql.SCHEMA, name="bot store", error=BotStoreError)
+        self._file = SqliteFile(
+            path, schema=sql.HISTORY, name="bot store", error=BotStoreError, migrate=migrate
+        )
         self._call = self._file.call
 
     async def open(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -20,17 +19,20 @@ import structlog
 from aiohttp import web
 
 from fhirbots.bots.policy import SandboxPolicy
-from fhirbots.engine.api.server import ApiRunner
 from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
 from fhirbots.engine.cli.executions import add_commands as add_execution_commands
+from fhirbots.engine.cli.lifecycle import GRACE_EXCEEDED_STATUS, Lifecycle
 from fhirbots.engine.cli.loader import find_files, load_files
+from fhirbots.engine.cli.migrate import add_command as add_migrate_command
 from fhirbots.engine.cli.subscriptions import add_commands as add_subscription_commands
 from fhirbots.engine.cli.tail import add_commands as add_tail_commands
+from fhirbots.engine.cli.tls import api_tls_context
 from fhirbots.engine.observability.logs import configure_logging
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
+from fhirbots.engine.storage.migrations import SchemaNotMigrated
 
 __all__ = ["main"]
 
@@ -39,13 +41,9 @@ log = structlog.get_logger(__name__)
 INVALID_SETTING_STATUS = 2
 """Exit status of a server command refused by an invalid setting (argparse's for a bad flag)."""
 
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+SCHEMA_STATUS = 3
+"""Exit status of a server command refused because the schema is missing or old (run
+``fhirbots migrate``)."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -53,6 +51,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=getattr(args, "data_dir", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        management_port=getattr(args, "management_port", None),
     )
 
 
@@ -61,10 +60,22 @@ def _configured(args: argparse.Namespace) -> tuple[Settings, SandboxPolicy] | No
     once the reason a value is invalid is printed (a message naming it, not a traceback)."""
     try:
         settings = _settings(args)
+        api_tls_context(settings)  # files that do not load are refused before anything starts
         return settings, settings.sandbox_policy()
     except ValueError as exc:  # an unparsable value, or the policy's PolicyError
         print(f"fhirbots: {exc}", file=sys.stderr)
         return None
+
+
+async def _open(engine: Engine) -> bool:
+    """Open the engine's storage; False once a schema refusal is printed (distributed mode
+    without ``fhirbots migrate``)."""
+    try:
+        await engine.open()
+    except SchemaNotMigrated as exc:
+        print(f"fhirbots: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -74,32 +85,47 @@ async def _serve(args: argparse.Namespace) -> int:
     settings, policy = configured
     configure_logging(settings.log_level)
     engine = Engine(settings, policy=policy)
-    await engine.open()
-    engine.validator.warm()
-    try:
-        boot = await engine.bootstrap()
-        if boot.token_path is not None:
-            print(f"admin API key written to {boot.token_path} (mode 0600)", flush=True)
-        await engine.start_relay()
-        if args.api_only:
-            await engine.start_dispatcher(run=False)  # its API routes; workers deliver
-        else:
-            await engine.start_matcher()
-            await engine.start_dispatcher()
-            await engine.start_bots()
-            await engine.start_stats()
-        runner = ApiRunner(engine.app(), settings)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
-        await site.start()
-        mode = "distributed" if settings.kafka or settings.database_url else "embedded"
-        print(f"fhirbots serving {settings.base_url()} ({mode})", flush=True)
-        log.info("serving", host=settings.host, port=settings.port, mode=mode)
-        await _until_signalled()
-        await runner.cleanup()
-    finally:
-        await engine.close()
-    return 0
+    async with Lifecycle(settings, engine.readiness) as lifecycle:
+        if not await _open(engine):
+            return SCHEMA_STATUS
+        try:
+            engine.validator.warm()
+            boot = await engine.bootstrap()
+            if boot.token_path is not None:
+                print(f"admin API key written to {boot.token_path} (mode 0600)", flush=True)
+            await engine.start_relay()
+            if args.api_only:
+                await engine.start_dispatcher(run=False)  # its API routes; workers deliver
+            else:
+                await engine.start_matcher()
+                await engine.start_dispatcher()
+                await engine.start_bots()
+                await engine.start_stats()
+            runner = web.AppRunner(
+                engine.app(), access_log=None, shutdown_timeout=settings.shutdown_grace_seconds
+            )
+            await runner.setup()
+            tls = api_tls_context(settings)
+            site = web.TCPSite(
+                runner, settings.host, settings.port, reuse_port=True, ssl_context=tls
+            )
+            await site.start()
+            mode = "distributed" if settings.kafka or settings.database_url else "embedded"
+            url = settings.base_url()
+            if tls is not None and not settings.public_url:
+                url = url.replace("http://", "https://", 1)
+            print(f"fhirbots serving {url} ({mode})", flush=True)
+            log.info("serving", host=settings.host, port=settings.port, mode=mode)
+            await lifecycle.run_until_stopped()
+            deadline = lifecycle.deadline()
+            # Stop accepting at once; requests in flight get until the deadline.
+            http_done = await lifecycle.within(deadline, runner.cleanup(), "http")
+        except BaseException:
+            await engine.close()
+            raise
+        closed = await lifecycle.within(deadline, engine.close(), "engine")
+    log.info("stopped", within_grace=http_done and closed)
+    return 0 if http_done and closed else GRACE_EXCEEDED_STATUS
 
 
 async def _worker(args: argparse.Namespace) -> int:
@@ -109,26 +135,34 @@ async def _worker(args: argparse.Namespace) -> int:
     settings, policy = configured
     configure_logging(settings.log_level)
     engine = Engine(settings, policy=policy)
-    await engine.open()
-    try:
-        if args.role == "relay":
-            await engine.start_relay()
-        elif args.role == "matcher":
-            await engine.start_matcher()
-        elif args.role == "dispatcher":
-            await engine.start_dispatcher()
-        elif args.role == "bots":
-            await engine.start_bots()
-        elif args.role == "stats" and settings.kafka:
-            await engine.run_stats_app()  # a faust app: it stops on SIGTERM itself
-            return 0
-        elif args.role == "stats":
-            await engine.start_stats()
-        log.info("worker started", role=args.role)
-        await _until_signalled()
-    finally:
-        await engine.close()
-    return 0
+    async with Lifecycle(settings, engine.readiness) as lifecycle:
+        if not await _open(engine):
+            return SCHEMA_STATUS
+        try:
+            if args.role == "relay":
+                await engine.start_relay()
+            elif args.role == "matcher":
+                await engine.start_matcher()
+            elif args.role == "dispatcher":
+                await engine.start_dispatcher()
+            elif args.role == "bots":
+                await engine.start_bots()
+            elif args.role == "stats" and settings.kafka:
+                engine.readiness.running()
+                await engine.run_stats_app()  # a faust app: it stops on SIGTERM itself
+                await engine.close()
+                return 0
+            elif args.role == "stats":
+                await engine.start_stats()
+            log.info("worker started", role=args.role)
+            await lifecycle.run_until_stopped()
+            deadline = lifecycle.deadline()
+        except BaseException:
+            await engine.close()
+            raise
+        closed = await lifecycle.within(deadline, engine.close(), "engine")
+    log.info("worker stopped", role=args.role, within_grace=closed)
+    return 0 if closed else GRACE_EXCEEDED_STATUS
 
 
 async def _load(args: argparse.Namespace) -> int:
@@ -153,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     def server_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", type=Path, help="data directory (FHIRBOTS_DATA_DIR)")
 
+    def management_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--management-port",
+            type=int,
+            help="serve /livez, /readyz and /metrics on this port (FHIRBOTS_MANAGEMENT_PORT)",
+        )
+
     serve = sub.add_parser("serve", help="run the engine (API, relay, stages) in one process")
     server_flags(serve)
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -163,10 +204,12 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the API and run the outbox relay only; the matcher, dispatcher and bots "
         "run in `fhirbots worker` processes",
     )
+    management_flag(serve)
     serve.set_defaults(run=_serve)
 
     worker = sub.add_parser("worker", help="run one stage of the distributed mode")
     server_flags(worker)
+    management_flag(worker)
     worker.add_argument(
         "role",
         choices=["relay", "matcher", "dispatcher", "bots", "stats"],
@@ -179,6 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--url", help="server base URL (FHIRBOTS_URL)")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
+    add_migrate_command(sub)
     add_subscription_commands(sub)
     add_delivery_commands(sub)
     add_bot_commands(sub)

@@ -26,5 +26,5 @@ def create_delivery_store(settings: Settings) -> DeliveryStore:
         # Imported only when configured: the embedded engine never loads asyncpg.
         from fhirbots.engine.delivery.store_postgres import PostgresDeliveryStore
 
-        return PostgresDeliveryStore(settings.database_url)
-    return SqliteDeliveryStore(settings.data_dir / DELIVERY_DB)
+        return PostgresDeliveryStore(settings.database_url, migrate=settings.migrates_on_start)
+    return SqliteDeliveryStore(settings.data_dir / DELIVERY_DB, migrate=settings.migrates_on_start)

@@ -51,12 +51,15 @@ class PostgresDeliveryStore:
     Args:
         dsn: PostgreSQL connection string.
         schema: Schema holding the tables (the connection's default when None).
+        migrate: Whether opening creates or upgrades the tables; without, it refuses tables
+            that are missing or old (``fhirbots migrate`` makes them).
     """
 
-    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, *, schema: str | None = None, migrate: bool = True) -> None:
         self._db = PostgresPool(
             dsn,
-            schema=sql.SCHEMA,
+            schema=sql.HISTORY,
+            migrate=migrate,
             lock=SCHEMA_LOCK,
             size=POOL_SIZE,
             name="delivery store",

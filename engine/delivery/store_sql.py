@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhirbots.engine.delivery.store import Delivery, DeliveryState
+from fhirbots.engine.storage.migrations import Migration, SchemaHistory, fixed
 from fhirbots.schemas.notifications import Notification
 
 __all__ = [
     "COLUMNS",
     "DELETE_HEARTBEAT",
+    "HISTORY",
     "INSERT_NOTIFICATION",
     "MARK_DEAD",
     "NEXT_EVENT_NUMBER",
@@ -73,6 +75,17 @@ SCHEMA = (
         ON delivery_notification (state, project, subscription_id, event_number)""",
 )
 """Tables, created idempotently on open."""
+
+HISTORY = SchemaHistory(
+    "delivery",
+    (
+        Migration(
+            1, "event-number counters, pending notifications, dispatcher heartbeats", fixed(SCHEMA)
+        ),
+    ),
+)
+"""The store's schema migrations (:mod:`fhirbots.engine.storage.migrations`); a change to a
+table is a new step here, never an edit of :data:`SCHEMA`."""
 
 COLUMNS = (
     "payload, event_number, state, attempts, next_attempt_at, last_error, created_at, updated_at"

@@ -48,13 +48,16 @@ class SqliteDeliveryStore:
         path: The database file (created with its folder).
         synchronous: SQLite ``synchronous`` pragma; ``FULL`` keeps accepted notifications
             through a power loss, ``NORMAL`` only through a process crash.
+        migrate: Whether opening creates or upgrades the tables; without, it refuses tables
+            that are missing or old (``fhirbots migrate`` makes them).
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", migrate: bool = True) -> None:
         self.path = path
         self._file = SqliteFile(
             path,
-            schema=sql.SCHEMA,
+            schema=sql.HISTORY,
+            migrate=migrate,
             name="delivery store",
             error=DeliveryStoreError,
             synchronous=synchronous,

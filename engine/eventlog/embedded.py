@@ -29,6 +29,7 @@ from fhirbots.engine.eventlog.metrics import PUBLISHED, REBALANCES
 from fhirbots.engine.eventlog.port import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PARTITIONS,
+    ConsumerHandle,
     ConsumerOptions,
     Handler,
     Headers,
@@ -201,6 +202,14 @@ class EmbeddedEventLog:
             await self.create_topic(spec.name, spec.partitions, spec.retention)
         self._retention_task = asyncio.create_task(self._retention_loop())
         _log.info("eventlog.embedded.started", path=str(self.settings.path))
+
+    async def ping(self) -> None:
+        """Read the committed offsets of no group: the file answers."""
+        await self._read(self.reader.committed, "")
+
+    def consumers(self) -> frozenset[ConsumerHandle]:
+        """The group members started here and still running."""
+        return frozenset(self._consumers)
 
     async def stop(self) -> None:
         """Stop all consumers, then close the file."""

@@ -27,6 +27,7 @@ import structlog
 from mode.threads import WorkerThread
 
 from fhirbots.engine.eventlog.port import DEFAULT_PARTITIONS, OutgoingMessage, Record
+from fhirbots.engine.eventlog.security import KafkaSecurity
 
 __all__ = [
     "FaustSettings",
@@ -61,6 +62,7 @@ class FaustSettings:
         commit_interval: How often processed offsets are committed (at-least-once).
         recovery_delay: Pause after a rebalance before tables recover from changelogs.
         shutdown_timeout: Longest a worker spends stopping after SIGTERM before it exits anyway.
+        security: TLS and SASL of the connections to the brokers.
     """
 
     app_id: str
@@ -73,6 +75,7 @@ class FaustSettings:
     commit_interval: timedelta = timedelta(seconds=1)
     recovery_delay: timedelta = timedelta(seconds=0)
     shutdown_timeout: timedelta = timedelta(seconds=8)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 class StageContext:
@@ -161,6 +164,7 @@ def new_app(settings: FaustSettings, **conf: Any) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval.total_seconds(),
         broker_commit_interval=settings.commit_interval.total_seconds(),
         stream_recovery_delay=settings.recovery_delay.total_seconds(),
+        broker_credentials=settings.security.faust_credentials(),
         **conf,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from fhirbots.engine.eventlog.partitioner import partition_for
 from fhirbots.engine.eventlog.port import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PARTITIONS,
+    ConsumerHandle,
     ConsumerOptions,
     Handler,
     Headers,
@@ -42,6 +43,7 @@ from fhirbots.engine.eventlog.processing import (
     dead_letter_sink,
     pause,
 )
+from fhirbots.engine.eventlog.security import KafkaSecurity
 from fhirbots.schemas.topics import DEADLETTER_SUFFIX, deadletter_topic
 
 __all__ = ["KafkaConsumerHandle", "KafkaEventLog", "KafkaSettings"]
@@ -74,6 +76,7 @@ class KafkaSettings:
         session_timeout: A consumer silent this long is removed from its group.
         heartbeat_interval: How often a consumer heartbeats (a third of the session timeout).
         request_timeout: Timeout of one broker request.
+        security: TLS and SASL of every connection.
     """
 
     bootstrap: str
@@ -84,6 +87,7 @@ class KafkaSettings:
     session_timeout: timedelta = timedelta(seconds=10)
     heartbeat_interval: timedelta = timedelta(seconds=3)
     request_timeout: timedelta = timedelta(seconds=30)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 def _ms(delta: timedelta) -> int:
@@ -123,6 +127,7 @@ class KafkaEventLog:
             "bootstrap_servers": self.settings.bootstrap,
             "client_id": self.settings.client_id,
             "request_timeout_ms": _ms(self.settings.request_timeout),
+            **self.settings.security.client_args(),
         }
 
     @property
@@ -160,6 +165,17 @@ class KafkaEventLog:
         for spec in self.settings.topics:
             await self.create_topic(spec.name, spec.partitions, spec.retention)
         _log.info("eventlog.kafka.started", bootstrap=self.settings.bootstrap)
+
+    async def ping(self) -> None:
+        """Fetch the cluster's metadata (one request to a broker)."""
+        try:
+            await self._ready_producer.client.fetch_all_metadata()
+        except KafkaError as exc:
+            raise BrokerError(f"Kafka at {self.settings.bootstrap} does not answer") from exc
+
+    def consumers(self) -> frozenset[ConsumerHandle]:
+        """The group members started here and still running."""
+        return frozenset(self._consumers)
 
     async def stop(self) -> None:
         """Stop consumers, flush and close the producer and admin client."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_SECONDS",
     "CONSUMED",
     "DEADLETTERED",
     "HANDLER_FAILURES",
+    "LAG_EVENTS",
+    "LAG_SECONDS",
     "PUBLISHED",
     "REBALANCES",
 ]
@@ -33,3 +35,13 @@ REBALANCES = Counter(
     "fhirbots_eventlog_rebalances_total", "Assignment changes seen by a group member.", ["group"]
 )
 BATCH_SECONDS = Histogram("fhirbots_eventlog_batch_seconds", "Time to handle one batch.", ["group"])
+LAG_EVENTS = Gauge(
+    "fhirbots_consumer_lag_events",
+    "Records of a partition not yet committed by a consumer group.",
+    ["group", "topic", "partition"],
+)
+LAG_SECONDS = Gauge(
+    "fhirbots_consumer_lag_seconds",
+    "Age of the oldest record of a partition not yet committed by a consumer group.",
+    ["group", "topic", "partition"],
+)

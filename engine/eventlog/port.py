@@ -224,6 +224,18 @@ class EventLog(Protocol):
         """Stop every consumer started here and release connections."""
         ...
 
+    async def ping(self) -> None:
+        """One cheap round trip to the log (readiness probes).
+
+        Raises:
+            EventLogError: the log is not started or does not answer.
+        """
+        ...
+
+    def consumers(self) -> frozenset[ConsumerHandle]:
+        """The group members started on this log and still running."""
+        ...
+
     async def create_topic(
         self,
         name: str,

@@ -33,12 +33,15 @@ class PostgresObservatoryStore:
 
     Args:
         dsn: PostgreSQL connection string.
+        migrate: Whether opening creates or upgrades the tables; without, it refuses tables
+            that are missing or old (``fhirbots migrate`` makes them).
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, migrate: bool = True) -> None:
         self._db = PostgresPool(
             dsn,
-            schema=sql.SCHEMA,
+            schema=sql.HISTORY,
+            migrate=migrate,
             lock=SCHEMA_LOCK,
             size=POOL_SIZE,
             name="observatory store",

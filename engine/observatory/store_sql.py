@@ -30,12 +30,14 @@ from fhirbots.engine.observatory.model import (
     WindowRow,
 )
 from fhirbots.engine.observatory.windows import merge_buckets, summarise
+from fhirbots.engine.storage.migrations import Migration, SchemaHistory, fixed
 from fhirbots.schemas.executions import BotExecutionRecord
 
 __all__ = [
     "ADD_WINDOW",
     "BUCKET_COLUMNS",
     "DIM_COLUMNS",
+    "HISTORY",
     "INSERT_ACTIVITY",
     "INSERT_EXECUTION",
     "INSERT_LAG",
@@ -135,6 +137,19 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS dashboard_session_expires ON dashboard_session (expires_us)",
 )
 """Tables and indexes, created idempotently on open."""
+
+HISTORY = SchemaHistory(
+    "observatory",
+    (
+        Migration(
+            1,
+            "statistics windows, lag samples, execution records, trace steps, dashboard sessions",
+            fixed(SCHEMA),
+        ),
+    ),
+)
+"""The store's schema migrations (:mod:`fhirbots.engine.storage.migrations`); a change to a
+table is a new step here, never an edit of :data:`SCHEMA`."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

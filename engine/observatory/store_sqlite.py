@@ -38,13 +38,16 @@ class SqliteObservatoryStore:
 
     Args:
         path: The database file (created with its folder).
+        migrate: Whether opening creates or upgrades the tables; without, it refuses tables
+            that are missing or old (``fhirbots migrate`` makes them).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = path
         self._file = SqliteFile(
             path,
-            schema=sql.SCHEMA,
+            schema=sql.HISTORY,
+            migrate=migrate,
             name="observatory store",
             error=ObservatoryStoreError,
             synchronous=SYNCHRONOUS,
@@ -55,7 +58,7 @@ class SqliteObservatoryStore:
         # steps a second.
         self._reader = SqliteFile(
             path,
-            schema=(),
+            schema=None,
             name="observatory store",
             error=ObservatoryStoreError,
             synchronous=SYNCHRONOUS,

@@ -30,8 +30,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
+from fhirbots.engine.eventlog.lag import partition_lag
 from fhirbots.engine.eventlog.port import ConsumerHandle, ConsumerOptions, EventLog, Record
 from fhirbots.engine.observability.tracing import trace_id_in
 from fhirbots.engine.observatory.model import ActivityKind, ActivityRow, LagSample, Metric
@@ -76,10 +77,6 @@ log = structlog.get_logger(__name__)
 
 FOLDED = Counter(
     "fhirbots_stats_records_total", "Records counted by the statistics stage", ["topic"]
-)
-LAG_EVENTS = Gauge("fhirbots_consumer_lag_events", "Records not yet committed", ["group"])
-LAG_SECONDS = Gauge(
-    "fhirbots_consumer_lag_seconds", "Age of the oldest record not yet committed", ["group"]
 )
 
 Payload = ChangeEvent | Notification | DeliveryAttemptRecord | BotExecutionRecord
@@ -323,19 +320,9 @@ async def sample_lag(
     """
     samples = []
     for group in groups:
-        behind = {tp: n for tp, n in (await event_log.lag(group)).items() if tp[0] not in ignore}
-        events = sum(behind.values())
-        oldest: datetime | None = None
-        for (topic, partition), count in behind.items():
-            if count <= 0:
-                continue
-            end = (await event_log.end_offsets(topic)).get(partition, 0)
-            first = await event_log.read(topic, partition, offset=max(end - count, 0), limit=1)
-            if first and (oldest is None or first[0].timestamp < oldest):
-                oldest = first[0].timestamp
-        seconds = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
-        LAG_EVENTS.labels(group).set(events)
-        LAG_SECONDS.labels(group).set(seconds)
+        behind = (await partition_lag(event_log, group, now, ignore=ignore)).values()
+        events = sum(count for count, _ in behind)
+        seconds = max((age for _, age in behind), default=0.0)
         samples.append(LagSample(group, now, events, seconds))
     return samples
 

@@ -62,6 +62,7 @@ from fhirbots.engine.eventlog.factory import create_event_log
 from fhirbots.engine.eventlog.faust_app import FaustSettings, new_app, run_in_loop, to_record
 from fhirbots.engine.eventlog.port import DEFAULT_PARTITIONS, EventLog, OutgoingMessage, Record
 from fhirbots.engine.eventlog.processing import dead_letter_message, dead_letter_sink
+from fhirbots.engine.eventlog.security import KafkaSecurity
 from fhirbots.engine.observatory.factory import create_observatory_store
 from fhirbots.engine.observatory.model import DURATION_BUCKETS_MS, WINDOW, Metric, WindowRow
 from fhirbots.engine.observatory.store import ObservatoryStore
@@ -185,7 +186,10 @@ class StatsAppSettings:
             raise ValueError("the statistics app runs in Kafka mode: set FHIRBOTS_KAFKA")
         return cls(
             faust=FaustSettings(
-                app_id=STATS_APP_ID, bootstrap=settings.kafka, data_dir=settings.data_dir / "faust"
+                app_id=STATS_APP_ID,
+                bootstrap=settings.kafka,
+                data_dir=settings.data_dir / "faust",
+                security=KafkaSecurity.from_settings(settings),
             ),
             retention=settings.retention,
             lag_groups=tuple(lag_groups),
@@ -494,11 +498,14 @@ async def run_stats_app(
 
 async def serve(settings: Settings, app_settings: StatsAppSettings, *, loglevel: str) -> None:
     """Open the store and the event log ``settings`` name, run the app, close them."""
-    store = create_observatory_store(settings.database_url, settings.data_dir)
+    store = create_observatory_store(
+        settings.database_url, settings.data_dir, migrate=settings.migrates_on_start
+    )
     event_log = create_event_log(
         kafka_bootstrap=app_settings.faust.bootstrap,
         data_dir=settings.data_dir,
         client_id=app_settings.faust.app_id,
+        security=app_settings.faust.security,
     )
     await store.open()
     try:

@@ -15,9 +15,14 @@ def create_storage(settings: Settings, *, indexer: SearchIndexer | None = None) 
     if settings.database_url:
         from fhirbots.engine.storage.postgres import PostgresStorage
 
-        return PostgresStorage(settings.database_url, indexer=indexer)
+        return PostgresStorage(
+            settings.database_url, indexer=indexer, migrate=settings.migrates_on_start
+        )
     from fhirbots.engine.storage.sqlite import SqliteStorage
 
     return SqliteStorage(
-        settings.sqlite_path, indexer=indexer, writer_process=settings.sqlite_writer_process
+        settings.sqlite_path,
+        indexer=indexer,
+        writer_process=settings.sqlite_writer_process,
+        migrate=settings.migrates_on_start,
     )

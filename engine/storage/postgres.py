@@ -169,10 +169,12 @@ class PostgresStorage:
         targets = [op_target(op) for op in ops]
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                return [
+                results = [
                     await self._apply_one(conn, project, op, target, context)
                     for op, target in zip(ops, targets, strict=True)
                 ]
+                context.check_deadline()  # past it, the transaction rolls back
+                return results
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"concurrent write to the same resource: {exc}") from exc
 

@@ -7,11 +7,16 @@ The PostgreSQL counterpart of :mod:`fhirbots.engine.storage.sqlite_file`; the da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
+from fhirbots.engine.storage.migrations import (
+    SchemaHistory,
+    SchemaNotMigrated,
+    migrate_postgres,
+    require_current_postgres,
+)
 from fhirbots.engine.storage.sql import numbered
 
 __all__ = ["DRIVER_ERRORS", "PostgresPool", "rows_changed"]
@@ -35,29 +40,32 @@ def rows_changed(status: str) -> int:
 
 
 class PostgresPool:
-    """A pool whose tables are created on open, under an advisory lock so that processes
-    starting together do not race.
+    """A pool whose tables are created or upgraded on open (:mod:`.migrations`, under an
+    advisory lock so that processes starting together do not race), or only checked.
 
     Args:
         dsn: PostgreSQL connection string.
-        schema: Idempotent statements run on open.
-        lock: Advisory lock id of the store.
+        schema: The store's migrations.
+        lock: Advisory lock id of the store (kept for the store's own use).
         size: Most connections.
         name: How errors name the store (``"delivery store"``).
         error: The exception type :data:`DRIVER_ERRORS` are translated into.
         search_path: Schema holding the tables (created if missing); the default when None.
+        migrate: Whether opening creates or upgrades the tables; without, it refuses a
+            database whose tables are missing or old (``fhirbots migrate`` makes them).
     """
 
     def __init__(
         self,
         dsn: str,
         *,
-        schema: Sequence[str],
+        schema: SchemaHistory,
         lock: int,
         size: int,
         name: str,
         error: type[Exception],
         search_path: str | None = None,
+        migrate: bool = True,
     ) -> None:
         self._dsn = dsn
         self._schema = schema
@@ -66,10 +74,15 @@ class PostgresPool:
         self._name = name
         self._error = error
         self._search_path = search_path
+        self._migrate = migrate
         self._pool: Any = None
 
     async def open(self) -> None:
-        """Connect and create the tables."""
+        """Connect and create or upgrade the tables (or check them, without ``migrate``).
+
+        Raises:
+            SchemaNotMigrated: without ``migrate``, the tables are missing or old.
+        """
         settings = {"search_path": self._search_path} if self._search_path else None
         try:
             if self._search_path:
@@ -81,12 +94,17 @@ class PostgresPool:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self._size, server_settings=settings
             )
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock)
-                for statement in self._schema:
-                    await conn.execute(statement)
+            async with self._pool.acquire() as conn:
+                if self._migrate:
+                    await migrate_postgres(conn, self._schema)
+                else:
+                    await require_current_postgres(conn, self._schema)
         except DRIVER_ERRORS as exc:
+            await self.close()
             raise self._error(f"{self._name}: {exc}") from exc
+        except SchemaNotMigrated:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close the pool (no error if it is not open)."""

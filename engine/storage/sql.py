@@ -7,10 +7,12 @@ Statements are written once with ``?`` placeholders; :func:`numbered` turns them
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Literal
 
 from fhirbots.engine.errors import FhirError
+from fhirbots.engine.storage.migrations import Migration, SchemaHistory
 
 __all__ = [
     "BUMP_GENERATION",
@@ -31,6 +33,7 @@ __all__ = [
     "Dialect",
     "IncompatibleSchema",
     "check_schema_version",
+    "history",
     "history_query",
     "live_by_ids",
     "live_of_types",
@@ -125,6 +128,24 @@ def schema(dialect: Dialect) -> list[str]:
         """CREATE TABLE IF NOT EXISTS config_generations (
             project TEXT PRIMARY KEY, generation BIGINT NOT NULL)""",
     ]
+
+
+def history(index_ddl: Callable[[str], list[str]] | None) -> SchemaHistory:
+    """The datastore's migrations: step 1 makes the tables of :func:`schema` and, with
+    ``index_ddl`` (the search indexer's :meth:`ddl`), the search index tables.
+
+    A database of the release before versions were kept (:data:`SCHEMA_VERSION` in
+    ``PRAGMA user_version`` or the ``schema_version`` table) already has step 1's tables,
+    whose statements are idempotent: migrating it records the step and changes nothing.
+    """
+
+    def first(dialect: Dialect) -> list[str]:
+        return [*schema(dialect), *(index_ddl(dialect) if index_ddl is not None else [])]
+
+    return SchemaHistory(
+        "datastore",
+        (Migration(1, "projects, keys, resources, history, outbox, search index", first),),
+    )
 
 
 def _outbox_progress(dialect: Dialect) -> list[str]:

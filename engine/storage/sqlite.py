@@ -208,6 +208,10 @@ class _Writer(threading.Thread):
                         self.jobs.put(None)
                         break
                     batch.append(nxt)
+                # A write whose caller gave up (a bot execution that ended) is not committed.
+                batch = [job for job in batch if not job.future.cancelled()]
+                if not batch:
+                    continue
                 requests = [job.request for job in batch]
                 try:
                     if conn is not None:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+from fhirbots.engine.storage.migrations import (
+    SchemaHistory,
+    migrate_sqlite,
+    require_current_sqlite,
+)
 
 __all__ = ["BUSY_TIMEOUT_SECONDS", "SqliteFile"]
 
@@ -27,27 +33,31 @@ class SqliteFile:
 
     Args:
         path: The database file (created with its folder).
-        schema: Idempotent statements run on open.
+        schema: The store's migrations, run on open (or, without ``migrate``, required to
+            have run); None for a second connection to a file another one opened.
         name: How errors name the store (``"delivery store"``).
         error: The exception type ``sqlite3.Error`` (and an ``OSError`` making the folder) is
             translated into.
         synchronous: SQLite ``synchronous`` pragma.
+        migrate: Whether opening creates or upgrades the tables.
     """
 
     def __init__(
         self,
         path: Path,
         *,
-        schema: Sequence[str],
+        schema: SchemaHistory | None,
         name: str,
         error: type[Exception],
         synchronous: str = "FULL",
+        migrate: bool = True,
     ) -> None:
         self.path = path
         self._schema = schema
         self._name = name
         self._error = error
         self._synchronous = synchronous
+        self._migrate = migrate
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -66,8 +76,14 @@ class SqliteFile:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        for statement in self._schema:
-            conn.execute(statement)
+        try:
+            if self._schema is not None and self._migrate:
+                migrate_sqlite(conn, self._schema)
+            elif self._schema is not None:
+                require_current_sqlite(conn, self._schema)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     async def close(self) -> None:

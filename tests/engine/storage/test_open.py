@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from fhirbots.engine.storage import sql
+from fhirbots.engine.storage.migrations import TABLE
 from fhirbots.engine.storage.model import CreateOp, WriteContext
 from fhirbots.engine.storage.postgres import PostgresStorage
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
@@ -18,6 +19,14 @@ from fhirbots.engine.storage.sqlite import SqliteStorage
 from tests.conftest import postgres_dsn, reset_postgres
 
 CTX = WriteContext(author="ApiKey/k1")
+
+
+def _as_released_before_migrations(path: Path, user_version: int) -> None:
+    """Make an SQLite datastore look like one of the releases before the migrations table:
+    the version only in ``PRAGMA user_version``."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"DROP TABLE {TABLE}")
+        conn.execute(f"PRAGMA user_version = {user_version}")
 
 
 async def test_sqlite_refuses_another_schema_version(tmp_path: Path) -> None:
@@ -29,7 +38,7 @@ async def test_sqlite_refuses_another_schema_version(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == sql.SCHEMA_VERSION
-        conn.execute("PRAGMA user_version = 1")
+    _as_released_before_migrations(path, 1)  # the layout before integer index keys
     with pytest.raises(sql.IncompatibleSchema, match="schema version 1, this fhirbots needs"):
         await SqliteStorage(path, indexer=SqlSearchIndexer()).open()
 
@@ -51,10 +60,11 @@ async def test_sqlite_relay_progress_carries_over_from_per_row_marks(tmp_path: P
             "p1", [CreateOp({"resourceType": "Patient", "name": [{"family": family}]})], CTX
         )
     await store.close()
+    _as_released_before_migrations(path, sql.SCHEMA_VERSION)
     with sqlite3.connect(path) as conn:  # as tables from before kept it: a flag per row
         conn.execute("DROP TABLE outbox_published")
         conn.execute("UPDATE outbox SET published = 1 WHERE seq <= 2")
-    await store.open()
+    await store.open()  # migration 1 on the older release's tables carries the marks over
     try:
         assert [r.seq for r in await store.outbox_pending(10)] == [3]
         await store.outbox_mark_published([3])
@@ -81,8 +91,10 @@ async def test_postgres_refuses_another_schema_version() -> None:
     await store.close()
     conn = await asyncpg.connect(dsn)
     try:
-        assert await conn.fetchval("SELECT version FROM schema_version") == sql.SCHEMA_VERSION
-        await conn.execute("UPDATE schema_version SET version = 1")
+        # As a release before the migrations table left it, with the layout of version 1.
+        await conn.execute(f"DROP TABLE {TABLE}")
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO schema_version VALUES (1)")
     finally:
         await conn.close()
     store = PostgresStorage(dsn, indexer=SqlSearchIndexer())
