@@ -73,6 +73,8 @@ class WorkerProcess:
         self._cache_size = policy.code_cache_size
         self._digests: OrderedDict[str, None] = OrderedDict()
         self.executions = 0
+        self.project: str | None = None
+        """The only project this worker ever serves (None until its first execution)."""
 
     @classmethod
     async def spawn(cls, policy: SandboxPolicy) -> WorkerProcess:

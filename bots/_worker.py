@@ -9,6 +9,7 @@ worker itself holds no credentials, sockets or files.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import decimal
 import importlib
@@ -69,6 +70,20 @@ def policy_from_message(fields: dict[str, Any]) -> SandboxPolicy:
     return SandboxPolicy(**fields)
 
 
+def process_state() -> tuple[object, ...]:
+    """Process-wide facts that no execution may change; a worker whose facts changed during an
+    execution is replaced before it runs another (``register`` on any ABC moves the cache
+    token, a module imported on a bot's behalf grows ``sys.modules``)."""
+    return (
+        abc.get_cache_token(),
+        len(sys.modules),
+        sys.getrecursionlimit(),
+        sys.getswitchinterval(),
+        decimal.DefaultContext.prec,
+        decimal.DefaultContext.rounding,
+    )
+
+
 def _run_module(code: CodeType, env: dict[str, Any]) -> None:
     """Run a compiled bot module with ``env`` as its globals."""
     FunctionType(code, env)()
@@ -117,6 +132,7 @@ class Worker:
         self._cache: OrderedDict[str, tuple[Any, list[str]]] = OrderedDict()
         self._fhir_calls = 0
         self._fhir_limit = policy.max_fhir_calls
+        self._state: tuple[object, ...] = ()
 
     def send(self, message: dict[str, Any]) -> None:
         """Write one message to the engine."""
@@ -218,6 +234,8 @@ class Worker:
         finally:
             env.clear()
             _set_soft_limit(resource.RLIMIT_AS, self.policy.memory_bytes)
+        if process_state() != self._state:
+            recycle = True  # the next bot must start from the state every bot starts from
         result: dict[str, Any] = {
             "op": "done",
             "status": status,
@@ -245,6 +263,7 @@ class Worker:
 
     def serve(self) -> None:
         """Answer ``exec`` messages until ``stop`` or the channel closes."""
+        self._state = process_state()
         self.send({"op": "ready", "pid": os.getpid()})
         while True:
             message = self.receive()

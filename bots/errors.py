@@ -14,6 +14,7 @@ Tree (under :class:`fhirbots.schemas.errors.FhirbotsError`)::
     ├── PolicyError            a sandbox policy with impossible values (also a ValueError)
     ├── CronError              a cron expression that cannot be parsed (also a ValueError)
     ├── ExecutorError          the executor itself cannot run (closed, cannot start workers)
+    │   └── ProjectBusyError   a project's share of the workers and its queue are full
     │
     │   private to the executor and its worker processes:
     ├── WorkerLostError        _pool: a worker died or broke the protocol; it is replaced
@@ -46,6 +47,7 @@ __all__ = [
     "ExecutorError",
     "FhirGatewayError",
     "PolicyError",
+    "ProjectBusyError",
 ]
 
 
@@ -134,6 +136,19 @@ class AccessDeniedError(FhirGatewayError):
 
 class ExecutorError(BotError):
     """The executor cannot run executions (closed, or its workers cannot start)."""
+
+
+class ProjectBusyError(ExecutorError):
+    """A project already runs its share of the workers and its queue is full.
+
+    Only callers that asked not to wait in line get it (the API's ``$execute``: 429 with
+    ``Retry-After``); subscription and cron runs wait their turn instead.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds after which a retry has a fair chance."""
 
 
 class PolicyError(BotError, ValueError):

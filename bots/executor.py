@@ -7,6 +7,12 @@ never an exception. :class:`ProcessBotExecutor` keeps a pool of pre-warmed worke
 calls
 through a :class:`fhirbots.bots.gateway.FhirGateway` after checking its access scopes, and replaces
 any worker that timed out, died or ran out of memory.
+
+Tenants are kept apart: a worker serves one project for its whole life (a worker of another
+project is killed and a fresh one started in its place), and each project runs at most its
+share of the workers at once (:mod:`fhirbots.bots._fairness`). When an execution ends, the
+FHIR call it is waiting for is cancelled, and its deadline travels with every call so that the
+datastore does not commit a write after the execution's timeout.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import signal
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -25,9 +33,10 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from fhirbots.bots import _metrics
+from fhirbots.bots._fairness import ProjectSlots
 from fhirbots.bots._pool import WorkerLostError, WorkerProcess
 from fhirbots.bots._protocol import FrameTooLargeError
-from fhirbots.bots.errors import ExecutorError, FhirGatewayError
+from fhirbots.bots.errors import ExecutorError, FhirGatewayError, ProjectBusyError
 from fhirbots.bots.gateway import CallContext, FhirGateway
 from fhirbots.bots.policy import EffectiveLimits, SandboxPolicy
 from fhirbots.bots.scopes import check_call
@@ -113,8 +122,8 @@ class ExecutionRequest:
         allowed = set(self.bot.secret)
         return {name: value for name, value in self.secrets.items() if name in allowed}
 
-    def call_context(self) -> CallContext:
-        """The context of FHIR calls this execution makes."""
+    def call_context(self, deadline: float | None = None) -> CallContext:
+        """The context of FHIR calls this execution makes (ending at ``deadline``)."""
         author = self.bot.reference
         if self.bot.run_as == "author" and self.requester:
             author = self.requester
@@ -130,6 +139,7 @@ class ExecutionRequest:
                 *self.causation,
                 CausationLink(bot=self.bot.reference, execution=self.execution_id),
             ),
+            deadline=deadline,
         )
 
     @property
@@ -176,13 +186,27 @@ class ExecutionResult:
 class BotExecutor(Protocol):
     """Port: runs bots. Adapters: :class:`ProcessBotExecutor`."""
 
-    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        """Run one execution; never raises for failures of the bot's code."""
+    async def execute(self, request: ExecutionRequest, *, bounded: bool = False) -> ExecutionResult:
+        """Run one execution; never raises for failures of the bot's code.
+
+        ``bounded``: refuse (:class:`fhirbots.bots.errors.ProjectBusyError`) rather than wait
+        when the project's queue is full.
+        """
         ...
 
 
 def _failure(status: int, message: str) -> dict[str, Any]:
     return {"op": "fhir_result", "ok": False, "status": status, "message": message}
+
+
+def _call_cost(message: Mapping[str, Any]) -> int:
+    """What a FHIR call counts against ``max_fhir_calls``: one, or one per Bundle entry."""
+    if message.get("method") != "transaction":
+        return 1
+    args = message.get("args")
+    bundle = args.get("bundle") if isinstance(args, dict) else None
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    return max(1, len(entries)) if isinstance(entries, list) else 1
 
 
 class _Outcome:
@@ -213,8 +237,16 @@ class ProcessBotExecutor:
         """
         self._gateway = gateway
         self.policy = policy or SandboxPolicy()
-        self._idle: asyncio.Queue[WorkerProcess] = asyncio.Queue()
+        self._idle: list[WorkerProcess] = []
+        """Idle workers, least recently used first."""
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._workers: set[WorkerProcess] = set()
+        self.slots = ProjectSlots(
+            self.policy.project_share,
+            self.policy.project_queue,
+            retry_after=max(1, math.ceil(self.policy.timeout_seconds)),
+        )
+        """Each project's share of the workers and its queue."""
         self._spawners: set[asyncio.Task[None]] = set()
         self._started = False
         self._closed = False
@@ -256,12 +288,16 @@ class ProcessBotExecutor:
             raise ExecutorError(f"bot workers could not start: {exc}") from exc
         for worker in workers:
             self._workers.add(worker)
-            self._idle.put_nowait(worker)
+            self._release(worker)
         _log.info("bot workers started", pids=self.worker_pids)
 
     async def close(self) -> None:
         """Stop every worker. Executions still running end as ``killed``."""
         self._closed = True
+        while self._waiters:  # they see the executor closed
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
         for task in list(self._spawners):
             task.cancel()
         for task in list(self._spawners):
@@ -270,21 +306,54 @@ class ProcessBotExecutor:
         await asyncio.gather(*(w.stop() for w in list(self._workers)), return_exceptions=True)
         self._workers.clear()
 
-    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        """Run one execution; failures of the bot are results, never exceptions.
+    def check_admission(self, project: str) -> None:
+        """Refuse now what :meth:`execute` with ``bounded=True`` would refuse (for callers
+        that answer before the execution runs, such as an asynchronous ``$execute``).
 
         Raises:
-            ExecutorError: only if the executor is closed or cannot start.
+            ProjectBusyError: the project's queue is full.
+        """
+        if self.slots.running(project) >= self.slots.limit and (
+            self.slots.waiting(project) >= self.slots.queue_limit
+        ):
+            raise ProjectBusyError(
+                f"project {project!r} already runs its share of the bot workers and "
+                f"{self.slots.queue_limit} executions wait; retry later",
+                self.slots.retry_after,
+            )
+
+    async def execute(self, request: ExecutionRequest, *, bounded: bool = False) -> ExecutionResult:
+        """Run one execution; failures of the bot are results, never exceptions.
+
+        The execution first waits for a slot of its project (:mod:`fhirbots.bots._fairness`),
+        then for a worker that serves that project or none yet.
+
+        Args:
+            request: the execution.
+            bounded: when the project's queue is full, refuse instead of waiting in line
+                (direct callers); subscription and cron runs leave it False.
+
+        Raises:
+            ProjectBusyError: ``bounded`` and the project's queue is full.
+            ExecutorError: the executor is closed or cannot start.
         """
         await self.start()
+        await self.slots.acquire(request.project, bounded=bounded)
+        try:
+            return await self._execute(request)
+        finally:
+            self.slots.release(request.project)
+
+    async def _execute(self, request: ExecutionRequest) -> ExecutionResult:
         limits = self.policy.limits_for(request.bot.timeout, request.bot.memory_limit_bytes)
-        worker = await self._acquire()
+        worker = await self._acquire(request.project)
         started = time.perf_counter()
         outcome = _Outcome()
         keep = False
         try:
             async with asyncio.timeout(limits.timeout_seconds):
-                await self._run(worker, request, limits, outcome)
+                deadline = time.monotonic() + limits.timeout_seconds
+                await self._run(worker, request, limits, outcome, deadline)
             done = outcome.done or {}
             status: ExecutionStatus = done.get("status", "error")
             error = done.get("error")
@@ -309,7 +378,7 @@ class ProcessBotExecutor:
             done, reason = {}, "internal"
         finally:
             if keep:
-                self._idle.put_nowait(worker)
+                self._release(worker)
         if not keep:
             self._discard(worker, reason)
         seconds = time.perf_counter() - started
@@ -339,14 +408,54 @@ class ProcessBotExecutor:
         detail = exc.signal_name or f"exit code {exc.returncode}"
         return "killed", f"the bot's worker process died ({detail}): {exc}"
 
-    async def _acquire(self) -> WorkerProcess:
+    async def _acquire(self, project: str) -> WorkerProcess:
+        """An idle worker of ``project``, or a clean one; a worker that served another
+        project is never handed over: it is killed and a fresh one started instead."""
         while True:
             if self._closed:
                 raise ExecutorError("the executor is closed")
-            worker = await self._idle.get()
-            if worker.alive:
+            worker = self._take_idle(project)
+            if worker is None:
+                await self._wait_for_worker()
+                continue
+            if not worker.alive:
+                self._discard(worker, "died")
+            elif worker.project in (None, project):
+                worker.project = project
                 return worker
-            self._discard(worker, "died")
+            else:
+                self._discard(worker, "project")
+
+    def _take_idle(self, project: str) -> WorkerProcess | None:
+        for wanted in (project, None):
+            for index, worker in enumerate(self._idle):
+                if worker.project == wanted:
+                    return self._idle.pop(index)
+        return self._idle.pop(0) if self._idle else None
+
+    async def _wait_for_worker(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._wake()  # we were woken for a worker we will not take: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def _release(self, worker: WorkerProcess) -> None:
+        """Put ``worker`` back in the idle list and wake the first execution waiting."""
+        self._idle.append(worker)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _discard(self, worker: WorkerProcess, reason: str) -> None:
         """Kill ``worker`` and start its replacement in the background."""
@@ -369,7 +478,7 @@ class ProcessBotExecutor:
                 await fresh.stop()
                 return
             self._workers.add(fresh)
-            self._idle.put_nowait(fresh)
+            self._release(fresh)
             return
 
     async def _run(
@@ -378,6 +487,7 @@ class ProcessBotExecutor:
         request: ExecutionRequest,
         limits: EffectiveLimits,
         outcome: _Outcome,
+        deadline: float,
     ) -> None:
         bot = request.bot
         digest = hashlib.sha256(bot.code.encode("utf-8", "surrogatepass")).hexdigest()
@@ -408,7 +518,7 @@ class ProcessBotExecutor:
             outcome.done = {"status": "error", "error": f"input is too large: {exc}"}
             return
         worker.remember(digest)
-        context = request.call_context()
+        context = request.call_context(deadline)
         while True:
             reply = await worker.receive()
             op = reply.get("op")
@@ -416,8 +526,18 @@ class ProcessBotExecutor:
                 outcome.done = reply
                 return
             if op == "fhir":
-                outcome.fhir_calls += 1
-                answer = await self._fhir_call(bot, context, reply)
+                cost = _call_cost(reply)
+                if outcome.fhir_calls + cost > self.policy.max_fhir_calls:
+                    left = max(0, self.policy.max_fhir_calls - outcome.fhir_calls)
+                    answer = _failure(
+                        429,
+                        f"this call counts {cost} against SandboxPolicy.max_fhir_calls "
+                        f"({self.policy.max_fhir_calls} per execution, a Bundle entry each) "
+                        f"and only {left} remain",
+                    )
+                else:
+                    outcome.fhir_calls += cost
+                    answer = await self._call_while_alive(worker, bot, context, reply)
                 try:
                     await worker.send(answer)
                 except (FrameTooLargeError, TypeError) as exc:
@@ -427,6 +547,25 @@ class ProcessBotExecutor:
             else:
                 await worker.kill()
                 raise WorkerLostError(f"worker sent unexpected {op!r}", worker.process.returncode)
+
+    async def _call_while_alive(
+        self, worker: WorkerProcess, bot: Bot, context: CallContext, message: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Perform a FHIR call, cancelled at once if the worker dies meanwhile (the timeout
+        cancels it too, by cancelling this whole coroutine)."""
+        call = asyncio.ensure_future(self._fhir_call(bot, context, message))
+        died = asyncio.ensure_future(worker.process.wait())
+        try:
+            await asyncio.wait((call, died), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+        if not call.cancelled():
+            return call.result()
+        raise WorkerLostError("worker exited during a FHIR call", worker.process.returncode)
 
     async def _fhir_call(
         self, bot: Bot, context: CallContext, message: Mapping[str, Any]

@@ -40,6 +40,10 @@ class CallContext:
     causation: tuple[CausationLink, ...] = ()
     """Causation chain to record on changes this call makes: the triggering change's chain
     followed by this execution (oldest first). Lets the engine stop bot loops."""
+    deadline: float | None = None
+    """When the execution ends (its timeout), on the ``time.monotonic()`` clock, which all
+    processes of a host share: a write of this call that has not committed by then must not
+    commit (the engine's gateway hands it to the datastore, which rolls back)."""
 
 
 class FhirGateway(Protocol):

@@ -8,6 +8,7 @@ Change it with the copy-builders (``policy.with_timeout(30)``), never by mutatio
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from fhirbots.bots.errors import PolicyError
@@ -113,6 +114,16 @@ class SandboxPolicy:
     code_cache_size: int = 256
     """Compiled bots (by source digest) each worker keeps; the least recently used goes."""
 
+    project_concurrency: int = 0
+    """Executions of one project running at once, i.e. its share of the workers; 0 (the
+    default) means half of ``pool_size``, rounded up. The other workers stay free for other
+    projects however many bots one project starts. See :attr:`project_share`."""
+
+    project_queue: int = 64
+    """Executions of one project that may wait for its share before the API's ``$execute``
+    is refused (429 with ``Retry-After``). Subscription and cron runs are never refused: they
+    wait in order."""
+
     def __post_init__(self) -> None:
         """Refuse impossible values, naming the field."""
         positive = {
@@ -127,6 +138,7 @@ class SandboxPolicy:
             "pool_size": self.pool_size,
             "max_executions_per_worker": self.max_executions_per_worker,
             "code_cache_size": self.code_cache_size,
+            "project_queue": self.project_queue,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -137,6 +149,8 @@ class SandboxPolicy:
                 "SandboxPolicy.max_message_bytes must exceed max_output_bytes + "
                 "4 * max_log_bytes + 4096 so that a result fits in one message"
             )
+        if self.project_concurrency < 0:
+            raise PolicyError("SandboxPolicy.project_concurrency must be >= 0 (0: half the pool)")
         if self.max_fhir_calls < 0:
             raise PolicyError("SandboxPolicy.max_fhir_calls must be >= 0")
         if self.memory_bytes < 64 * MIB:
@@ -180,6 +194,21 @@ class SandboxPolicy:
     def with_pool_size(self, workers: int) -> SandboxPolicy:
         """Copy with another number of pre-warmed workers."""
         return dataclasses.replace(self, pool_size=workers)
+
+    def with_project_share(self, concurrency: int, queue: int | None = None) -> SandboxPolicy:
+        """Copy with another per-project share of the workers (and queue length)."""
+        return dataclasses.replace(
+            self,
+            project_concurrency=concurrency,
+            project_queue=self.project_queue if queue is None else queue,
+        )
+
+    @property
+    def project_share(self) -> int:
+        """Executions of one project at once: :attr:`project_concurrency`, or half the pool."""
+        if self.project_concurrency:
+            return min(self.project_concurrency, self.pool_size)
+        return max(1, math.ceil(self.pool_size / 2))
 
     def limits_for(
         self, timeout_seconds: float | None = None, memory_bytes: int | None = None

@@ -13,6 +13,7 @@ Under :class:`fhirbots.schemas.errors.FhirbotsError`::
     ├── Gone                       (410) the resource was deleted
     ├── PreconditionFailed         (412) If-Match does not name the current version
     ├── UnsupportedMediaType       (415)
+    ├── DeadlinePassed             (408) a write's deadline passed before it committed
     ├── Unprocessable              (422) a resource that does not validate
     ├── DatastoreUnavailable       (503) the database cannot be reached or failed a statement
     │   └── WriterStopped          (storage.sqlite) the SQLite writer process is gone
@@ -36,6 +37,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "DatastoreUnavailable",
+    "DeadlinePassed",
     "FhirError",
     "Forbidden",
     "Gone",
@@ -122,6 +124,14 @@ class PreconditionFailed(FhirError):
 class UnsupportedMediaType(FhirError):
     status = 415
     code = "not-supported"
+
+
+class DeadlinePassed(FhirError):
+    """The deadline of a write (a bot execution's timeout) passed before it committed: it was
+    rolled back, nothing of it is stored."""
+
+    status = 408
+    code = "timeout"
 
 
 class Unprocessable(FhirError):

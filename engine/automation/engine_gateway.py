@@ -24,10 +24,12 @@ from typing import Any
 
 from fhirbots.bots.errors import FhirGatewayError
 from fhirbots.bots.gateway import CallContext
+from fhirbots.engine.automation.bot_scopes import BotScopes
 from fhirbots.engine.automation.tags import tag_resource
 from fhirbots.engine.errors import FhirError
 from fhirbots.engine.fhir.bundles import process_bundle
 from fhirbots.engine.fhir.outcome import outcome_for
+from fhirbots.engine.fhir.scopes import scoped
 from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import FhirService, apply_json_patch
@@ -84,11 +86,18 @@ class EngineFhirGateway:
         self._search = search
         self._get_url = get_url
         self._base = base_url.rstrip("/")
+        self._scopes = BotScopes(fhir.storage)
 
     @staticmethod
     def write_context(ctx: CallContext) -> WriteContext:
-        """The datastore's write context of a call: author, trace and causation chain."""
-        return WriteContext(author=ctx.author, traceparent=ctx.trace_id, causation=ctx.causation)
+        """The datastore's write context of a call: author, trace, causation chain, and the
+        execution's deadline, after which the datastore commits nothing of the call."""
+        return WriteContext(
+            author=ctx.author,
+            traceparent=ctx.trace_id,
+            causation=ctx.causation,
+            deadline=ctx.deadline,
+        )
 
     async def read(self, ctx: CallContext, resource_type: str, resource_id: str) -> dict[str, Any]:
         """The current version of a resource of the bot's project."""
@@ -160,7 +169,8 @@ class EngineFhirGateway:
         """Search with the engine's full search semantics; a ``searchset`` Bundle."""
         pairs = search_pairs(params)
         try:
-            result = await self._search.search(ctx.project, resource_type, pairs)
+            with scoped(await self._scopes.of(ctx)):
+                result = await self._search.search(ctx.project, resource_type, pairs)
         except FhirError as exc:
             raise _translated(exc) from exc
         return searchset(self._base, f"/{resource_type}", pairs, result)
@@ -176,13 +186,14 @@ class EngineFhirGateway:
                 entry = {**entry, "resource": tag_resource(resource, ctx.bot, ctx.execution_id)}
             entries.append(entry)
         try:
-            return await process_bundle(
-                self._fhir,
-                ctx.project,
-                {**bundle, "entry": entries},
-                self.write_context(ctx),
-                get=self._get_url,
-                representation=True,
-            )
+            with scoped(await self._scopes.of(ctx)):  # for the Bundle's search entries
+                return await process_bundle(
+                    self._fhir,
+                    ctx.project,
+                    {**bundle, "entry": entries},
+                    self.write_context(ctx),
+                    get=self._get_url,
+                    representation=True,
+                )
         except FhirError as exc:
             raise _translated(exc) from exc

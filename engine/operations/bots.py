@@ -26,7 +26,7 @@ from aiohttp import web
 
 from fhirbots.bots.compile import compile_bot
 from fhirbots.bots.cron import CronSchedule
-from fhirbots.bots.errors import BotCompileError, CronError, ExecutorError
+from fhirbots.bots.errors import BotCompileError, CronError, ExecutorError, ProjectBusyError
 from fhirbots.engine.automation.runtime import BotRuntime, result_json
 from fhirbots.engine.errors import (
     BadRequest,
@@ -177,6 +177,14 @@ def execution_response(outcome: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(output), content_type="application/json", headers=headers)
 
 
+def _busy(exc: ProjectBusyError) -> web.Response:
+    """429: the project runs its share of the bot workers and its queue is full."""
+    issue = Issue(str(exc), code="throttled")
+    return fhir_response(
+        operation_outcome([issue]), status=429, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
 def _unavailable(exc: ExecutorError) -> FhirError:
     error = FhirError(f"bots cannot run now: {exc}")
     error.status = 503
@@ -265,6 +273,8 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
                     },
                 )
             result = await runtime.run(execution, trigger="execute", bot_version=loaded.version)
+        except ProjectBusyError as exc:
+            return _busy(exc)
         except ExecutorError as exc:
             raise _unavailable(exc) from exc
         return execution_response(result_json(result))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from fhirbots.engine.errors import DeadlinePassed
 from fhirbots.schemas.events import CausationLink, ChangeEvent
 
 __all__ = [
@@ -49,6 +51,15 @@ class WriteContext:
     author: str | None = None
     traceparent: str | None = None
     causation: tuple[CausationLink, ...] = ()
+    deadline: float | None = None
+    """``time.monotonic()`` after which the write must not commit (a bot execution's timeout;
+    the clock is the host's, so the SQLite writer process reads the same one)."""
+
+    def check_deadline(self) -> None:
+        """Raise :class:`DeadlinePassed` once :attr:`deadline` is over; the storage calls it
+        inside the write's transaction, before committing, so the write rolls back."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlinePassed("the write's deadline (its bot execution's timeout) passed")
 
 
 @dataclass(frozen=True)

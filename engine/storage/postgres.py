@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,6 +37,7 @@ from fhirbots.engine.storage.model import (
 )
 from fhirbots.engine.storage.planner import op_target, plan_write
 from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.postgres_locks import AdvisoryLocks
 from fhirbots.engine.storage.postgres_pool import DRIVER_ERRORS
 from fhirbots.engine.storage.references import existing_statements, referrers_statements
 from fhirbots.engine.storage.search_index import (
@@ -118,6 +120,7 @@ class PostgresStorage:
         self._migrate = migrate
         self._pool: asyncpg.Pool | None = None
         self._search_pool: asyncpg.Pool | None = None
+        self._locks = AdvisoryLocks(dsn)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -159,6 +162,7 @@ class PostgresStorage:
             if pool is not None:
                 await pool.close()
         self._pool = self._search_pool = None
+        await self._locks.close()
 
     # -- resources --------------------------------------------------------------------------
 
@@ -341,6 +345,9 @@ class PostgresStorage:
         return sorted(found)[:limit]
 
     # -- projects and keys ------------------------------------------------------------------
+
+    def exclusive(self, project: str, name: str) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(f"{project}/{name}")
 
     @_translated
     async def ensure_project(self, project: str, name: str) -> bool:

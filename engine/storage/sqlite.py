@@ -27,6 +27,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -274,6 +275,7 @@ class SqliteStorage:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._exclusive: dict[tuple[str, str], asyncio.Lock] = {}
 
     @property
     def path(self) -> Path:
@@ -489,6 +491,9 @@ class SqliteStorage:
         return sorted(set(found))[:limit]
 
     # -- projects and keys ------------------------------------------------------------------
+
+    def exclusive(self, project: str, name: str) -> AbstractAsyncContextManager[None]:
+        return self._exclusive.setdefault((project, name), asyncio.Lock())
 
     async def ensure_project(self, project: str, name: str) -> bool:
         created: bool = await self._write("ensure_project", project, name)

@@ -159,10 +159,13 @@ class _Writes:
         targets: Sequence[tuple[str, str]],
         context: WriteContext,
     ) -> list[WriteResult]:
-        return [
+        context.check_deadline()
+        results = [
             self._apply_one(project, op, target, context)
             for op, target in zip(ops, targets, strict=True)
         ]
+        context.check_deadline()  # past it, the group rolls this write back alone
+        return results
 
     def _apply_one(
         self,
