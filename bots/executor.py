@@ -140,6 +140,7 @@ class ExecutionRequest:
                 CausationLink(bot=self.bot.reference, execution=self.execution_id),
             ),
             deadline=deadline,
+            allows=None if self.bot.access is None else self.bot.allows,
         )
 
     @property

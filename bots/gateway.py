@@ -11,6 +11,7 @@ found, invalid, conflict); the bot receives them as a ``FhirError`` it can catch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +45,10 @@ class CallContext:
     """When the execution ends (its timeout), on the ``time.monotonic()`` clock, which all
     processes of a host share: a write of this call that has not committed by then must not
     commit (the engine's gateway hands it to the datastore, which rolls back)."""
+    allows: Callable[[str, str], bool] | None = None
+    """The bot's access scopes, ``(resource type, interaction) -> bool``; None when unlimited.
+    The engine judges by it everything a search returns or tests (includes, chains, ``_has``),
+    beyond the call's own type that :mod:`fhirbots.bots.scopes` checks."""
 
 
 class FhirGateway(Protocol):

@@ -24,18 +24,17 @@ from typing import Any
 
 from fhirbots.bots.errors import FhirGatewayError
 from fhirbots.bots.gateway import CallContext
-from fhirbots.engine.automation.bot_scopes import BotScopes
 from fhirbots.engine.automation.tags import tag_resource
 from fhirbots.engine.errors import FhirError
 from fhirbots.engine.fhir.bundles import process_bundle
 from fhirbots.engine.fhir.outcome import outcome_for
-from fhirbots.engine.fhir.scopes import scoped
+from fhirbots.engine.fhir.scopes import Scope, scoped
 from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import FhirService, apply_json_patch
 from fhirbots.engine.storage.model import WriteContext, WriteResult
 
-__all__ = ["EngineFhirGateway", "GetUrl", "search_pairs"]
+__all__ = ["EngineFhirGateway", "GetUrl", "search_pairs", "search_scope"]
 
 GetUrl = Callable[[str, str], Awaitable[Any]]
 """``(project, relative url) -> resource or Bundle`` for GET entries of a transaction."""
@@ -56,6 +55,11 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def search_scope(ctx: CallContext) -> Scope | None:
+    """What the bot's searches may return or test (:mod:`fhirbots.engine.fhir.scopes`)."""
+    return None if ctx.allows is None else Scope(ctx.bot, ctx.allows)
 
 
 def _translated(exc: FhirError) -> FhirGatewayError:
@@ -86,7 +90,6 @@ class EngineFhirGateway:
         self._search = search
         self._get_url = get_url
         self._base = base_url.rstrip("/")
-        self._scopes = BotScopes(fhir.storage)
 
     @staticmethod
     def write_context(ctx: CallContext) -> WriteContext:
@@ -169,7 +172,7 @@ class EngineFhirGateway:
         """Search with the engine's full search semantics; a ``searchset`` Bundle."""
         pairs = search_pairs(params)
         try:
-            with scoped(await self._scopes.of(ctx)):
+            with scoped(search_scope(ctx)):
                 result = await self._search.search(ctx.project, resource_type, pairs)
         except FhirError as exc:
             raise _translated(exc) from exc
@@ -186,7 +189,7 @@ class EngineFhirGateway:
                 entry = {**entry, "resource": tag_resource(resource, ctx.bot, ctx.execution_id)}
             entries.append(entry)
         try:
-            with scoped(await self._scopes.of(ctx)):  # for the Bundle's search entries
+            with scoped(search_scope(ctx)):  # for the Bundle's search entries
                 return await process_bundle(
                     self._fhir,
                     ctx.project,

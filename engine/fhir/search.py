@@ -2,7 +2,8 @@
 query (:meth:`fhirbots.engine.storage.port.Storage.search`), then add ``_include``/``_revinclude``
 resources and shape the results (``_elements``, ``_summary``).
 
-Used by the REST search API, conditional create, GET entries of Bundles and the bots' API.
+Used by the REST search API, conditional create, GET entries of Bundles and the bots' API;
+every search is checked against the caller's scope (:mod:`fhirbots.engine.fhir.scopes`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from fhirbots.engine.errors import BadRequest
+from fhirbots.engine.fhir.scopes import check_search, visible
 from fhirbots.engine.storage.model import StoredResource
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.validation import fhir_model
@@ -126,6 +128,7 @@ class SearchService:
     ) -> SearchResult:
         """Run a search; the page is ``_count`` (default :data:`DEFAULT_PAGE`) from ``_offset``."""
         query, warnings = self.parse(resource_type, pairs, lenient=lenient)
+        check_search(query, self._registry)  # the caller's scope (fhirbots.engine.fhir.scopes)
         count = min(query.count if query.count is not None else DEFAULT_PAGE, MAX_PAGE)
         query = _with_count(query, count)
         total: int | None = None
@@ -136,7 +139,7 @@ class SearchService:
         matches = await self._run(query, project)
         if total is None and (query.offset == 0 or matches) and len(matches) < count:
             total = query.offset + len(matches)  # the last page tells the total for free
-        included = await self._includes(project, query, matches)
+        included = visible(await self._includes(project, query, matches))
         return SearchResult(query, matches, included, total, warnings)
 
     async def find(self, project: str, resource_type: str, search: str) -> list[StoredResource]:
@@ -145,6 +148,7 @@ class SearchService:
             query = parse_search(search, resource_type=resource_type, registry=self._registry).query
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
+        check_search(query, self._registry)
         return await self._run(_with_count(query, None), project)
 
     async def _run(self, query: SearchQuery, project: str) -> list[StoredResource]:

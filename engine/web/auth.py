@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 
 from fhirbots.engine.errors import Unauthorized
+from fhirbots.engine.fhir.scopes import Scope
 from fhirbots.engine.storage.model import ApiKeyRecord
 from fhirbots.engine.storage.port import Storage
 
-__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "generate_key", "hash_key"]
+__all__ = ["KEY_PREFIX", "Authenticator", "KeyScope", "Principal", "generate_key", "hash_key"]
 
 KEY_PREFIX = "fhb_"
 """Marks a fhirbots key, so secret scanners can recognise a leaked one."""
@@ -25,17 +26,47 @@ CACHE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
+class KeyScope:
+    """What a scoped key may do inside its project.
+
+    Attributes:
+        resource_types: The types it may touch; None for every type.
+        interactions: The interactions it may use (``read``, ``search``, ``create`` ...); None
+            for every interaction.
+    """
+
+    resource_types: frozenset[str] | None = None
+    interactions: frozenset[str] | None = None
+
+    def allows(self, resource_type: str, interaction: str) -> bool:
+        """Whether the key may use ``interaction`` on ``resource_type`` (``*``: every type)."""
+        if self.interactions is not None and interaction not in self.interactions:
+            return False
+        if self.resource_types is None:
+            return True
+        return resource_type != "*" and resource_type in self.resource_types
+
+
+@dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key and the project it is scoped to."""
+    """Who is calling: a key, the project it is scoped to and, for a scoped key, its scope."""
 
     key_id: str
     project: str
     admin: bool
+    scope: KeyScope | None = None
+    """None: the key may do anything inside its project."""
 
     @property
     def author(self) -> str:
         """How change events name this caller."""
         return f"ApiKey/{self.key_id}"
+
+    def search_scope(self) -> Scope | None:
+        """What the key's searches may return or test (:mod:`fhirbots.engine.fhir.scopes`)."""
+        if self.scope is None:
+            return None
+        return Scope(self.author, self.scope.allows)
 
 
 def generate_key() -> str:
