@@ -19,10 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
 from tests.conftest import REPO_ROOT, child_env
 from tests.integration.chaos.netns import Node
 
-__all__ = ["Broker", "Postgres", "Process", "fhirbots_command"]
+__all__ = ["Broker", "Postgres", "Process", "fhirbots_command", "holders"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 """Debian's PostgreSQL server binaries."""
@@ -275,3 +278,25 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+async def holders(bootstrap: str, group: str, topic: str) -> dict[str, set[int]]:
+    """Address of each live member of consumer ``group`` and the partitions of ``topic`` it is
+    assigned (each process of the run connects from its own address)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    found: dict[str, set[int]] = {}
+    for response in responses:
+        for described in response.to_object()["groups"]:
+            for member in described["members"]:
+                raw = member["member_assignment"]
+                assigned = ConsumerProtocolMemberAssignment.decode(raw).assignment if raw else []
+                host = str(member["client_host"]).lstrip("/")
+                found.setdefault(host, set()).update(
+                    p for name, parts in assigned if name == topic for p in parts
+                )
+    return found

@@ -27,7 +27,18 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.chaos.checks import FLAG_SYSTEM, RECOVERY_BOUND, Fault, Report, verify
+from fhirbots.engine.eventlog.partitioner import partition_for
+from fhirbots.engine.runtime import DEFAULT_PROJECT
+from fhirbots.engine.stages.dispatcher import DISPATCHER_GROUP
+from fhirbots.schemas.topics import NOTIFICATIONS
+from tests.integration.chaos.checks import (
+    AFTER_REPAIR,
+    FLAG_SYSTEM,
+    RECOVERY_BOUND,
+    Fault,
+    Report,
+    verify,
+)
 from tests.integration.chaos.load import Api, Load, Write
 from tests.integration.chaos.netns import Network, inside
 from tests.integration.chaos.processes import (
@@ -35,6 +46,7 @@ from tests.integration.chaos.processes import (
     Postgres,
     Process,
     fhirbots_command,
+    holders,
     python_env,
 )
 from tests.integration.chaos.receiver import Receipt, parse_receipt
@@ -267,6 +279,20 @@ class Cluster:
         if name.startswith("api"):
             await eventually(self._started(name), f"{name} answering again")
 
+    async def holder(self, role: str, subscription: str) -> str:
+        """The worker of ``role`` consuming the notifications of ``subscription`` (the first
+        one when the group is between assignments)."""
+        assert self.broker is not None
+        group = {"dispatcher": DISPATCHER_GROUP}[role]
+        members = await holders(self.broker.bootstrap, group, NOTIFICATIONS)
+        partitions = len(set().union(*members.values())) or 1
+        partition = partition_for(f"{DEFAULT_PROJECT}/{subscription}", partitions)
+        for n in (1, 2):
+            node = self.network.nodes[f"{role}{n}"]
+            if partition in members.get(node.address, set()):
+                return node.name
+        return f"{role}1"
+
     async def restart_broker(self) -> None:
         assert self.broker is not None
         await asyncio.to_thread(self.broker.kill)
@@ -298,8 +324,9 @@ async def _answers(url: str) -> bool:
         return False
 
 
-async def _set_up(api: Api, receiver_url: str) -> None:
-    """The bot and the two subscriptions on every new Patient (a rest-hook and the bot)."""
+async def _set_up(api: Api, receiver_url: str) -> list[str]:
+    """The bot and the two subscriptions on every new Patient (a rest-hook and the bot);
+    returns the subscriptions' ids."""
     bot = await api.expect(
         "POST",
         "Bot",
@@ -311,6 +338,7 @@ async def _set_up(api: Api, receiver_url: str) -> None:
         },
         201,
     )
+    ids: list[str] = []
     for endpoint in (f"{receiver_url}/notify", f"Bot/{bot['id']}"):
         subscription = {
             "resourceType": "Subscription",
@@ -324,7 +352,9 @@ async def _set_up(api: Api, receiver_url: str) -> None:
             },
             "extension": [{"url": MAX_ATTEMPTS, "valueInteger": 30}],
         }
-        await api.expect("POST", "Subscription", subscription, 201)
+        created = await api.expect("POST", "Subscription", subscription, 201)
+        ids.append(created["id"])
+    return ids
 
 
 async def _flagged(api: Api) -> set[str]:
@@ -358,25 +388,31 @@ async def _warm_up(api: Api, receipts: Receipts, count: int = 16) -> None:
 
 
 async def _caught_up(load: Load, receipts: Receipts, fault: Fault) -> None:
-    """Wait until every write acknowledged before ``fault`` was repaired, and one sent after,
-    is delivered; the fault's recovery time ends with the last of those deliveries."""
-    before = [w for w in load.writes if w.acked is not None and w.acked <= fault.repaired]
-    pending = [w for w in before if w.resource is not None]
+    """Wait until every write sent up to :data:`AFTER_REPAIR` seconds after ``fault`` was
+    repaired is answered and, when acknowledged, delivered (at least one acknowledged after
+    the repair): the backlog the fault built is drained and new writes flow again. The
+    recovery ends with the last of those deliveries."""
+    horizon = fault.repaired + AFTER_REPAIR
+    pending: list[Write] | None = None
 
     def check() -> float | None:
+        nonlocal pending
+        if time.time() < horizon:
+            return None
+        if pending is None:
+            pending = [w for w in load.writes if w.sent <= horizon]
+        if any(w.status is None and w.error is None for w in pending):
+            return None  # still in flight
         receipts.refresh()
-        pending[:] = [w for w in pending if w.resource not in receipts.first]
+        pending = [
+            w for w in pending if w.resource is not None and w.resource not in receipts.first
+        ]
         if pending:
             return None
-        after = [
-            receipts.first[w.resource]
-            for w in load.writes
-            if w.sent >= fault.repaired and w.resource is not None and w.resource in receipts.first
-        ]
-        if not after:
+        window = [w for w in load.writes if w.sent <= horizon and w.resource is not None]
+        if not any(w.sent >= fault.repaired for w in window):
             return None
-        times = [receipts.first[w.resource] for w in before if w.resource is not None]
-        return max([*times, min(after)])
+        return max(receipts.first[w.resource] for w in window if w.resource is not None)
 
     with contextlib.suppress(AssertionError):  # reported as a violation by verify()
         fault.recovered = await eventually(
@@ -448,26 +484,47 @@ async def _scenario(cluster: Cluster, rate: float, log: Callable[[str], None]) -
     receipts = Receipts(cluster.receipts_path)
     load = Load(api, rate, marker=f"urn:fhirbots:chaos:{cluster.network.run_id}")
     try:
-        await _set_up(api, cluster.receiver_url)
+        resthook, bot = await _set_up(api, cluster.receiver_url)
         await _warm_up(api, receipts)
         log("chaos: warmed up, load starts")
         load.start()
-        faults: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("kill -9 api1", lambda: cluster.restart("api1")),
-            *((f"kill -9 {role}1", _bind(cluster.restart, f"{role}1")) for role in ROLES),
-            ("restart Kafka broker (kill -9)", cluster.restart_broker),
-            ("restart PostgreSQL (kill -9)", cluster.restart_postgres),
-            (f"cut dispatcher2 network {CUT_SECONDS:g} s", _bind(cluster.cut, "dispatcher2")),
+
+        async def kill(role: str) -> str:
+            # A dispatcher holding the rest-hook's lane, so that the kill interrupts it.
+            name = await cluster.holder(role, resthook) if role == "dispatcher" else f"{role}1"
+            await cluster.restart(name)
+            return f"kill -9 {name}"
+
+        async def restart_broker() -> str:
+            await cluster.restart_broker()
+            return "restart Kafka broker (kill -9)"
+
+        async def restart_postgres() -> str:
+            await cluster.restart_postgres()
+            return "restart PostgreSQL (kill -9)"
+
+        async def cut() -> str:
+            name = await cluster.holder("dispatcher", bot)  # the bot's lane
+            await cluster.cut(name)
+            return f"cut {name} network {CUT_SECONDS:g} s"
+
+        faults: list[Callable[[], Awaitable[str]]] = [
+            lambda: kill("api"),
+            *(_bind(kill, role) for role in ROLES),
+            restart_broker,
+            restart_postgres,
+            cut,
         ]
         done: list[Fault] = []
         steady = Fault("steady state", time.time(), time.time())
         await _caught_up(load, receipts, steady)
-        for name, inject in faults:
-            fault = Fault(name, time.time())
-            await inject()
+        for inject in faults:
+            fault = Fault("", time.time())
+            fault.name = await inject()
             fault.repaired = time.time()
             await _caught_up(load, receipts, fault)
-            log(f"chaos: {name}: recovered in {fault.recovery_seconds or float('nan'):.1f} s")
+            took = fault.recovery_seconds
+            log(f"chaos: {fault.name}: recovered in {took or float('nan'):.1f} s")
             done.append(fault)
         await load.stop()
         await _drained(api, load, receipts)
@@ -481,5 +538,5 @@ async def _scenario(cluster: Cluster, rate: float, log: Callable[[str], None]) -
         await api.close()
 
 
-def _bind(action: Callable[[str], Awaitable[None]], name: str) -> Callable[[], Awaitable[None]]:
+def _bind(action: Callable[[str], Awaitable[str]], name: str) -> Callable[[], Awaitable[str]]:
     return lambda: action(name)
