@@ -12,9 +12,11 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import Counter, Histogram
 
 from fhirbots.engine.api import fhir, openapi, search
+from fhirbots.engine.api.negotiation import negotiation_middleware
 from fhirbots.engine.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
 from fhirbots.engine.fhir.limits import PayloadTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
+from fhirbots.engine.fhir.scopes import scoped
 from fhirbots.engine.observability.probes import READINESS, Readiness, livez, metrics, readyz
 from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent, trace_id_of
 from fhirbots.engine.settings import API_PATH
@@ -141,10 +143,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if authorization is None and browser is not None:
         caller = await browser.principal(request)
     if caller is None:
-        request[PRINCIPAL] = await request.app[AUTHENTICATOR].authenticate(authorization)
-        return await handler(request)
+        caller = await request.app[AUTHENTICATOR].authenticate(authorization)
+        request[PRINCIPAL] = caller
+        with scoped(caller.search_scope()):  # what its searches may reach (fhir.scopes)
+            return await handler(request)
     request[PRINCIPAL] = caller
-    response = await handler(request)
+    with scoped(caller.search_scope()):
+        response = await handler(request)
     if browser is not None and request.method not in ("GET", "HEAD"):
         await browser.audit(request, caller, response.status)
     return response
@@ -167,7 +172,7 @@ def create_app(
     dashboard) authenticate their callers themselves. ``/readyz`` reports ``readiness``.
     """
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, negotiation_middleware, auth_middleware],
         client_max_size=services.settings.max_request_bytes,
     )
     app[SERVICES] = services

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
-from fhirbots.engine.api.capability import capability_statement
+from fhirbots.engine.api.capability import Served, capability_statement
+from fhirbots.engine.api.operation_definitions import (
+    definition_resource,
+    operation_ids,
+    served_operations,
+)
 from fhirbots.engine.errors import BadRequest, Issue
+from fhirbots.engine.api.everything import everything_instance, everything_type
+from fhirbots.engine.api.preconditions import not_modified
 from fhirbots.engine.fhir.bundles import process_bundle
+from fhirbots.engine.fhir.conditional import (
+    conditional_delete,
+    conditional_patch,
+    conditional_update,
+)
 from fhirbots.engine.fhir.integrity import cascade_requested
 from fhirbots.engine.fhir.outcome import operation_outcome
 from fhirbots.engine.settings import API_PATH
@@ -26,6 +39,9 @@ DEFAULT_COUNT = 50
 
 MAX_COUNT = 1000
 """Largest page a client may ask for."""
+
+_FORMAT_PARAMS = frozenset({"_format", "_pretty"})
+"""Query parameters that shape the answer and never select resources."""
 
 
 def _if_match(request: web.Request) -> int | None:
@@ -67,12 +83,41 @@ def _write_response(request: web.Request, result: WriteResult, status: int) -> w
 async def metadata(request: web.Request) -> web.Response:
     """The CapabilityStatement (no authentication)."""
     svc = services(request)
-    base = base_url(request)
-    return fhir_response(capability_statement(base, svc.search_capabilities()))
+    served = Served.of(request.app)
+    return fhir_response(capability_statement(base_url(request), svc.search.registry, served))
+
+
+async def operation_definition(request: web.Request) -> web.Response:
+    """read of an OperationDefinition: the engine's own at their canonical URLs, else the
+    project's."""
+    own = operation_ids(served_operations(request.app).values()).get(request.match_info["id"])
+    if own is None:
+        return await read(request)
+    return fhir_response(definition_resource(own, base_url(request)))
+
+
+def _search_of(request: web.Request) -> str:
+    """The request's query string without the format parameters: the search of a conditional
+    interaction ("" when there is none)."""
+    kept = [(k, v) for k, v in request.query.items() if k not in _FORMAT_PARAMS]
+    return urlencode(kept)
+
+
+def _if_none_exist(request: web.Request) -> str | None:
+    """``If-None-Exist``, or the query of ``POST Type?search``, which is the same conditional
+    create (as Aidbox has it, and fhirpy's ``get_or_create`` sends it); both at once is a 400."""
+    header = request.headers.get("If-None-Exist")
+    query = _search_of(request)
+    if header is not None and query:
+        raise BadRequest(
+            "conditional create takes its search from If-None-Exist or from the URL's query, "
+            "not both"
+        )
+    return header or query or None
 
 
 async def create(request: web.Request) -> web.Response:
-    """create, and conditional create with ``If-None-Exist``."""
+    """create, and conditional create with ``If-None-Exist`` or ``POST Type?search``."""
     resource_type = request.match_info["type"]
     body = await read_json(request)
     if isinstance(body, dict) and body.get("resourceType") != resource_type:
@@ -83,7 +128,7 @@ async def create(request: web.Request) -> web.Response:
         principal(request).project,
         body,
         write_context(request),
-        if_none_exist=request.headers.get("If-None-Exist"),
+        if_none_exist=_if_none_exist(request),
     )
     return _write_response(request, result, 201 if result.created else 200)
 
@@ -93,6 +138,9 @@ async def read(request: web.Request) -> web.Response:
     stored = await services(request).fhir.read(
         principal(request).project, request.match_info["type"], request.match_info["id"]
     )
+    unchanged = not_modified(request, stored)
+    if unchanged is not None:
+        return unchanged
     return fhir_response(stored.content, headers=version_headers(stored))
 
 
@@ -110,7 +158,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    """JSON Patch (``application/json-patch+json``)."""
+    """JSON Patch, JSON Merge Patch or FHIRPath Patch (:mod:`fhirbots.engine.fhir.patch`)."""
     result = await services(request).fhir.patch(
         principal(request).project,
         request.match_info["type"],
@@ -118,8 +166,53 @@ async def patch(request: web.Request) -> web.Response:
         await read_json(request, patch=True),
         write_context(request),
         if_match=_if_match(request),
+        media_type=request.content_type,
     )
     return _write_response(request, result, 200)
+
+
+async def update_by_search(request: web.Request) -> web.Response:
+    """Conditional update, ``PUT Type?search`` (:mod:`fhirbots.engine.fhir.conditional`)."""
+    result = await conditional_update(
+        services(request).fhir,
+        principal(request).project,
+        request.match_info["type"],
+        _search_of(request),
+        await read_json(request),
+        write_context(request),
+        if_match=_if_match(request),
+    )
+    return _write_response(request, result, 201 if result.created else 200)
+
+
+async def patch_by_search(request: web.Request) -> web.Response:
+    """Conditional patch, ``PATCH Type?search``."""
+    result = await conditional_patch(
+        services(request).fhir,
+        principal(request).project,
+        request.match_info["type"],
+        _search_of(request),
+        await read_json(request, patch=True),
+        write_context(request),
+        media_type=request.content_type,
+        if_match=_if_match(request),
+    )
+    return _write_response(request, result, 200)
+
+
+async def delete_by_search(request: web.Request) -> web.Response:
+    """Conditional delete, ``DELETE Type?search``: 204 whether it deleted none, one or (when
+    allowed) several."""
+    svc = services(request)
+    await conditional_delete(
+        svc.fhir,
+        principal(request).project,
+        request.match_info["type"],
+        _search_of(request),
+        write_context(request),
+        multiple=svc.settings.conditional_delete_multiple,
+    )
+    return fhir_response(None, status=204)
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -144,6 +237,9 @@ async def vread(request: web.Request) -> web.Response:
         request.match_info["id"],
         request.match_info["vid"],
     )
+    unchanged = not_modified(request, stored)
+    if unchanged is not None:
+        return unchanged
     return fhir_response(stored.content, headers=version_headers(stored))
 
 
@@ -256,6 +352,7 @@ async def bundle(request: web.Request) -> web.Response:
         get=svc.get_url,
         # Entries carry status and location only, unless the client asks for the resources.
         representation=prefer(request, "return", "minimal") == "representation",
+        conditional_delete_multiple=svc.settings.conditional_delete_multiple,
     )
     return fhir_response(result)
 
@@ -272,6 +369,12 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{base}/{{type}}/{{id}}/_history", history_instance),
         web.get(f"{base}/{{type}}/{{id}}/_history/{{vid}}", vread),
         web.post(f"{base}/{{type}}", create),
+        web.put(f"{base}/{{type}}", update_by_search),
+        web.patch(f"{base}/{{type}}", patch_by_search),
+        web.delete(f"{base}/{{type}}", delete_by_search),
+        web.get(f"{base}/Patient/$everything", everything_type),
+        web.get(f"{base}/Patient/{{id}}/$everything", everything_instance),
+        web.get(f"{base}/{{type:OperationDefinition}}/{{id}}", operation_definition),
         web.get(f"{base}/{{type}}/{{id}}", read),
         web.put(f"{base}/{{type}}/{{id}}", update),
         web.patch(f"{base}/{{type}}/{{id}}", patch),

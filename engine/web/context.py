@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from aiohttp import web
@@ -38,27 +37,8 @@ class Services:
     get_url: GetUrl
     """``(project, relative url) -> resource or Bundle`` for GET entries of a batch."""
 
-    def search_capabilities(self) -> dict[str, list[dict[str, str]]]:
-        """Supported search parameters per type, for the CapabilityStatement."""
-        return search_capabilities(self.search)
-
 
 SERVICES = web.AppKey("services", Services)
-
-
-@cache
-def search_capabilities(search: SearchService) -> dict[str, list[dict[str, str]]]:
-    """Supported search parameters per type, from the registry."""
-    registry = search.registry
-    out: dict[str, list[dict[str, str]]] = {}
-    for resource_type in sorted(registry.resource_types):
-        params = []
-        for code in registry.codes(resource_type):
-            definition = registry.get(resource_type, code)
-            if definition is not None and definition.supported:
-                params.append({"name": code, "type": definition.type, "definition": definition.url})
-        out[resource_type] = params
-    return out
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
