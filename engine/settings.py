@@ -232,6 +232,10 @@ class Settings:
     """How often a bot may already be in a change's causation chain and still be triggered by
     it; deeper, the notification is suppressed (``FHIRBOTS_LOOP_GUARD_DEPTH``)."""
 
+    conditional_delete_multiple: bool = False
+    """``DELETE Type?search`` may delete every match; when False, more than one match is a 412
+    (``FHIRBOTS_CONDITIONAL_DELETE_MULTIPLE``, ``true`` or ``false``)."""
+
     # The bot sandbox: each bot_* setting is a field of the SandboxPolicy that
     # sandbox_policy() builds, which validates them; the defaults are the policy's own.
 
@@ -417,6 +421,13 @@ class Settings:
                 if part.strip()
             ),
             loop_guard_depth=int(env.get("FHIRBOTS_LOOP_GUARD_DEPTH", str(base.loop_guard_depth))),
+            conditional_delete_multiple=_parsed(
+                env,
+                "FHIRBOTS_CONDITIONAL_DELETE_MULTIPLE",
+                _flag,
+                "true or false",
+                base.conditional_delete_multiple,
+            ),
             delivery_timeout=float(
                 env.get("FHIRBOTS_DELIVERY_TIMEOUT", str(base.delivery_timeout))
             ),

@@ -10,14 +10,14 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from fhirbots.engine.api.capability import Served, capability_statement
+from fhirbots.engine.api.everything import everything_instance, everything_type
 from fhirbots.engine.api.operation_definitions import (
     definition_resource,
     operation_ids,
     served_operations,
 )
-from fhirbots.engine.errors import BadRequest, Issue
-from fhirbots.engine.api.everything import everything_instance, everything_type
 from fhirbots.engine.api.preconditions import not_modified
+from fhirbots.engine.errors import BadRequest, Issue
 from fhirbots.engine.fhir.bundles import process_bundle
 from fhirbots.engine.fhir.conditional import (
     conditional_delete,

@@ -10,16 +10,26 @@ order. A batch runs each entry on its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from fhirbots.engine.errors import BadRequest, FhirError
+from fhirbots.engine.errors import BadRequest, FhirError, NotFound
+from fhirbots.engine.fhir.conditional import (
+    conditional_delete,
+    conditional_patch,
+    conditional_update,
+    delete_targets,
+    single_match,
+    update_target,
+)
 from fhirbots.engine.fhir.limits import ResponseBudget, ResponseTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
-from fhirbots.engine.fhir.service import FhirService, apply_json_patch, check_type
+from fhirbots.engine.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, PATCH_MEDIA_TYPES, apply_patch
+from fhirbots.engine.fhir.service import FhirService, check_type
 from fhirbots.engine.storage.model import (
     CreateOp,
     DeleteOp,
@@ -139,16 +149,30 @@ def _check_distinct(entries: list[_Entry]) -> None:
                 )
 
 
-def _patch_document(entry: _Entry) -> Any:
+def _patch_document(entry: _Entry) -> tuple[Any, str]:
+    """The patch of a PATCH entry and its media type: a ``Parameters`` resource (FHIRPath
+    Patch), or a ``Binary`` holding a JSON Patch (or, by its ``contentType``, a merge patch)."""
     resource = entry.resource
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        return resource, FHIRPATH_PATCH
     if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
         raise BadRequest(
-            f"Bundle.entry[{entry.index}]: PATCH needs a Binary resource holding a JSON Patch"
+            f"Bundle.entry[{entry.index}]: PATCH needs a Parameters resource (FHIRPath Patch) "
+            "or a Binary resource holding a JSON Patch"
         )
+    media = resource.get("contentType")
     try:
-        return orjson.loads(base64.b64decode(resource.get("data") or ""))
+        document = orjson.loads(base64.b64decode(resource.get("data") or ""))
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise BadRequest(f"Bundle.entry[{entry.index}]: the JSON Patch is malformed") from exc
+    return document, media if media in PATCH_MEDIA_TYPES else JSON_PATCH
+
+
+def _conditional(entry: _Entry) -> bool:
+    """Whether the entry's interaction depends on a search (and so holds its type's lock)."""
+    if entry.method == "POST":
+        return bool(entry.if_none_exist)
+    return entry.method in ("PUT", "DELETE", "PATCH") and "?" in entry.url
 
 
 def _response(
@@ -173,6 +197,7 @@ class _Transaction:
         project: str,
         context: WriteContext,
         entries: list[_Entry],
+        multiple: bool = False,
     ) -> None:
         self.service = service
         self.project = project
@@ -180,6 +205,45 @@ class _Transaction:
         self.entries = entries
         self.ids: dict[str, str] = {}
         self.existing: dict[int, StoredResource] = {}
+        self.multiple = multiple
+        self.unmatched: set[int] = set()
+        """Conditional deletes that found nothing."""
+        self.also_deleted: dict[int, list[str]] = {}
+        """Further ids a conditional delete found (when deleting several is allowed)."""
+
+    async def _resolve_conditional(self) -> None:
+        """Turn each ``Type?search`` entry into ``Type/id`` (the caller holds the locks)."""
+        for entry in self.entries:
+            if entry.method not in ("PUT", "DELETE", "PATCH") or "?" not in entry.url:
+                continue
+            resource_type, search = entry.url.split("?", 1)
+            try:
+                check_type(resource_type)
+                if entry.method == "PUT":
+                    target, _ = await update_target(
+                        self.service, self.project, resource_type, search, entry.resource
+                    )
+                    entry.url = f"{resource_type}/{target}"
+                elif entry.method == "PATCH":
+                    found = single_match(
+                        await self.service.find(self.project, resource_type, search),
+                        "patch",
+                        search,
+                    )
+                    if found is None:
+                        raise NotFound(f"conditional patch {search!r} matches no {resource_type}")
+                    entry.url = f"{resource_type}/{found.id}"
+                else:
+                    found_all = await delete_targets(
+                        self.service, self.project, resource_type, search, multiple=self.multiple
+                    )
+                    if not found_all:
+                        self.unmatched.add(entry.index)
+                        continue
+                    entry.url = f"{resource_type}/{found_all[0].id}"
+                    self.also_deleted[entry.index] = [f.id for f in found_all[1:]]
+            except FhirError as exc:
+                raise exc.located(f"Bundle.entry[{entry.index}]") from None
 
     async def _assign_ids(self) -> dict[int, str]:
         assigned: dict[int, str] = {}
@@ -225,11 +289,12 @@ class _Transaction:
         if entry.method == "DELETE":
             return DeleteOp(resource_type, resource_id, entry.if_match)
         current = await self.service.read(self.project, resource_type, resource_id)
-        patched = apply_json_patch(current, _patch_document(entry))
+        patched = apply_patch(current, *_patch_document(entry))
         return UpdateOp(resource_type, resource_id, patched, current.version_id)
 
     async def run(self, get: GetHandler, representation: bool) -> dict[str, Any]:
         _check_distinct(self.entries)
+        await self._resolve_conditional()
         assigned = await self._assign_ids()
         ordered = sorted(self.entries, key=lambda e: _ORDER.get(e.method, 9))
         writes: list[tuple[_Entry, WriteOp]] = []
@@ -238,10 +303,15 @@ class _Transaction:
                 raise BadRequest(f"Bundle.entry[{entry.index}]: method {entry.method} unknown")
             if entry.method in ("GET", "HEAD") or entry.index in self.existing:
                 continue
+            if entry.index in self.unmatched:
+                continue
             try:
                 writes.append((entry, await self._op(entry, assigned)))
             except FhirError as exc:
                 raise exc.located(f"Bundle.entry[{entry.index}]") from None
+            resource_type = entry.url.split("/", 1)[0]
+            for other in self.also_deleted.get(entry.index, ()):
+                writes.append((entry, DeleteOp(resource_type, other)))
         # All entries are validated together: a large transaction is spread over the
         # validator's worker processes.
         ops = await self.service.prepare_many(
@@ -256,6 +326,8 @@ class _Transaction:
             out[entry.index] = _response(result, status, representation=representation)
         for index, found in self.existing.items():
             out[index] = _response(found, 200, representation=representation)
+        for index in self.unmatched:
+            out[index] = _response(None, 204, representation=False)
         for entry in ordered:
             if entry.method in ("GET", "HEAD"):
                 out[entry.index] = {
@@ -276,6 +348,7 @@ async def _batch_entry(
     entry: _Entry,
     get: GetHandler,
     representation: bool,
+    multiple: bool = False,
 ) -> dict[str, Any]:
     resource_type, resource_id = _split_url(entry)
     if entry.method in ("GET", "HEAD"):
@@ -285,6 +358,10 @@ async def _batch_entry(
             project, entry.resource, context, if_none_exist=entry.if_none_exist
         )
         return _response(result, 201 if result.created else 200, representation=representation)
+    if "?" in entry.url and entry.method in ("PUT", "DELETE", "PATCH"):
+        return await _conditional_batch_entry(
+            service, project, context, entry, representation, multiple
+        )
     if resource_id is None or "?" in entry.url:
         raise BadRequest(f"{entry.method} {entry.url} needs Type/id")
     if entry.method == "PUT":
@@ -298,16 +375,57 @@ async def _batch_entry(
         )
         return _response(result, 204, representation=False)
     if entry.method == "PATCH":
+        document, media_type = _patch_document(entry)
         result = await service.patch(
             project,
             resource_type,
             resource_id,
-            _patch_document(entry),
+            document,
             context,
             if_match=entry.if_match,
+            media_type=media_type,
         )
         return _response(result, 200, representation=representation)
     raise BadRequest(f"method {entry.method} is not supported in a batch")
+
+
+async def _conditional_batch_entry(
+    service: FhirService,
+    project: str,
+    context: WriteContext,
+    entry: _Entry,
+    representation: bool,
+    multiple: bool,
+) -> dict[str, Any]:
+    resource_type, search = entry.url.split("?", 1)
+    if entry.method == "PUT":
+        result = await conditional_update(
+            service,
+            project,
+            resource_type,
+            search,
+            entry.resource,
+            context,
+            if_match=entry.if_match,
+        )
+        return _response(result, 201 if result.created else 200, representation=representation)
+    if entry.method == "DELETE":
+        await conditional_delete(
+            service, project, resource_type, search, context, multiple=multiple
+        )
+        return _response(None, 204, representation=False)
+    document, media_type = _patch_document(entry)
+    result = await conditional_patch(
+        service,
+        project,
+        resource_type,
+        search,
+        document,
+        context,
+        media_type=media_type,
+        if_match=entry.if_match,
+    )
+    return _response(result, 200, representation=representation)
 
 
 def _budgeted(get: GetHandler, budget: ResponseBudget) -> GetHandler:
@@ -329,6 +447,7 @@ async def process_bundle(
     *,
     get: GetHandler,
     representation: bool = False,
+    conditional_delete_multiple: bool = False,
 ) -> dict[str, Any]:
     """Run a transaction or batch Bundle; returns the response Bundle.
 
@@ -339,19 +458,29 @@ async def process_bundle(
         context: who writes (author, trace, causation).
         get: ``async (project, url) -> resource`` for GET entries (read, vread or search).
         representation: include each written resource in its response entry.
+        conditional_delete_multiple: a conditional delete entry may delete every match.
 
     Raises:
         FhirError: a transaction that failed as a whole (nothing was written).
     """
     kind, entries = _entries(bundle)
+    multiple = conditional_delete_multiple
     service.limits.check_entries(kind, len(entries))
     get = _budgeted(get, ResponseBudget(service.limits))
     if kind == "transaction":
-        return await _Transaction(service, project, context, entries).run(get, representation)
+        transaction = _Transaction(service, project, context, entries, multiple)
+        async with contextlib.AsyncExitStack() as locks:
+            # Conditional entries search, then write: their types stay locked until the commit
+            # (in sorted order, so two transactions never wait for each other).
+            for locked in sorted({_split_url(e)[0] for e in entries if _conditional(e)}):
+                await locks.enter_async_context(service.storage.exclusive(project, locked))
+            return await transaction.run(get, representation)
     out: list[dict[str, Any]] = []
     for entry in entries:
         try:
-            out.append(await _batch_entry(service, project, context, entry, get, representation))
+            out.append(
+                await _batch_entry(service, project, context, entry, get, representation, multiple)
+            )
         except ResponseTooLarge:
             raise
         except FhirError as exc:

@@ -7,13 +7,10 @@ whatever the caller.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
-
-import jsonpatch
 
 from fhirbots.engine.errors import (
     BadRequest,
@@ -27,6 +24,7 @@ from fhirbots.engine.errors import (
 from fhirbots.engine.fhir.integrity import IntegrityPolicy, cascade_closure, check_writes
 from fhirbots.engine.fhir.limits import RequestLimits
 from fhirbots.engine.fhir.metrics import WRITES
+from fhirbots.engine.fhir.patch import JSON_PATCH, apply_json_patch, apply_patch
 from fhirbots.engine.fhir.validator_pool import BulkValidator
 from fhirbots.engine.storage.model import (
     CreateOp,
@@ -78,19 +76,6 @@ def _invalid(problems: Sequence[ValidationProblem]) -> Unprocessable:
         Issue(f"{p.path}: {p.message}", code=p.code, expression=(p.path,)) for p in problems
     )
     return Unprocessable("; ".join(i.diagnostics for i in issues), issues=issues)
-
-
-def apply_json_patch(current: StoredResource, patch: Any) -> dict[str, Any]:
-    """``current``'s content with a JSON Patch (RFC 6902) applied; 422 if it fails."""
-    if not isinstance(patch, list):
-        raise BadRequest("a JSON Patch body must be an array of operations")
-    try:
-        patched: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(current.content), patch)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-        raise Unprocessable(f"JSON Patch failed: {exc}") from exc
-    if patched.get("id") != current.id or patched.get("resourceType") != current.resource_type:
-        raise Unprocessable("a JSON Patch may not change resourceType or id")
-    return patched
 
 
 class FhirService:
@@ -209,14 +194,19 @@ class FhirService:
             await check(project, resource)
         return prepared
 
+    async def find(self, project: str, resource_type: str, search: str) -> list[StoredResource]:
+        """Every live resource of ``resource_type`` matching ``search`` (a query string, with or
+        without ``Type?``), for conditional interactions."""
+        if self._conditional_search is None:
+            raise BadRequest("conditional interactions need search, not enabled")
+        check_type(resource_type)
+        return await self._conditional_search(project, resource_type, search.split("?", 1)[-1])
+
     async def find_existing(
         self, project: str, resource_type: str, if_none_exist: str
     ) -> StoredResource | None:
         """The resource a conditional create finds (412 if several, as R4 says), or None."""
-        if self._conditional_search is None:
-            raise BadRequest("conditional create (If-None-Exist) needs search, not enabled")
-        query = if_none_exist.split("?", 1)[-1]
-        found = await self._conditional_search(project, resource_type, query)
+        found = await self.find(project, resource_type, if_none_exist)
         if len(found) > 1:
             raise PreconditionFailed(
                 f"If-None-Exist {if_none_exist!r} matches {len(found)} resources"
@@ -235,9 +225,13 @@ class FhirService:
         op = await self.prepare(project, CreateOp(resource))
         assert isinstance(op, CreateOp)
         if if_none_exist:
-            existing = await self.find_existing(project, op.resource["resourceType"], if_none_exist)
-            if existing is not None:
-                return WriteResult(stored=existing, event=None, created=False)
+            resource_type = op.resource["resourceType"]
+            # Held from the search to the commit: two identical requests create one resource.
+            async with self.storage.exclusive(project, resource_type):
+                existing = await self.find_existing(project, resource_type, if_none_exist)
+                if existing is not None:
+                    return WriteResult(stored=existing, event=None, created=False)
+                return (await self.write(project, [op], context))[0]
         return (await self.write(project, [op], context))[0]
 
     async def update(
@@ -263,15 +257,17 @@ class FhirService:
         context: WriteContext,
         *,
         if_match: int | None = None,
+        media_type: str = JSON_PATCH,
     ) -> WriteResult:
-        """Apply a JSON Patch to the current version (checked against it, atomically)."""
+        """Apply a patch (of ``media_type``: see :mod:`~fhirbots.engine.fhir.patch`) to the
+        current version (checked against it, atomically)."""
         current = await self.read(project, resource_type, resource_id)
         if if_match is not None and if_match != current.version_id:
             raise PreconditionFailed(
                 f"{resource_type}/{resource_id}: If-Match names version {if_match}, "
                 f"the current version is {current.version_id}"
             )
-        patched = apply_json_patch(current, patch)
+        patched = apply_patch(current, patch, media_type)
         return await self.update(
             project,
             resource_type,

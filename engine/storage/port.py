@@ -11,6 +11,7 @@ adapters pass the same test suite (``tests/engine/storage``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -133,6 +134,15 @@ class Storage(Protocol):
         indexed by a reference search parameter, to one of ``targets`` (``Type/id`` texts or
         absolute URLs): at most ``limit``, ordered by type, id and reference (referential
         integrity on delete)."""
+
+    def exclusive(self, project: str, name: str) -> AbstractAsyncContextManager[None]:
+        """The lock ``name`` of ``project``, held while the ``async with`` block runs.
+
+        Conditional writes hold the lock of the searched type from their search to their
+        commit, so that two of them never both find nothing and both create. PostgreSQL's is
+        an advisory lock every process shares; SQLite's is held within this process (the one
+        that serves the API on the file).
+        """
 
     async def ensure_project(self, project: str, name: str) -> bool:
         """Create the project if missing; True if it was created."""

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from fhirbots.engine.errors import BadRequest, UnsupportedMediaType
+from fhirbots.engine.fhir.patch import PATCH_MEDIA_TYPES
 from fhirbots.engine.storage.model import StoredResource
 from fhirbots.engine.web.context import services
 
@@ -27,7 +28,6 @@ FHIR_JSON = "application/fhir+json"
 """The media type of every FHIR response."""
 
 _ACCEPTED = {FHIR_JSON, "application/json"}
-_PATCH = "application/json-patch+json"
 
 
 def http_date(moment: datetime) -> str:
@@ -45,7 +45,7 @@ def base_url(request: web.Request) -> str:
 async def read_json(request: web.Request, *, patch: bool = False) -> Any:
     """The request body as JSON; 415 for a wrong media type, 400 for malformed JSON."""
     media = request.content_type
-    allowed = {_PATCH} if patch else _ACCEPTED
+    allowed = PATCH_MEDIA_TYPES if patch else _ACCEPTED
     if media not in allowed:
         wanted = " or ".join(sorted(allowed))
         raise UnsupportedMediaType(f"Content-Type {media!r} is not supported; send {wanted}")
