@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +15,7 @@ from fhirbots.engine.api.operation_definitions import (
     operation_ids,
     served_operations,
 )
+from fhirbots.engine.api.params import int_param, since_param
 from fhirbots.engine.api.preconditions import not_modified
 from fhirbots.engine.errors import BadRequest, Issue
 from fhirbots.engine.fhir.bundles import process_bundle
@@ -83,7 +83,8 @@ def _write_response(request: web.Request, result: WriteResult, status: int) -> w
 async def metadata(request: web.Request) -> web.Response:
     """The CapabilityStatement (no authentication)."""
     svc = services(request)
-    served = Served.of(request.app)
+    multiple = svc.settings.conditional_delete_multiple
+    served = Served.of(request.app, conditional_delete="multiple" if multiple else "single")
     return fhir_response(capability_statement(base_url(request), svc.search.registry, served))
 
 
@@ -243,29 +244,6 @@ async def vread(request: web.Request) -> web.Response:
     return fhir_response(stored.content, headers=version_headers(stored))
 
 
-def _int_param(request: web.Request, name: str, default: int, ceiling: int | None = None) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, not {raw!r}")
-    value = int(raw)
-    return min(value, ceiling) if ceiling is not None else value
-
-
-def _since(request: web.Request) -> datetime | None:
-    raw = request.query.get("_since")
-    if raw is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise BadRequest(f"_since must be an instant, not {raw!r}") from exc
-    if moment.tzinfo is None:
-        raise BadRequest(f"_since must carry a time zone: {raw!r}")
-    return moment
-
-
 def _history_bundle(
     request: web.Request, page: HistoryPage, count: int, offset: int
 ) -> dict[str, Any]:
@@ -313,13 +291,13 @@ def _history_bundle(
 async def _history(
     request: web.Request, resource_type: str | None, resource_id: str | None
 ) -> web.Response:
-    count = _int_param(request, "_count", DEFAULT_COUNT, MAX_COUNT)
-    offset = _int_param(request, "_offset", 0)
+    count = int_param(request, "_count", DEFAULT_COUNT, MAX_COUNT)
+    offset = int_param(request, "_offset", 0)
     page = await services(request).fhir.history(
         principal(request).project,
         resource_type,
         resource_id,
-        since=_since(request),
+        since=since_param(request),
         count=count,
         offset=offset,
     )
