@@ -19,13 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from tests.conftest import REPO_ROOT, child_env
 from tests.integration.chaos.netns import Node
 
-__all__ = ["Broker", "Postgres", "Process", "fhirbots_command", "holders"]
+__all__ = ["Broker", "Postgres", "Process", "fhirbots_command", "holders", "progress"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 """Debian's PostgreSQL server binaries."""
@@ -300,3 +301,21 @@ async def holders(bootstrap: str, group: str, topic: str) -> dict[str, set[int]]
                     p for name, parts in assigned if name == topic for p in parts
                 )
     return found
+
+
+async def progress(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
+    """(records of ``topic`` consumer ``group`` has committed, records in ``topic``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        await consumer.topics()  # fetches the metadata partitions_for_topic reads
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    done = sum(max(meta.offset, 0) for tp, meta in committed.items() if tp.topic == topic)
+    return done, sum(ends.values())

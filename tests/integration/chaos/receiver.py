@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import IO
 
 import orjson
 from aiohttp import web
 
-__all__ = ["Receipt", "parse_receipt"]
+__all__ = ["Receipt", "Receipts", "parse_receipt"]
 
 HEADERS = ("X-Event-Number", "X-Subscription-Id", "X-Notification-Id")
 
@@ -46,6 +47,31 @@ def parse_receipt(line: bytes) -> Receipt:
     return Receipt(
         data["at"], data["subscription"], int(data["event"]), data["id"], data["resource"]
     )
+
+
+class Receipts:
+    """What the receiver wrote so far, read incrementally from its file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.all: list[Receipt] = []
+        self.first: dict[str, float] = {}
+        """Resource version -> when its first notification arrived."""
+        self._offset = 0
+
+    def refresh(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            receipt = parse_receipt(line)
+            self.all.append(receipt)
+            self.first.setdefault(receipt.resource, receipt.at)
 
 
 def _app(out: IO[bytes]) -> web.Application:

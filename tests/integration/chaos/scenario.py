@@ -17,20 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-import aiohttp
-
-from fhirbots.engine.eventlog.partitioner import partition_for
-from fhirbots.engine.runtime import DEFAULT_PROJECT
-from fhirbots.engine.stages.dispatcher import DISPATCHER_GROUP
-from fhirbots.schemas.topics import NOTIFICATIONS
 from tests.integration.chaos.checks import (
     AFTER_REPAIR,
     FLAG_SYSTEM,
@@ -39,32 +28,13 @@ from tests.integration.chaos.checks import (
     Report,
     verify,
 )
+from tests.integration.chaos.cluster import CUT_SECONDS, ROLES, START_SECONDS, Cluster
 from tests.integration.chaos.load import Api, Load, Write
-from tests.integration.chaos.netns import Network, inside
-from tests.integration.chaos.processes import (
-    Broker,
-    Postgres,
-    Process,
-    fhirbots_command,
-    holders,
-    python_env,
-)
-from tests.integration.chaos.receiver import Receipt, parse_receipt
+from tests.integration.chaos.netns import inside
+from tests.integration.chaos.receiver import Receipts
 from tests.waiting import eventually
 
-__all__ = ["CUT_SECONDS", "ROLES", "run_chaos"]
-
-ROLES = ("relay", "matcher", "dispatcher", "bots")
-"""The worker roles; two processes of each run."""
-
-API_PORT = 8080
-RECEIVER_PORT = 8000
-
-CUT_SECONDS = 20.0
-"""How long the cut worker stays off the network."""
-
-START_SECONDS = 180.0
-"""Bound of the start-up (a broker and a dozen Python processes on a small machine)."""
+__all__ = ["run_chaos"]
 
 DRAIN_SECONDS = 120.0
 """Bound of the final wait until every acknowledged write is delivered and ran the bot."""
@@ -83,245 +53,6 @@ def handler(fhir, event):
     }})
 '''
 """The bot of the run: one Flag per run, identified by the run's idempotency key."""
-
-
-class Receipts:
-    """What the receiver wrote so far, read incrementally from its file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.all: list[Receipt] = []
-        self.first: dict[str, float] = {}
-        """Resource version -> when its first notification arrived."""
-        self._offset = 0
-
-    def refresh(self) -> None:
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.splitlines():
-            receipt = parse_receipt(line)
-            self.all.append(receipt)
-            self.first.setdefault(receipt.resource, receipt.at)
-
-
-@dataclass
-class Cluster:
-    """Every process of the run, on its network; :meth:`close` removes all of it."""
-
-    network: Network
-    folder: Path
-    postgres: Postgres | None = None
-    broker: Broker | None = None
-    token: str = ""
-    auto_migrate: bool = False
-
-    def __post_init__(self) -> None:
-        self.processes: dict[str, Process] = {}
-        self.bases: list[str] = []
-
-    @classmethod
-    def make(cls) -> Cluster:
-        return cls(Network(), Path(tempfile.mkdtemp(prefix="fhirbots-chaos-")))
-
-    def _env(self) -> dict[str, str]:
-        """The environment of every ``fhirbots`` process of the run."""
-        assert self.postgres is not None and self.broker is not None
-        return python_env(
-            FHIRBOTS_DATABASE_URL=self.postgres.dsn,
-            FHIRBOTS_KAFKA=self.broker.bootstrap,
-            FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS=self.network.cidr,
-            FHIRBOTS_BOT_WORKERS="1",
-            FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER="0",
-            FHIRBOTS_LOG_LEVEL="WARNING",
-            **({"FHIRBOTS_AUTO_MIGRATE": "true"} if self.auto_migrate else {}),
-        )
-
-    def migrate(self) -> None:
-        """``fhirbots migrate`` against the run's database, from the first API's namespace."""
-        command = self.network.nodes["api1"].command(*fhirbots_command("migrate"))
-        done = subprocess.run(command, env=self._env(), capture_output=True, text=True)
-        if done.returncode == 2 and "invalid choice" in done.stderr:
-            self.auto_migrate = True  # TODO: until `fhirbots migrate` lands
-            return
-        if done.returncode != 0:
-            raise RuntimeError(f"fhirbots migrate failed:\n{done.stdout}\n{done.stderr}")
-
-    def _fhirbots(self, name: str, *args: str) -> Process:
-        node = self.network.nodes[name]
-        env = self._env()
-        data = self.folder / name
-        data.mkdir()
-        process = Process(
-            name, node, fhirbots_command(*args, "--data-dir", str(data)), env, self.folder
-        )
-        self.processes[name] = process
-        return process
-
-    def _started(self, name: str) -> Callable[[], Awaitable[bool]]:
-        """A check that the API process ``name`` answers /healthz (failing fast if it died)."""
-        process = self.processes[name]
-        url = f"http://{self.network.nodes[name].address}:{API_PORT}/healthz"
-
-        async def check() -> bool:
-            if reason := process.exited():
-                raise AssertionError(reason)
-            return await _answers(url)
-
-        return check
-
-    def wire(self) -> None:
-        """Make the network: a namespace per process, and ``client`` for this one."""
-        network = self.network
-        network.open()
-        for name in ("postgres", "kafka", "api1", "api2", "receiver", "client"):
-            network.add(name)
-        for role in ROLES:
-            network.add(f"{role}1")
-            network.add(f"{role}2")
-
-    async def start(self) -> None:
-        """Database, broker, API, workers and receiver, each waited for (called inside the
-        ``client`` namespace: the waits connect to their addresses)."""
-        network = self.network
-        self.postgres = Postgres(network.nodes["postgres"], self.folder)
-        self.broker = Broker(network.nodes["kafka"], self.folder / "kafka")
-        await asyncio.gather(asyncio.to_thread(self.postgres.init), self._start_broker())
-        await self._start_postgres()
-        await asyncio.to_thread(self.postgres.create_database)
-        await asyncio.to_thread(self.migrate)
-
-        self._fhirbots("api1", "serve", "--api-only", "--host", network.nodes["api1"].address,
-                       "--port", str(API_PORT)).start()  # fmt: skip
-        await eventually(self._started("api1"), "api1 answering", within=START_SECONDS)
-        self.token = (self.folder / "api1" / "admin-token").read_text().strip()
-        self._fhirbots("api2", "serve", "--api-only", "--host", network.nodes["api2"].address,
-                       "--port", str(API_PORT)).start()  # fmt: skip
-        for role in ROLES:
-            for n in (1, 2):
-                self._fhirbots(f"{role}{n}", "worker", role).start()
-        receiver = network.nodes["receiver"]
-        self.processes["receiver"] = Process(
-            "receiver",
-            receiver,
-            [*fhirbots_command()[:1], "-m", "tests.integration.chaos.receiver",
-             receiver.address, str(RECEIVER_PORT), str(self.receipts_path)],
-            python_env(),
-            self.folder,
-        )  # fmt: skip
-        self.processes["receiver"].start()
-        await eventually(self._started("api2"), "api2 answering", within=START_SECONDS)
-        await eventually(
-            lambda: _answers(f"{self.receiver_url}/"), "the receiver", within=START_SECONDS
-        )
-        self.bases = [
-            f"http://{network.nodes[n].address}:{API_PORT}/fhir/R4" for n in ("api1", "api2")
-        ]
-
-    async def _start_broker(self) -> None:
-        assert self.broker is not None
-        await asyncio.to_thread(self.broker.start)
-
-    async def _start_postgres(self) -> None:
-        postgres = self.postgres
-        assert postgres is not None
-        postgres.process.start()
-
-        async def ready() -> bool:
-            if reason := postgres.process.exited():
-                raise AssertionError(reason)
-            return await asyncio.to_thread(postgres.ready)
-
-        await eventually(ready, "PostgreSQL accepting connections", within=START_SECONDS)
-
-    @property
-    def receipts_path(self) -> Path:
-        return self.folder / "receipts.jsonl"
-
-    @property
-    def receiver_url(self) -> str:
-        return f"http://{self.network.nodes['receiver'].address}:{RECEIVER_PORT}"
-
-    def tails(self) -> str:
-        """The end of every process's log, for a failure."""
-        parts = [f"--- {name}\n{p.tail(15)}" for name, p in sorted(self.processes.items())]
-        if self.postgres is not None:
-            parts.append(f"--- postgres\n{self.postgres.process.tail(15)}")
-        broker_log = self.folder / "kafka" / "broker.log"
-        if broker_log.exists():
-            lines = broker_log.read_text(errors="replace").splitlines()[-15:]
-            parts.append("--- kafka\n" + "\n".join(lines))
-        return "\n".join(parts)
-
-    def close(self) -> None:
-        """Kill every process, delete the namespaces and the run's folder."""
-        for process in self.processes.values():
-            process.kill()
-        if self.broker is not None:
-            self.broker.close()
-        if self.postgres is not None:
-            self.postgres.close()
-        self.network.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    # -- faults ---------------------------------------------------------------------------
-
-    async def restart(self, name: str) -> None:
-        """``kill -9`` process ``name`` and start it again (an API process: until it answers)."""
-        process = self.processes[name]
-        process.kill()
-        process.start()
-        if name.startswith("api"):
-            await eventually(self._started(name), f"{name} answering again")
-
-    async def holder(self, role: str, subscription: str) -> str:
-        """The worker of ``role`` consuming the notifications of ``subscription`` (the first
-        one when the group is between assignments)."""
-        assert self.broker is not None
-        group = {"dispatcher": DISPATCHER_GROUP}[role]
-        members = await holders(self.broker.bootstrap, group, NOTIFICATIONS)
-        partitions = len(set().union(*members.values())) or 1
-        partition = partition_for(f"{DEFAULT_PROJECT}/{subscription}", partitions)
-        for n in (1, 2):
-            node = self.network.nodes[f"{role}{n}"]
-            if partition in members.get(node.address, set()):
-                return node.name
-        return f"{role}1"
-
-    async def restart_broker(self) -> None:
-        assert self.broker is not None
-        await asyncio.to_thread(self.broker.kill)
-        await self._start_broker()
-
-    async def restart_postgres(self) -> None:
-        assert self.postgres is not None
-        self.postgres.crash()
-        await self._start_postgres()
-
-    async def cut(self, name: str) -> None:
-        node = self.network.nodes[name]
-        self.network.cut(node)
-        try:
-            await asyncio.sleep(CUT_SECONDS)  # the fault itself lasts this long
-        finally:
-            self.network.mend(node)
-
-
-async def _answers(url: str) -> bool:
-    """Whether ``url`` answers 200 (any failure to connect is a "not yet")."""
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-            session.get(url) as resp,
-        ):
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 async def _set_up(api: Api, receiver_url: str) -> list[str]:
