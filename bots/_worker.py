@@ -73,10 +73,10 @@ def policy_from_message(fields: dict[str, Any]) -> SandboxPolicy:
 def process_state() -> tuple[object, ...]:
     """Process-wide facts that no execution may change; a worker whose facts changed during an
     execution is replaced before it runs another (``register`` on any ABC moves the cache
-    token, a module imported on a bot's behalf grows ``sys.modules``)."""
+    token). Modules trusted code imports on first use (a codec, a time-zone reader) are not
+    among them: a fresh worker would import the very same ones."""
     return (
         abc.get_cache_token(),
-        len(sys.modules),
         sys.getrecursionlimit(),
         sys.getswitchinterval(),
         decimal.DefaultContext.prec,
