@@ -11,6 +11,7 @@ from aiohttp import web
 from fhirbots.engine.errors import UnsupportedMediaType
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import check_type
+from fhirbots.engine.fhir.typed_search import requested_types, search_types
 from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.web.context import principal, services
 from fhirbots.engine.web.http import base_url, fhir_response, prefer
@@ -25,7 +26,17 @@ async def _pairs(request: web.Request) -> list[tuple[str, str]]:
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
         form = await request.post()
         pairs += [(k, str(v)) for k, v in form.items()]
-    return pairs
+    return _total_method(pairs)
+
+
+def _total_method(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Aidbox's ``_totalMethod`` (which fhirpy's ``count()`` sends) read as ``_total``:
+    ``count`` is ``accurate``; an explicit ``_total`` wins."""
+    methods = [v for k, v in pairs if k == "_totalMethod"]
+    kept = [(k, v) for k, v in pairs if k != "_totalMethod"]
+    if methods and not any(k == "_total" for k, _ in kept):
+        kept.append(("_total", {"count": "accurate"}.get(methods[-1], methods[-1])))
+    return kept
 
 
 async def _search(request: web.Request, resource_type: str | None) -> web.Response:
@@ -33,12 +44,16 @@ async def _search(request: web.Request, resource_type: str | None) -> web.Respon
         check_type(resource_type)
     svc = services(request)
     pairs = await _pairs(request)
-    result = await svc.search.search(
-        principal(request).project,
-        resource_type,
-        pairs,
-        lenient=prefer(request, "handling", "strict") == "lenient",
-    )
+    lenient = prefer(request, "handling", "strict") == "lenient"
+    types = requested_types(pairs) if resource_type is None else []
+    if types:
+        result = await search_types(
+            svc.search, principal(request).project, types, pairs, lenient=lenient
+        )
+    else:
+        result = await svc.search.search(
+            principal(request).project, resource_type, pairs, lenient=lenient
+        )
     path = f"/{resource_type}" if resource_type else ""
     base = base_url(request)
     return fhir_response(searchset(base, path, pairs, result))

@@ -13,12 +13,14 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
-from fhirbots.engine.errors import BadRequest
+from fhirbots.engine.errors import BadRequest, Unprocessable
+from fhirbots.engine.fhir.definitions import SearchDefinitions
 from fhirbots.engine.fhir.scopes import check_search, visible
-from fhirbots.engine.storage.model import StoredResource
+from fhirbots.engine.storage.model import SearchPage, StoredResource
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.validation import fhir_model
 from fhirbots.subscriptions.search import (
+    MissingTerminologyError,
     Registry,
     SearchError,
     SearchQuery,
@@ -26,6 +28,7 @@ from fhirbots.subscriptions.search import (
     parse_params,
     parse_search,
 )
+from fhirbots.subscriptions.search.project import ProjectSearch
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "SearchResult", "SearchService", "shape"]
 
@@ -56,6 +59,8 @@ class SearchResult:
     included: list[StoredResource]
     total: int | None
     warnings: tuple[str, ...] = ()
+    truncated: bool = False
+    """The page stopped at the byte bound before ``_count``; more matches may follow."""
 
 
 @cache
@@ -99,9 +104,17 @@ def shape(content: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
 class SearchService:
     """Runs searches for one storage."""
 
-    def __init__(self, storage: Storage, *, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        registry: Registry | None = None,
+        max_page_bytes: int | None = None,
+    ) -> None:
         self._storage = storage
+        self._max_page_bytes = max_page_bytes
         self._registry = registry or default_registry()
+        self._definitions = SearchDefinitions(storage)
 
     @property
     def registry(self) -> Registry:
@@ -109,14 +122,32 @@ class SearchService:
         return self._registry
 
     def parse(
-        self, resource_type: str | None, pairs: Sequence[tuple[str, str]], *, lenient: bool = False
+        self,
+        resource_type: str | None,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        lenient: bool = False,
+        definitions: ProjectSearch | None = None,
     ) -> tuple[SearchQuery, tuple[str, ...]]:
-        """Parse request parameters; a bad one is a 400 naming it (dropped when lenient)."""
+        """Parse request parameters; a bad one is a 400 naming it (dropped when lenient), a
+        ValueSet or CodeSystem that is not stored a 422 naming it."""
         try:
-            parsed = parse_params(resource_type, pairs, registry=self._registry, lenient=lenient)
+            parsed = parse_params(
+                resource_type,
+                pairs,
+                registry=definitions.registry if definitions else self._registry,
+                terminology=definitions.terminology if definitions else None,
+                lenient=lenient,
+            )
+        except MissingTerminologyError as exc:
+            raise Unprocessable(str(exc)) from exc
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
         return parsed.query, parsed.warnings
+
+    async def definitions(self, project: str, names: Sequence[str]) -> ProjectSearch:
+        """The project's SearchParameters (and terminology, if ``names`` need it)."""
+        return await self._definitions.load(project, names)
 
     async def search(
         self,
@@ -127,33 +158,49 @@ class SearchService:
         lenient: bool = False,
     ) -> SearchResult:
         """Run a search; the page is ``_count`` (default :data:`DEFAULT_PAGE`) from ``_offset``."""
-        query, warnings = self.parse(resource_type, pairs, lenient=lenient)
-        check_search(query, self._registry)  # the caller's scope (fhirbots.engine.fhir.scopes)
+        definitions = await self.definitions(project, [name for name, _ in pairs])
+        query, warnings = self.parse(resource_type, pairs, lenient=lenient, definitions=definitions)
+        check_search(
+            query, definitions.registry
+        )  # the caller's scope (fhirbots.engine.fhir.scopes)
         count = min(query.count if query.count is not None else DEFAULT_PAGE, MAX_PAGE)
         query = _with_count(query, count)
         total: int | None = None
-        if query.summary == "count" or query.total in ("accurate", "estimate"):
+        # The total costs a count of every match: always for _summary=count and _count=0,
+        # on request for _total=accurate; _total=estimate and none take only the free one.
+        if query.summary == "count" or count == 0 or query.total == "accurate":
             total = await self._count(query, project)
-        if query.summary == "count":
+        if query.summary == "count" or count == 0:
             return SearchResult(query, [], [], total, warnings)
         matches = await self._run(query, project)
-        if total is None and (query.offset == 0 or matches) and len(matches) < count:
+        truncated = isinstance(matches, SearchPage) and matches.truncated
+        last = len(matches) < count and not truncated
+        if total is None and (query.offset == 0 or matches) and last:
             total = query.offset + len(matches)  # the last page tells the total for free
         included = visible(await self._includes(project, query, matches))
-        return SearchResult(query, matches, included, total, warnings)
+        return SearchResult(query, matches, included, total, warnings, truncated)
 
     async def find(self, project: str, resource_type: str, search: str) -> list[StoredResource]:
         """Every match of a query string (for conditional interactions)."""
+        names = [item.partition("=")[0] for item in search.split("?", 1)[-1].split("&")]
+        definitions = await self.definitions(project, names)
         try:
-            query = parse_search(search, resource_type=resource_type, registry=self._registry).query
+            query = parse_search(
+                search,
+                resource_type=resource_type,
+                registry=definitions.registry,
+                terminology=definitions.terminology,
+            ).query
+        except MissingTerminologyError as exc:
+            raise Unprocessable(str(exc)) from exc
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
-        check_search(query, self._registry)
+        check_search(query, definitions.registry)
         return await self._run(_with_count(query, None), project)
 
     async def _run(self, query: SearchQuery, project: str) -> list[StoredResource]:
         try:
-            return await self._storage.search(project, query)
+            return await self._storage.search(project, query, max_bytes=self._max_page_bytes)
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
 
