@@ -98,7 +98,7 @@ class Engine:
         self.storage = storage or create_storage(settings, indexer=SqlSearchIndexer())
         self.event_log: EventLog | None = None
         self.relay: OutboxRelay | None = None
-        self.search = SearchService(self.storage)
+        self.search = SearchService(self.storage, max_page_bytes=settings.max_response_bytes)
         self.validator = BulkValidator()
         self.fhir = FhirService(
             self.storage,

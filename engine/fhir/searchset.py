@@ -31,7 +31,9 @@ def searchset(
         return {"relation": relation, "url": f"{base}{path}?{params}"}
 
     links = [link("self", query.offset)]
-    if (
+    if result.truncated:  # the page stopped at the byte bound: go on from where it ended
+        links.append(link("next", query.offset + len(result.matches)))
+    elif (
         count
         and len(result.matches) == count
         and (result.total is None or query.offset + count < result.total)

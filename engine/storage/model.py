@@ -17,6 +17,7 @@ __all__ = [
     "HistoryPage",
     "IndexOwner",
     "OutboxRow",
+    "SearchPage",
     "StoredResource",
     "UpdateOp",
     "WriteContext",
@@ -42,6 +43,24 @@ class StoredResource:
         if self.deleted:
             return "DELETE"
         return "POST" if self.version_id == 1 else "PUT"
+
+
+class SearchPage(list[StoredResource]):
+    """A page of search matches that may end before its ``count``: ``truncated`` when the
+    datastore stopped at a byte bound, so more matches may follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.truncated = False
+        self._bytes = 0
+
+    def take(self, row: StoredResource, size: int, max_bytes: int) -> bool:
+        """Append ``row`` (``size`` bytes as stored); True, and :attr:`truncated`, once the
+        page holds more than ``max_bytes``."""
+        self.append(row)
+        self._bytes += size
+        self.truncated = self._bytes > max_bytes
+        return self.truncated
 
 
 @dataclass(frozen=True)

@@ -90,10 +90,14 @@ class Storage(Protocol):
         """``(project, id)`` of every live resource of ``resource_type`` in every project,
         ordered (for work that spans projects, such as cron schedules)."""
 
-    async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
+    async def search(
+        self, project: str, query: SearchQuery, *, max_bytes: int | None = None
+    ) -> list[StoredResource]:
         """The page of ``project``'s live resources matching ``query``: sorted by its
         ``_sort`` keys, then type and id; ``count`` from ``offset`` (all when ``count`` is
-        None). Includes are not followed (see :meth:`include_targets`).
+        None). Includes are not followed (see :meth:`include_targets`). With ``max_bytes``,
+        the page ends early after the resource that takes its stored JSON past that many
+        bytes, and no more than that is read from the database.
 
         Raises:
             SearchError: a clause or sort key the datastore cannot search.
@@ -128,12 +132,17 @@ class Storage(Protocol):
         ``project`` (referential integrity on write)."""
 
     async def referrers(
-        self, project: str, targets: Sequence[str], *, limit: int
+        self,
+        project: str,
+        targets: Sequence[str],
+        *,
+        limit: int,
+        skip_types: Iterable[str] = (),
     ) -> list[tuple[str, str, str]]:
         """``(type, id, reference)`` of ``project``'s live resources holding a reference, as
         indexed by a reference search parameter, to one of ``targets`` (``Type/id`` texts or
-        absolute URLs): at most ``limit``, ordered by type, id and reference (referential
-        integrity on delete)."""
+        absolute URLs), but none of ``skip_types``: at most ``limit``, ordered by type, id and
+        reference (referential integrity on delete)."""
 
     def exclusive(self, project: str, name: str) -> AbstractAsyncContextManager[None]:
         """The lock ``name`` of ``project``, held while the ``async with`` block runs.

@@ -30,6 +30,7 @@ from fhirbots.engine.storage.model import (
     HistoryPage,
     IndexOwner,
     OutboxRow,
+    SearchPage,
     StoredResource,
     WriteContext,
     WriteOp,
@@ -76,6 +77,10 @@ def _translated(
             raise DatastoreUnavailable(f"datastore unavailable: {reason}") from exc
 
     return translating
+
+
+_CURSOR_PREFETCH = 32
+"""Rows a bounded search reads from the server at a time."""
 
 
 def _to_stored(row: asyncpg.Record) -> StoredResource:
@@ -304,10 +309,20 @@ class PostgresStorage:
         return sorted((str(p), str(i)) for p, i in rows)
 
     @_translated
-    async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
+    async def search(
+        self, project: str, query: SearchQuery, *, max_bytes: int | None = None
+    ) -> list[StoredResource]:
         statement, params = compile_search(query, project=project, dialect="postgres")
-        rows = await self.search_pool.fetch(sql.numbered(statement), *params)
-        return [_to_stored(r) for r in rows]
+        if max_bytes is None:
+            rows = await self.search_pool.fetch(sql.numbered(statement), *params)
+            return [_to_stored(r) for r in rows]
+        page = SearchPage()
+        async with self.search_pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = conn.cursor(sql.numbered(statement), *params, prefetch=_CURSOR_PREFETCH)
+            async for row in cursor:
+                if page.take(_to_stored(row), len(row["content"] or ""), max_bytes):
+                    break
+        return page
 
     @_translated
     async def search_count(self, project: str, query: SearchQuery) -> int:
@@ -336,10 +351,15 @@ class PostgresStorage:
 
     @_translated
     async def referrers(
-        self, project: str, targets: Sequence[str], *, limit: int
+        self,
+        project: str,
+        targets: Sequence[str],
+        *,
+        limit: int,
+        skip_types: Iterable[str] = (),
     ) -> list[tuple[str, str, str]]:
         found: set[tuple[str, str, str]] = set()
-        for statement, params in referrers_statements(project, targets, limit):
+        for statement, params in referrers_statements(project, targets, limit, skip_types):
             rows = await self.search_pool.fetch(sql.numbered(statement), *params)
             found |= {(str(a), str(b), str(c)) for a, b, c in rows}
         return sorted(found)[:limit]

@@ -44,6 +44,7 @@ from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
     OutboxRow,
+    SearchPage,
     StoredResource,
     WriteContext,
     WriteOp,
@@ -446,9 +447,22 @@ class SqliteStorage:
 
         return await self._read(work)
 
-    async def search(self, project: str, query: SearchQuery) -> list[StoredResource]:
+    async def search(
+        self, project: str, query: SearchQuery, *, max_bytes: int | None = None
+    ) -> list[StoredResource]:
         statement, params = compile_search(query, project=project, dialect="sqlite")
-        return await self._resources(statement, params)
+        if max_bytes is None:
+            return await self._resources(statement, params)
+        limit = max_bytes
+
+        def work(conn: sqlite3.Connection) -> list[StoredResource]:
+            page = SearchPage()
+            for row in conn.execute(statement, list(params)):  # a cursor: row by row
+                if page.take(row_to_stored(row), len(row[-1] or ""), limit):
+                    break
+            return page
+
+        return await self._read(work)
 
     async def search_count(self, project: str, query: SearchQuery) -> int:
         statement, params = compile_count(query, project=project, dialect="sqlite")
@@ -476,9 +490,14 @@ class SqliteStorage:
         return await self._pairs(existing_statements(project, keys))
 
     async def referrers(
-        self, project: str, targets: Sequence[str], *, limit: int
+        self,
+        project: str,
+        targets: Sequence[str],
+        *,
+        limit: int,
+        skip_types: Iterable[str] = (),
     ) -> list[tuple[str, str, str]]:
-        statements = referrers_statements(project, targets, limit)
+        statements = referrers_statements(project, targets, limit, skip_types)
 
         def work(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
             return [

@@ -124,3 +124,24 @@ async def test_reads_of_a_batch_answer_within_the_response_bound(limited: Api) -
         f"{API_PATH}/", json=bundle("batch", small), headers=limited.headers()
     )
     assert response.status == 200
+
+
+@pytest.mark.integration
+async def test_a_search_page_stops_at_the_response_bound_and_links_on(limited: Api) -> None:
+    client = limited.client
+    batch = bundle("batch", [post(patient(1900)) for _ in range(5)])
+    response = await client.post(f"{API_PATH}/", json=batch, headers=limited.headers())
+    assert response.status == 200
+    seen: list[str] = []
+    url: str | None = f"{API_PATH}/Patient?_count=5&_sort=_id"
+    pages = 0
+    while url is not None:
+        page = await (await client.get(url, headers=limited.headers())).json()
+        assert len(page.get("entry", [])) <= 5
+        seen += [entry["resource"]["id"] for entry in page.get("entry", [])]
+        following = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        url = following[0].split("://", 1)[1].split("/", 1)[1] if following else None
+        url = f"/{url}" if url else None
+        pages += 1
+    assert pages >= 2, "8,192 bytes hold fewer than five 1,900-byte patients"
+    assert len(seen) == len(set(seen)) == 5

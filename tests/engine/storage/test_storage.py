@@ -9,7 +9,13 @@ import orjson
 import pytest
 
 from fhirbots.engine.errors import PreconditionFailed
-from fhirbots.engine.storage.model import CreateOp, DeleteOp, UpdateOp, WriteContext
+from fhirbots.engine.storage.model import (
+    CreateOp,
+    DeleteOp,
+    SearchPage,
+    UpdateOp,
+    WriteContext,
+)
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.events import CausationLink, ChangeEvent
 from fhirbots.subscriptions.search import SearchError, parse_search
@@ -246,6 +252,21 @@ async def test_search_takes_the_parsed_query(storage: Storage) -> None:
         await storage.search("p1", parse_search("Observation?_sort=code-value-quantity").query)
 
 
+async def test_a_search_bounded_in_bytes_ends_after_the_row_that_passes_the_bound(
+    storage: Storage,
+) -> None:
+    await _put(storage, "p1", *({**patient("x" * 1000), "id": f"p{i}"} for i in range(6)))
+    query = parse_search("Patient?_sort=_id&_count=6").query
+    whole = await storage.search("p1", query, max_bytes=100_000)
+    assert [r.id for r in whole] == [f"p{i}" for i in range(6)]
+    assert isinstance(whole, SearchPage) and not whole.truncated
+    page = await storage.search("p1", query, max_bytes=2500)  # each row is over 1,000 bytes
+    assert [r.id for r in page] == ["p0", "p1", "p2"]
+    assert isinstance(page, SearchPage) and page.truncated
+    unbounded = await storage.search("p1", query)
+    assert len(unbounded) == 6
+
+
 async def test_include_targets_and_revinclude_sources(storage: Storage) -> None:
     await _put(
         storage,
@@ -328,6 +349,10 @@ async def test_referrers_are_the_live_holders_of_an_indexed_reference(storage: S
     assert await storage.referrers("p1", [absolute, "Practitioner/dr"], limit=10) == [
         ("Observation", "o1", "Practitioner/dr"),
         ("Observation", "o3", absolute),
+    ]
+    assert await storage.referrers("p1", ["Patient/a"], limit=10, skip_types=["Encounter"]) == [
+        ("Observation", "o1", "Patient/a"),
+        ("Observation", "o2", "Patient/a"),
     ]
     assert await storage.referrers("p1", ["Patient/nobody"], limit=10) == []
     assert await storage.referrers("p1", [], limit=10) == []
