@@ -15,8 +15,11 @@ __all__ = ["CONFIG_TYPES", "CausationLink", "ChangeEvent", "Interaction"]
 
 Interaction = Literal["create", "update", "delete"]
 
-CONFIG_TYPES = frozenset({"Subscription", "SubscriptionTopic", "Bot"})
-"""Resource types that configure the engine; writing one bumps the project's generation."""
+CONFIG_TYPES = frozenset(
+    {"Subscription", "SubscriptionTopic", "Bot", "SearchParameter", "ValueSet", "CodeSystem"}
+)
+"""Resource types that configure the engine; writing one bumps the project's generation (the
+last three change how subscription criteria are parsed)."""
 
 
 class CausationLink(BaseModel):

@@ -15,6 +15,7 @@ from fhirbots.subscriptions.definitions import parse_subscription, parse_topic
 from fhirbots.subscriptions.errors import CriteriaError
 from fhirbots.subscriptions.index import SubscriptionIndex
 from fhirbots.subscriptions.model import SubscriptionSpec, Topic
+from fhirbots.subscriptions.search.project import project_search
 
 __all__ = ["Problem", "ProjectConfig", "build_config"]
 
@@ -61,17 +62,19 @@ def build_config(
     Args:
         project: Project id.
         generation: The configuration generation these resources belong to.
-        resources: The current (not deleted) Subscription and SubscriptionTopic resources;
+        resources: The current (not deleted) Subscription and SubscriptionTopic resources, and
+            the SearchParameter, ValueSet and CodeSystem resources their criteria may use;
             other types are ignored.
     """
     listed = list(resources)
+    search = project_search(listed)
     topics: dict[str, Topic] = {}
     problems: list[Problem] = []
     for resource in listed:
         if resource.get("resourceType") != "SubscriptionTopic":
             continue
         try:
-            topic = parse_topic(resource)
+            topic = parse_topic(resource, search)
         except CriteriaError as exc:
             problems.append(Problem(f"SubscriptionTopic/{resource.get('id')}", exc.message))
             continue
@@ -81,7 +84,7 @@ def build_config(
         if resource.get("resourceType") != "Subscription":
             continue
         try:
-            specs.append(parse_subscription(resource, topics))
+            specs.append(parse_subscription(resource, topics, search))
         except CriteriaError as exc:
             problems.append(Problem(f"Subscription/{resource.get('id')}", exc.message))
     specs.sort(key=lambda s: s.id)

@@ -41,6 +41,7 @@ from fhirbots.subscriptions.search import (
     default_registry,
     parse_search,
 )
+from fhirbots.subscriptions.search.project import ProjectSearch
 
 __all__ = [
     "BACKPORT",
@@ -100,22 +101,37 @@ def is_topic_criteria(resource: Mapping[str, Any], topics: Mapping[str, Topic]) 
     return criteria.startswith(_URL_SCHEMES) and "?" not in criteria
 
 
-def parse_criterion(text: str, expression: str, *, resource_type: str | None = None) -> Criterion:
+def parse_criterion(
+    text: str,
+    expression: str,
+    *,
+    resource_type: str | None = None,
+    search: ProjectSearch | None = None,
+) -> Criterion:
     """Parse a search string into a :class:`Criterion` that can run on one resource.
 
     Args:
         text: ``Type?params`` (or just ``params`` when ``resource_type`` is given).
         expression: The element it comes from, for error messages.
         resource_type: The type when ``text`` does not start with one.
+        search: The project's SearchParameters, ValueSets and CodeSystems (None: the R4
+            registry alone, no terminology).
 
     Raises:
         CriteriaError: Unknown type, parameter, modifier or prefix, a malformed value, chained
             or ``_has`` parameters (result parameters such as ``_sort`` are dropped with a
-            warning instead, see :data:`IGNORED_PARAMETERS`).
+            warning instead, see :data:`IGNORED_PARAMETERS`); a ValueSet or CodeSystem a
+            terminology modifier needs is not stored.
     """
     kept, warnings = _without_result_parameters(text, expression)
+    definitions = search or ProjectSearch()
     try:
-        query = parse_search(kept, resource_type=resource_type).query
+        query = parse_search(
+            kept,
+            resource_type=resource_type,
+            registry=definitions.registry,
+            terminology=definitions.terminology,
+        ).query
         check_in_memory(query)
     except SearchError as exc:
         raise CriteriaError(f"{expression}: {exc}", expression=expression) from exc
@@ -200,7 +216,7 @@ def _interactions(values: list[Any], where: str) -> frozenset[Interaction]:
     return frozenset(out)
 
 
-def _trigger(index: int, trigger: dict[str, Any]) -> TopicTrigger:
+def _trigger(index: int, trigger: dict[str, Any], search: ProjectSearch | None) -> TopicTrigger:
     where = f"SubscriptionTopic.resourceTrigger[{index}]"
     resource_type = _resource_type_of(str(trigger.get("resource") or ""), f"{where}.resource")
     supported = trigger.get("supportedInteraction") or []
@@ -211,11 +227,17 @@ def _trigger(index: int, trigger: dict[str, Any]) -> TopicTrigger:
     previous = current = None
     if query.get("previous"):
         previous = parse_criterion(
-            query["previous"], f"{where}.queryCriteria.previous", resource_type=resource_type
+            query["previous"],
+            f"{where}.queryCriteria.previous",
+            resource_type=resource_type,
+            search=search,
         )
     if query.get("current"):
         current = parse_criterion(
-            query["current"], f"{where}.queryCriteria.current", resource_type=resource_type
+            query["current"],
+            f"{where}.queryCriteria.current",
+            resource_type=resource_type,
+            search=search,
         )
     fhirpath = trigger.get("fhirPathCriteria")
     if fhirpath is not None:
@@ -237,8 +259,10 @@ def _trigger(index: int, trigger: dict[str, Any]) -> TopicTrigger:
     )
 
 
-def _can_filter_by(topic: dict[str, Any]) -> dict[str, dict[str, frozenset[str]]]:
-    registry = default_registry()
+def _can_filter_by(
+    topic: dict[str, Any], search: ProjectSearch | None
+) -> dict[str, dict[str, frozenset[str]]]:
+    registry = (search or ProjectSearch()).registry
     allowed: dict[str, dict[str, frozenset[str]]] = {}
     for i, item in enumerate(topic.get("canFilterBy") or []):
         where = f"SubscriptionTopic.canFilterBy[{i}]"
@@ -256,8 +280,9 @@ def _can_filter_by(topic: dict[str, Any]) -> dict[str, dict[str, frozenset[str]]
     return allowed
 
 
-def parse_topic(resource: Mapping[str, Any]) -> Topic:
-    """Parse a SubscriptionTopic.
+def parse_topic(resource: Mapping[str, Any], search: ProjectSearch | None = None) -> Topic:
+    """Parse a SubscriptionTopic (``search``: the project's definitions, see
+    :func:`parse_criterion`).
 
     Raises:
         CriteriaError: A trigger or filter the engine cannot evaluate; event triggers (which
@@ -274,7 +299,9 @@ def parse_topic(resource: Mapping[str, Any]) -> Topic:
             "SubscriptionTopic.eventTrigger is not supported: use resourceTrigger",
             expression="SubscriptionTopic.eventTrigger",
         )
-    triggers = tuple(_trigger(i, t) for i, t in enumerate(resource.get("resourceTrigger") or []))
+    triggers = tuple(
+        _trigger(i, t, search) for i, t in enumerate(resource.get("resourceTrigger") or [])
+    )
     if not triggers:
         raise CriteriaError(
             "SubscriptionTopic.resourceTrigger: a topic needs at least one",
@@ -285,7 +312,7 @@ def parse_topic(resource: Mapping[str, Any]) -> Topic:
         url=canonical_url(str(url)),
         status=str(resource.get("status") or "unknown"),
         triggers=triggers,
-        can_filter_by=_can_filter_by(dict(resource)),
+        can_filter_by=_can_filter_by(dict(resource), search),
     )
 
 
@@ -337,14 +364,18 @@ def _channel(resource: Mapping[str, Any]) -> ChannelSpec:
     )
 
 
-def _filters(resource: Mapping[str, Any], topic: Topic) -> tuple[Criterion, ...]:
+def _filters(
+    resource: Mapping[str, Any], topic: Topic, search: ProjectSearch | None
+) -> tuple[Criterion, ...]:
     filters: list[Criterion] = []
     default_type = next(iter(topic.resource_types)) if len(topic.resource_types) == 1 else None
     for i, extension in enumerate(_extensions(resource.get("_criteria"), FILTER_URL)):
         where = f"Subscription.criteria.extension[{i}]"
         text = str(_value(extension) or "")
         has_type = "?" in text
-        criterion = parse_criterion(text, where, resource_type=None if has_type else default_type)
+        criterion = parse_criterion(
+            text, where, resource_type=None if has_type else default_type, search=search
+        )
         resource_type = criterion.resource_type
         if resource_type not in topic.resource_types:
             raise CriteriaError(
@@ -395,13 +426,17 @@ def _since(resource: Mapping[str, Any]) -> datetime | None:
 
 
 def parse_subscription(
-    resource: Mapping[str, Any], topics: Mapping[str, Topic]
+    resource: Mapping[str, Any],
+    topics: Mapping[str, Topic],
+    search: ProjectSearch | None = None,
 ) -> SubscriptionSpec:
     """Parse a Subscription.
 
     Args:
         resource: The Subscription resource (with ``id`` and ``meta.versionId`` once stored).
         topics: The project's topics by canonical URL (for topic subscriptions).
+        search: The project's SearchParameters, ValueSets and CodeSystems (None: the R4
+            registry alone, no terminology).
 
     Raises:
         CriteriaError: A criterion, filter, interaction, channel or status the engine cannot
@@ -438,9 +473,12 @@ def parse_subscription(
                 expression="Subscription.criteria",
             )
         return SubscriptionSpec(
-            **common, topic_url=url, filters=_filters(resource, topic), interactions=frozenset()
+            **common,
+            topic_url=url,
+            filters=_filters(resource, topic, search),
+            interactions=frozenset(),
         )
-    criterion = parse_criterion(criteria_text, "Subscription.criteria")
+    criterion = parse_criterion(criteria_text, "Subscription.criteria", search=search)
     fhirpath = None
     fhirpath_ext = _extensions(resource, FHIRPATH_CRITERIA_URL)
     if len(fhirpath_ext) > 1:

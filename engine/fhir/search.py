@@ -210,13 +210,19 @@ class SearchService:
         except SearchError as exc:
             raise BadRequest(str(exc)) from exc
 
-    async def _fetch(self, project: str, keys: set[tuple[str, str]]) -> list[StoredResource]:
+    async def _fetch(
+        self, project: str, keys: set[tuple[str, str]], budget: _IncludeBudget
+    ) -> list[StoredResource]:
         by_type: dict[str, list[str]] = {}
         for resource_type, resource_id in sorted(keys):
             by_type.setdefault(resource_type, []).append(resource_id)
         found: list[StoredResource] = []
         for resource_type, ids in by_type.items():
-            found += await self._storage.current_by_ids(project, resource_type, ids)
+            for start in range(0, len(ids), _INCLUDE_CHUNK):
+                chunk = ids[start : start + _INCLUDE_CHUNK]
+                fetched = await self._storage.current_by_ids(project, resource_type, chunk)
+                budget.spend(fetched)
+                found += fetched
         return found
 
     def _params_of(self, source_type: str, param: str) -> list[str]:
@@ -231,6 +237,7 @@ class SearchService:
     async def _includes(
         self, project: str, query: SearchQuery, matches: list[StoredResource]
     ) -> list[StoredResource]:
+        budget = _IncludeBudget(self._max_page_bytes, matches)
         seen = {(m.resource_type, m.id) for m in matches}
         included: list[StoredResource] = []
         frontier = list(matches)
@@ -253,13 +260,38 @@ class SearchService:
                 keys |= await self._storage.revinclude_sources(
                     project, source_type, codes, frontier_keys
                 )
-            fetched = await self._fetch(project, keys - seen)
+            fetched = await self._fetch(project, keys - seen, budget)
             if not fetched:
                 break
             seen |= {(f.resource_type, f.id) for f in fetched}
             included += fetched
             frontier = fetched
         return included
+
+
+_INCLUDE_CHUNK = 50
+"""Included resources read at a time, so a bound is noticed before much is held."""
+
+
+class _IncludeBudget:
+    """The bytes a page's included resources may take: what the page's matches left of the
+    response bound (unbounded without one)."""
+
+    def __init__(self, max_bytes: int | None, matches: list[StoredResource]) -> None:
+        self._max = max_bytes
+        used = matches.size if isinstance(matches, SearchPage) else 0
+        self._left = None if max_bytes is None else max_bytes - used
+
+    def spend(self, fetched: list[StoredResource]) -> None:
+        if self._left is None:
+            return
+        self._left -= sum(len(orjson.dumps(r.content)) for r in fetched)
+        if self._left < 0:
+            raise ResponseTooLarge(
+                f"this page with its _include and _revinclude resources is larger than "
+                f"{self._max} bytes (FHIRBOTS_MAX_RESPONSE_BYTES); ask for a smaller _count "
+                "or fewer inclusions"
+            )
 
 
 def _spec(spec: str) -> tuple[str, str, str | None, bool]:

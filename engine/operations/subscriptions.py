@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from fhirbots.engine.errors import BadRequest, Issue, Unprocessable
+from fhirbots.engine.fhir.definitions import SearchDefinitions
 from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.stages.matcher import load_config
@@ -30,6 +31,7 @@ from fhirbots.subscriptions.definitions import parse_subscription, parse_topic
 from fhirbots.subscriptions.errors import CriteriaError
 from fhirbots.subscriptions.explain import explain, to_parameters
 from fhirbots.subscriptions.model import ALL_INTERACTIONS, Topic
+from fhirbots.subscriptions.search.project import ProjectSearch
 
 __all__ = ["EXPLAIN_PATH", "build_explain_event", "install"]
 
@@ -45,13 +47,15 @@ def _refuse(exc: CriteriaError) -> Unprocessable:
     )
 
 
-async def _topics(storage: Storage, project: str) -> dict[str, Topic]:
+async def _topics(
+    storage: Storage, project: str, search: ProjectSearch | None = None
+) -> dict[str, Topic]:
     topics: dict[str, Topic] = {}
     for row in await storage.current_resources(project, "SubscriptionTopic"):
         if row.content is None:
             continue
         try:
-            topic = parse_topic(row.content)
+            topic = parse_topic(row.content, search)
         except CriteriaError:
             continue  # a stored topic that no longer parses cannot be subscribed to
         topics[topic.url] = topic
@@ -59,9 +63,14 @@ async def _topics(storage: Storage, project: str) -> dict[str, Topic]:
 
 
 def _checks(fhir: FhirService) -> None:
+    definitions = SearchDefinitions(fhir.storage)
+
     async def check_subscription(project: str, resource: dict[str, Any]) -> None:
+        search = await definitions.load(project)
         try:
-            spec = parse_subscription(resource, await _topics(fhir.storage, project))
+            spec = parse_subscription(
+                resource, await _topics(fhir.storage, project, search), search
+            )
         except CriteriaError as exc:
             raise _refuse(exc) from exc
         for warning in spec.warnings:
@@ -72,9 +81,9 @@ def _checks(fhir: FhirService) -> None:
                 warning=warning,
             )
 
-    async def check_topic(_project: str, resource: dict[str, Any]) -> None:
+    async def check_topic(project: str, resource: dict[str, Any]) -> None:
         try:
-            parse_topic(resource)
+            parse_topic(resource, await definitions.load(project))
         except CriteriaError as exc:
             raise _refuse(exc) from exc
 

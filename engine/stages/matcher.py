@@ -47,6 +47,7 @@ from fhirbots.subscriptions.config import ProjectConfig, build_config
 from fhirbots.subscriptions.loop_guard import LoopGuardPolicy
 from fhirbots.subscriptions.matching import Failure, match_event
 from fhirbots.subscriptions.model import CRITERIA_ERROR_URL
+from fhirbots.subscriptions.search.project import DEFINITION_TYPES
 
 __all__ = [
     "MATCHER_AUTHOR",
@@ -91,8 +92,11 @@ class MatcherTopics:
 
 
 async def load_config(storage: Storage, project: str, generation: int) -> ProjectConfig:
-    """Read and parse a project's subscriptions and topics from the datastore (one query)."""
-    rows = await storage.current_resources(project, "Subscription", "SubscriptionTopic")
+    """Read and parse a project's subscriptions and topics from the datastore (one query), with
+    the SearchParameters, ValueSets and CodeSystems their criteria may use."""
+    rows = await storage.current_resources(
+        project, "Subscription", "SubscriptionTopic", *DEFINITION_TYPES
+    )
     return build_config(project, generation, (r.content for r in rows if r.content is not None))
 
 

@@ -507,12 +507,18 @@ class _Compiler:
             negate = "NOT " if clause.missing else ""
             return f"{negate}{self.owner_member(outer, s, resource_type, body)}", params
         conditions: list[str] = []
-        for value in clause.values:
+        values = list(clause.values)
+        if kind == "token" and clause.modifier in (None, "not"):
+            for cond, value_params in _code_lists(values):
+                conditions.append(f"({_ROW_ALIAS.sub(s + '.', cond)})")
+                params.extend(value_params)
+        for value in values:
             cond, value_params = _VALUE_SQL[kind](clause.modifier, value)
             conditions.append(f"({_ROW_ALIAS.sub(s + '.', cond)})")
             params.extend(value_params)
         negate = "NOT " if clause.modifier == "not" else ""
-        rest = f"{body} AND ({' OR '.join(conditions)})"
+        # No values at all (an empty ValueSet): nothing matches.
+        rest = f"{body} AND ({' OR '.join(conditions) or '1 = 0'})"
         return f"{negate}{self.owner_member(outer, s, resource_type, rest)}", params
 
     def _composite(
@@ -586,6 +592,38 @@ class _Compiler:
         rest = f"{body} AND {s}.ref_type = ? AND {sources}"
         sql = self.member(f"{outer}.id", f"{s}.ref_id", rest)
         return sql, [*params, resource_type, *source_params]
+
+
+_CODE_LIST_MIN = 4
+"""Codes of one system from which a token clause tests ``code IN (...)`` rather than one
+condition per code (expanded ValueSets and hierarchies give hundreds)."""
+
+
+def _code_lists(values: list[Any]) -> list[tuple[str, list[Any]]]:
+    """Take the plain ``system|code`` values of systems with many codes out of ``values``
+    and return one ``system = ? AND code IN (...)`` condition per such system."""
+    by_system: dict[tuple[str, bool], list[str]] = {}
+    for value in values:
+        if isinstance(value, TokenValue) and value.system and value.code is not None:
+            by_system.setdefault((value.system, value.implicit), []).append(value.code)
+    out: list[tuple[str, list[Any]]] = []
+    for (system, implicit), codes in sorted(by_system.items()):
+        if len(codes) < _CODE_LIST_MIN:
+            continue
+        taken = set(codes)
+        values[:] = [
+            v
+            for v in values
+            if not (
+                isinstance(v, TokenValue)
+                and v.system == system
+                and v.implicit == implicit
+                and v.code in taken
+            )
+        ]
+        in_system = "(s.system = ? OR s.system IS NULL)" if implicit else "s.system = ?"
+        out.append((f"{in_system} AND s.code IN ({marks(len(codes))})", [system, *codes]))
+    return out
 
 
 def _where(query: SearchQuery, project: str, dialect: Dialect) -> tuple[str, list[Any]]:

@@ -8,6 +8,7 @@ resource in memory (:func:`matches`), or compute the index entries a resource co
 from fhirbots.subscriptions.search.entries import entries_for, resource_entries
 from fhirbots.subscriptions.search.errors import (
     InvalidValueError,
+    MissingTerminologyError,
     NotSupportedInMemoryError,
     SearchError,
     SearchParseError,
@@ -19,9 +20,11 @@ from fhirbots.subscriptions.search.matcher import check_in_memory, matches
 from fhirbots.subscriptions.search.parser import ParseResult, parse_params, parse_search
 from fhirbots.subscriptions.search.query import SearchQuery
 from fhirbots.subscriptions.search.registry import Registry, SearchParamDef, default_registry
+from fhirbots.subscriptions.search.terminology import Terminology
 
 __all__ = [
     "InvalidValueError",
+    "MissingTerminologyError",
     "NotSupportedInMemoryError",
     "ParseResult",
     "Registry",
@@ -29,6 +32,7 @@ __all__ = [
     "SearchParamDef",
     "SearchParseError",
     "SearchQuery",
+    "Terminology",
     "UnknownModifierError",
     "UnknownParameterError",
     "UnsupportedSearchError",

@@ -7,8 +7,10 @@ Tree (under :class:`fhirbots.schemas.errors.FhirbotsError`)::
     │   ├── UnknownParameterError    a parameter the registry does not know
     │   ├── UnknownModifierError     a modifier the parameter type does not allow
     │   └── InvalidValueError        a malformed value (bad date, number, prefix ...)
-    └── UnsupportedSearchError       valid FHIR, but not supported here (composite, near,
-        └── NotSupportedInMemoryError  chained and ``_has`` parameters in :func:`matches`)
+    ├── UnsupportedSearchError       valid FHIR, but not supported here (composite, near,
+    │   └── NotSupportedInMemoryError  chained and ``_has`` parameters in :func:`matches`)
+    └── MissingTerminologyError      ``:in``/``:below``/... need a ValueSet or CodeSystem the
+                                     project does not store (HTTP 422, naming it)
 
 Each error carries the offending parameter name (``param``) so the REST API can turn it into an
 ``OperationOutcome`` whose diagnostics name what was refused.
@@ -20,6 +22,7 @@ from fhirbots.schemas.errors import FhirbotsError
 
 __all__ = [
     "InvalidValueError",
+    "MissingTerminologyError",
     "NotSupportedInMemoryError",
     "SearchError",
     "SearchParseError",
@@ -63,3 +66,7 @@ class UnsupportedSearchError(SearchError):
 
 class NotSupportedInMemoryError(UnsupportedSearchError):
     """The query needs other resources (chains, ``_has``) and cannot run on one resource."""
+
+
+class MissingTerminologyError(SearchError):
+    """A terminology modifier needs a ValueSet or CodeSystem that is not stored (HTTP 422)."""

@@ -55,6 +55,11 @@ from fhirbots.subscriptions.search.registry import (
     SearchParamDef,
     default_registry,
 )
+from fhirbots.subscriptions.search.terminology import (
+    TERMINOLOGY_MODIFIERS,
+    Concept,
+    Terminology,
+)
 from fhirbots.subscriptions.search.values import normalize, parse_date_range
 
 __all__ = ["ParseResult", "parse_params", "parse_search", "split_escaped", "unescape"]
@@ -64,15 +69,16 @@ PREFIXES: frozenset[str] = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", 
 
 SUPPORTED_MODIFIERS: dict[str, frozenset[str]] = {
     "string": frozenset({"missing", "exact", "contains"}),
-    "token": frozenset({"missing", "not", "text", "of-type"}),
+    "token": frozenset({"missing", "not", "text", "of-type", "in", "not-in", "below", "above"}),
     "reference": frozenset({"missing", "identifier"}),
     "date": frozenset({"missing"}),
     "number": frozenset({"missing"}),
     "quantity": frozenset({"missing"}),
     "uri": frozenset({"missing", "below", "above"}),
 }
-"""Modifiers implemented per type; the registry lists the ones the spec allows. Terminology
-modifiers (``:in``, ``:not-in``, token ``:above``/``:below``) need a terminology server."""
+"""Modifiers implemented per type; the registry lists the ones the spec allows. The token
+terminology modifiers (``:in``, ``:not-in``, ``:above``, ``:below``) are expanded against the
+project's stored ValueSets and CodeSystems (:mod:`~fhirbots.subscriptions.search.terminology`)."""
 
 RESULT_PARAMETERS: frozenset[str] = frozenset(
     {
@@ -117,6 +123,7 @@ class _Context:
     registry: Registry
     now_us: int
     base_url: str | None = None
+    terminology: Terminology | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +168,7 @@ def parse_search(
     lenient: bool = False,
     now_us: int | None = None,
     base_url: str | None = None,
+    terminology: Terminology | None = None,
 ) -> ParseResult:
     """Parse ``Type?a=b&c=d`` (or just ``a=b&c=d`` with ``resource_type``).
 
@@ -173,6 +181,8 @@ def parse_search(
         now_us: "Now" in microseconds since the epoch, for ``ap`` on dates (tests pin it).
         base_url: This server's FHIR base; absolute references under it search as local
             ``Type/id`` references.
+        terminology: The project's ValueSets and CodeSystems, for ``:in``, ``:not-in``,
+            ``:below`` and ``:above`` on tokens (None: none are stored).
 
     Returns:
         The typed query and any lenient-mode warnings.
@@ -194,7 +204,13 @@ def parse_search(
         name, _, value = item.partition("=")
         pairs.append((unquote(name), unquote(value)))
     return parse_params(
-        resource_type, pairs, registry=registry, lenient=lenient, now_us=now_us, base_url=base_url
+        resource_type,
+        pairs,
+        registry=registry,
+        lenient=lenient,
+        now_us=now_us,
+        base_url=base_url,
+        terminology=terminology,
     )
 
 
@@ -206,6 +222,7 @@ def parse_params(
     lenient: bool = False,
     now_us: int | None = None,
     base_url: str | None = None,
+    terminology: Terminology | None = None,
 ) -> ParseResult:
     """Parse decoded ``(name, value)`` pairs (e.g. a POST ``_search`` form) into a query.
 
@@ -216,6 +233,7 @@ def parse_params(
         lenient: Drop bad parameters with a warning instead of raising.
         now_us: "Now" in microseconds since the epoch, for ``ap`` on dates.
         base_url: This server's FHIR base (see :func:`parse_search`).
+        terminology: The project's ValueSets and CodeSystems (see :func:`parse_search`).
 
     Returns:
         The typed query and any lenient-mode warnings.
@@ -228,7 +246,7 @@ def parse_params(
         raise UnknownParameterError(f"unknown resource type {resource_type!r}", param=None)
     now = now_us or int(time.time() * _US_PER_SECOND)
     base = base_url.rstrip("/") + "/" if base_url else None
-    state = _State(_Context(reg, now, base), resource_type or "Resource")
+    state = _State(_Context(reg, now, base, terminology), resource_type or "Resource")
     warnings: list[str] = []
     for name, value in pairs:
         try:
@@ -370,6 +388,8 @@ def parse_clause(context: _Context, resource_type: str, name: str, value: str) -
             raise InvalidValueError(f"{name}: expected true or false, got {value!r}", param=name)
         return MissingClause(name, param, value == "true", _extractor(param))
     mod = _check_modifier(registry, param, name, modifier)
+    if param.type == "token" and mod in TERMINOLOGY_MODIFIERS:
+        return _terminology_clause(context, param, name, mod, value)
     if param.type == "composite":
         return _parse_composite(context, param, name, value)
     values = tuple(
@@ -381,6 +401,35 @@ def parse_clause(context: _Context, resource_type: str, name: str, value: str) -
     typed = cast(tuple[SearchValue, ...], values)
     predicate = compile_predicate(param.type, mod, typed)
     return ParamClause(name, param, mod, typed, _extractor(param), predicate)
+
+
+def _terminology_clause(
+    context: _Context, param: SearchParamDef, name: str, modifier: str, value: str
+) -> ParamClause:
+    """``:in``/``:not-in``/``:below``/``:above`` as the plain token values they expand to
+    (``:not-in`` as ``:not``), so SQL and the matcher need nothing of their own."""
+    terminology = context.terminology or Terminology()
+    concepts: list[Concept] = []
+    for part in split_escaped(value, ","):
+        text = unescape(part)
+        if not text:
+            raise InvalidValueError(f"{name}: empty value", param=name)
+        if modifier in ("in", "not-in"):
+            concepts.extend(terminology.expand(text, name))
+            continue
+        system, bar, code = text.partition("|")
+        if not bar or not system or not code:
+            raise InvalidValueError(f"{name}: expected system|code, got {text!r}", param=name)
+        closure = terminology.below if modifier == "below" else terminology.above
+        concepts.extend(closure(system, code, name))
+    implicit = implicit_system(param)
+    values = tuple(
+        TokenValue(system, code, implicit=system == implicit)
+        for system, code in dict.fromkeys(concepts)
+    )
+    negated = "not" if modifier == "not-in" else None
+    predicate = compile_predicate("token", negated, values)
+    return ParamClause(name, param, negated, values, _extractor(param), predicate)
 
 
 def _extractor(param: SearchParamDef) -> Extractor:

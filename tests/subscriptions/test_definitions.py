@@ -30,7 +30,7 @@ def refused(resource: dict[str, Any], topics: dict[str, Any] | None = None) -> C
     ("criteria", "named"),
     [
         ("Observation?foo=1", "foo"),
-        ("Observation?code:in=http://x/vs", "in"),
+        ("Observation?code:in=http://x/vs", "ValueSet 'http://x/vs' is not stored"),
         ("Observation?date=xx2020", "date"),
         ("Observation?value-quantity=zz5", "value-quantity"),
         ("Observation?subject.name=smith", "subject.name"),

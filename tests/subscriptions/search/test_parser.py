@@ -6,6 +6,7 @@ import pytest
 
 from fhirbots.subscriptions.search import (
     InvalidValueError,
+    MissingTerminologyError,
     UnknownModifierError,
     UnknownParameterError,
     UnsupportedSearchError,
@@ -217,7 +218,8 @@ def test_result_parameters() -> None:
         ("Observation?code-value-quantity=x", InvalidValueError, "code-value-quantity"),
         ("Observation?code-value-quantity=x$abc", InvalidValueError, "code-value-quantity"),
         ("Location?near=1|2|3|km", UnsupportedSearchError, "near"),
-        ("Observation?code:in=http://vs", UnsupportedSearchError, "code:in"),
+        ("Observation?code:in=http://vs", MissingTerminologyError, "code:in"),
+        ("Observation?code:below=8867-4", InvalidValueError, "code:below"),
         ("Patient?_text=x", UnsupportedSearchError, "_text"),
         ("Observation?_sort=subject", UnsupportedSearchError, "_sort"),
         ("Observation?_sort=code-value-quantity", UnsupportedSearchError, "_sort"),

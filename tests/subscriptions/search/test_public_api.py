@@ -6,6 +6,7 @@ import fhirbots.subscriptions.search as search
 
 EXPECTED = {
     "InvalidValueError",
+    "MissingTerminologyError",
     "NotSupportedInMemoryError",
     "ParseResult",
     "Registry",
@@ -13,6 +14,7 @@ EXPECTED = {
     "SearchParamDef",
     "SearchParseError",
     "SearchQuery",
+    "Terminology",
     "UnknownModifierError",
     "UnknownParameterError",
     "UnsupportedSearchError",
