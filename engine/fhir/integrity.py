@@ -9,6 +9,8 @@
   parameter indexes it, :meth:`fhirbots.engine.storage.port.Storage.referrers`) is not deleted:
   409 naming one referrer. ``_cascade=delete`` deletes the referrers too, and theirs, up to
   :attr:`IntegrityPolicy.cascade_limit` resources, in one transaction.
+* Records of what happened (:data:`RECORD_TYPES`: AuditEvent, Provenance) are left out of both:
+  their references are not checked, they never block a delete and a cascade leaves them.
 
 Both checks can be turned off (:class:`IntegrityPolicy`, from the settings
 ``FHIRBOTS_REFERENTIAL_INTEGRITY_ON_WRITE`` and ``..._ON_DELETE``). The functions here return
@@ -31,6 +33,7 @@ from fhirbots.schemas.validation import is_known_type
 
 __all__ = [
     "CASCADE_LIMIT",
+    "RECORD_TYPES",
     "IntegrityPolicy",
     "Key",
     "LocalReference",
@@ -50,6 +53,10 @@ Key = tuple[str, str]
 CASCADE_LIMIT = 1000
 """Most resources one ``_cascade=delete`` deletes: bounds the transaction and the time it takes;
 a larger cascade is refused with 409 before anything is deleted."""
+
+RECORD_TYPES = frozenset({"AuditEvent", "Provenance"})
+"""Types left out of referential integrity: they record what happened, and may name resources
+deleted since (a bot's AuditEvent about a deleted Observation), without keeping them."""
 
 _RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]+)?$")
 """``Type/id`` with an optional version (FHIR R4 ids: 1 to 64 of letters, digits, '-', '.')."""
@@ -169,7 +176,12 @@ async def unresolved_references(
     Returns:
         One list per resource, in order; empty lists when every reference resolves.
     """
-    found = [local_references(resource, policy.base_urls) for resource in resources]
+    found = [
+        []
+        if resource.get("resourceType") in RECORD_TYPES
+        else local_references(resource, policy.base_urls)
+        for resource in resources
+    ]
     wanted = {ref.key for refs in found for ref in refs} - written
     live = await storage.existing(project, wanted) if wanted else set()
     live = (live | set(written)) - set(deleted)
@@ -204,7 +216,9 @@ async def delete_blockers(
         return []
     skip = set(exempt) | set(by_text.values())
     # Referrers that are skipped still count against the storage's limit: ask for enough.
-    rows = await storage.referrers(project, list(by_text), limit=limit + len(skip))
+    rows = await storage.referrers(
+        project, list(by_text), limit=limit + len(skip), skip_types=RECORD_TYPES
+    )
     blockers: list[tuple[Key, Key]] = []
     for source_type, source_id, text in rows:
         source = (source_type, source_id)
@@ -248,7 +262,9 @@ async def cascade_closure(
     frontier = [root]
     while frontier:
         texts = [text for key in frontier for text in policy.target_texts(key)]
-        rows = await storage.referrers(project, texts, limit=policy.cascade_limit + 1)
+        rows = await storage.referrers(
+            project, texts, limit=policy.cascade_limit + 1, skip_types=RECORD_TYPES
+        )
         frontier = []
         for source_type, source_id, _ in rows:
             source = (source_type, source_id)

@@ -54,16 +54,18 @@ def existing_statements(
 
 
 def referrers_statements(
-    project: str, targets: Sequence[str], limit: int
+    project: str, targets: Sequence[str], limit: int, skip_types: Iterable[str] = ()
 ) -> list[tuple[str, list[Any]]]:
-    """Statements selecting ``(resource_type, id, url)`` of the live resources whose indexed
-    references are among ``targets`` (``Type/id`` texts or absolute URLs), at most ``limit``
-    rows each, ordered by type, id and reference.
+    """Statements selecting ``(resource_type, id, url)`` of the live resources, of none of
+    ``skip_types``, whose indexed references are among ``targets`` (``Type/id`` texts or
+    absolute URLs), at most ``limit`` rows each, ordered by type, id and reference.
 
     Returns:
         ``(sql, params)`` pairs: one per chunk of targets, none when ``targets`` is empty.
     """
     unique = sorted(set(targets))
+    skipped = sorted(set(skip_types))
+    skip = f" AND s.resource_type NOT IN ({marks(len(skipped))})" if skipped else ""
     statements: list[tuple[str, list[Any]]] = []
     for start in range(0, len(unique), CHUNK):
         chunk = unique[start : start + CHUNK]
@@ -71,9 +73,9 @@ def referrers_statements(
             (
                 "SELECT DISTINCT r.resource_type, r.id, s.url FROM search_reference s"
                 " JOIN resources r ON r.key = s.res"
-                f" WHERE s.proj = {PROJECT_KEY} AND s.url IN ({marks(len(chunk))})"
+                f" WHERE s.proj = {PROJECT_KEY} AND s.url IN ({marks(len(chunk))}){skip}"
                 " AND NOT r.deleted ORDER BY r.resource_type, r.id, s.url LIMIT ?",
-                [project, *chunk, limit],
+                [project, *chunk, *skipped, limit],
             )
         )
     return statements

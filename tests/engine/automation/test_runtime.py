@@ -26,7 +26,7 @@ from fhirbots.schemas.events import CausationLink
 from fhirbots.schemas.executions import BotExecutionRecord
 from fhirbots.schemas.notifications import ChannelSpec, Notification
 from fhirbots.schemas.topics import BOT_EXECUTIONS
-from tests.engine.scenarios.bots import PROJECT, changes, open_engine, store_bot
+from tests.engine.scenarios.bots import PROJECT, changes, open_engine, store_bot, store_subject
 
 FLAGGER = """
 def handler(fhir, event):
@@ -81,6 +81,7 @@ async def flags(engine: Engine) -> list[dict[str, Any]]:
 
 
 async def test_invoke_runs_the_bot_on_the_notification_and_tags_its_writes(engine: Engine) -> None:
+    await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
     upstream = CausationLink(bot="Bot/other", execution="e0")
     outcome = await engine.bots.invoke(PROJECT, bot_id, notification(causation=(upstream,)), "s1:7")
@@ -99,6 +100,7 @@ async def test_invoke_runs_the_bot_on_the_notification_and_tags_its_writes(engin
 
 
 async def test_a_retry_keeps_the_idempotency_key(engine: Engine) -> None:
+    await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
     assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:7")).success
     assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:7")).success
@@ -119,6 +121,7 @@ async def test_failures_are_values(engine: Engine) -> None:
 
 
 async def test_a_bot_in_its_own_causation_chain_is_not_run(engine: Engine) -> None:
+    await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
     loop = (CausationLink(bot=f"Bot/{bot_id}", execution="earlier"),)
     outcome = await engine.bots.invoke(PROJECT, bot_id, notification(causation=loop), "k")
@@ -127,6 +130,7 @@ async def test_a_bot_in_its_own_causation_chain_is_not_run(engine: Engine) -> No
 
 
 async def test_id_only_notifications_read_the_version_that_matched(engine: Engine) -> None:
+    await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
     stored = await engine.fhir.create(
         PROJECT, {k: v for k, v in OBSERVATION.items() if k != "id"}, WriteContext()
@@ -142,6 +146,7 @@ async def test_id_only_notifications_read_the_version_that_matched(engine: Engin
 async def test_every_execution_is_recorded_on_the_executions_topic(engine: Engine) -> None:
     engine.event_log = create_event_log(kafka_bootstrap=None, data_dir=engine.settings.data_dir)
     await engine.event_log.start()
+    await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
     await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:1")
     loop = (CausationLink(bot=f"Bot/{bot_id}", execution="earlier"),)
@@ -174,6 +179,7 @@ async def test_an_event_log_that_fails_is_counted_and_the_execution_goes_on(
     log = EmbeddedEventLog(EmbeddedSettings.in_data_dir(engine.settings.data_dir))
     engine.event_log = log
     await log.start()
+    await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
     assert (await engine.bots.invoke(PROJECT, bot_id, notification(), "s1:1")).success
     with contextlib.closing(sqlite3.connect(log.settings.path)) as conn:

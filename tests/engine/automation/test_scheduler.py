@@ -11,7 +11,7 @@ import pytest
 from fhirbots.engine.automation.scheduler import CronScheduler
 from fhirbots.engine.automation.store_sqlite import SqliteBotStore
 from fhirbots.engine.runtime import Engine
-from tests.engine.scenarios.bots import PROJECT, store_bot
+from tests.engine.scenarios.bots import PROJECT, store_bot, store_subject
 from tests.waiting import eventually
 
 TICKER = """
@@ -58,6 +58,7 @@ async def test_due_lists_active_bots_whose_schedule_matches(engine: Engine) -> N
 
 
 async def test_a_tick_runs_once_however_many_schedulers(engine: Engine) -> None:
+    await store_subject(engine)
     bot_id = await store_bot(engine, TICKER, cronString="*/15 * * * *")
     path = engine.settings.data_dir / "claims.db"
     stores = [await open_store(path) for _ in range(3)]
@@ -83,6 +84,7 @@ async def test_a_tick_runs_once_however_many_schedulers(engine: Engine) -> None:
 async def test_the_loop_wakes_at_the_minute_and_runs_due_bots(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    await store_subject(engine)
     await store_bot(engine, TICKER, cronString="16 9 * * *")
     store = await open_store(engine.settings.data_dir / "claims.db")
     # The clock stands still just before 09:16, so the loop wakes for 09:16 again and again:

@@ -147,6 +147,22 @@ async def test_cascade_deletes_the_referrers_recursively_and_bounded(fhir: FhirS
     assert await fhir.storage.existing("p1", [("Patient", "b")]) == {("Patient", "b")}
 
 
+async def test_records_of_what_happened_are_left_out(fhir: FhirService) -> None:
+    audit = {
+        "resourceType": "AuditEvent",
+        "id": "ae",
+        "type": {"code": "rest"},
+        "recorded": "2026-01-01T00:00:00Z",
+        "agent": [{"requestor": True, "who": {"reference": "Device/gone"}}],
+        "source": {"observer": {"reference": "Device/gone"}},
+        "entity": [{"what": {"reference": "Patient/a"}}],
+    }
+    await fhir.update("p1", "AuditEvent", "ae", audit, CTX)  # references not checked
+    await fhir.update("p1", "Patient", "a", patient("a"), CTX)
+    await fhir.delete("p1", "Patient", "a", CTX)  # the AuditEvent does not block
+    assert await fhir.storage.existing("p1", [("AuditEvent", "ae")]) == {("AuditEvent", "ae")}
+
+
 async def test_the_checks_can_be_turned_off(storage: Storage) -> None:
     fhir = FhirService(storage, integrity=IntegrityPolicy(on_write=False, on_delete=False))
     await fhir.update("p1", "Observation", "o1", observation("o1", "Patient/a"), CTX)

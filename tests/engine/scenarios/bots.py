@@ -34,6 +34,18 @@ async def store_bot(engine: Engine, code: str, **fields: Any) -> str:
     return written.stored.id
 
 
+async def store_subject(engine: Engine) -> None:
+    """Create ``Patient/p1`` in :data:`PROJECT`: the subject the scenarios' resources refer to
+    (a reference to a local resource must resolve, see docs/rest.md)."""
+    await engine.fhir.update(
+        PROJECT,
+        "Patient",
+        "p1",
+        {"resourceType": "Patient", "id": "p1"},
+        WriteContext(author="test"),
+    )
+
+
 async def changes(engine: Engine) -> list[ChangeEvent]:
     """Every change event committed so far (from the outbox), oldest first."""
     rows = await engine.storage.outbox_pending(10_000)
