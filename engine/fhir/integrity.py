@@ -330,7 +330,9 @@ async def check_writes(
                 message = "; ".join(issue.diagnostics for issue in issues)
                 raise located(Unprocessable(message, issues=tuple(issues)), index)
     if policy.on_delete and deleted:
-        blockers = await delete_blockers(storage, project, deleted, policy, exempt=written)
+        # Deleting what does not exist changes nothing, whoever names it.
+        live = await storage.existing(project, deleted)
+        blockers = await delete_blockers(storage, project, live, policy, exempt=written)
         if blockers:
             target, referrer = blockers[0]
             issue = blocked_issue(target, referrer)

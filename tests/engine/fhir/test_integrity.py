@@ -120,6 +120,12 @@ async def test_a_referenced_resource_is_not_deleted(fhir: FhirService) -> None:
     assert not (await fhir.storage.read("p1", "Patient", "a")).deleted  # type: ignore[union-attr]
     await fhir.delete("p1", "Observation", "o1", CTX)
     await fhir.delete("p1", "Patient", "a", CTX)
+    # Deleting what is not there changes nothing, even when something names it.
+    await FhirService(fhir.storage, integrity=IntegrityPolicy(on_write=False)).update(
+        "p1", "Observation", "o2", observation("o2", "Patient/never"), CTX
+    )
+    result = await fhir.delete("p1", "Patient", "never", CTX)
+    assert result.stored is None and result.event is None
     assert (await fhir.storage.read("p1", "Patient", "a")).deleted  # type: ignore[union-attr]
 
 
