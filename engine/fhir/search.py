@@ -13,8 +13,11 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
+import orjson
+
 from fhirbots.engine.errors import BadRequest, Unprocessable
 from fhirbots.engine.fhir.definitions import SearchDefinitions
+from fhirbots.engine.fhir.limits import ResponseTooLarge
 from fhirbots.engine.fhir.scopes import check_search, visible
 from fhirbots.engine.storage.model import SearchPage, StoredResource
 from fhirbots.engine.storage.port import Storage

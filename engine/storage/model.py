@@ -52,14 +52,15 @@ class SearchPage(list[StoredResource]):
     def __init__(self) -> None:
         super().__init__()
         self.truncated = False
-        self._bytes = 0
+        self.size = 0
+        """Bytes of the rows' stored JSON."""
 
     def take(self, row: StoredResource, size: int, max_bytes: int) -> bool:
         """Append ``row`` (``size`` bytes as stored); True, and :attr:`truncated`, once the
         page holds more than ``max_bytes``."""
         self.append(row)
-        self._bytes += size
-        self.truncated = self._bytes > max_bytes
+        self.size += size
+        self.truncated = self.size > max_bytes
         return self.truncated
 
 

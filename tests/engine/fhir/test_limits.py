@@ -145,3 +145,36 @@ async def test_a_search_page_stops_at_the_response_bound_and_links_on(limited: A
         pages += 1
     assert pages >= 2, "8,192 bytes hold fewer than five 1,900-byte patients"
     assert len(seen) == len(set(seen)) == 5
+
+
+@pytest.mark.integration
+async def test_inclusions_past_the_response_bound_are_refused(limited: Api) -> None:
+    client = limited.client
+    put = await client.put(
+        f"{API_PATH}/Patient/p",
+        json={"resourceType": "Patient", "id": "p"},
+        headers=limited.headers(),
+    )
+    assert put.status == 201
+    observations = [
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x" * 1500},
+                "subject": {"reference": "Patient/p"},
+            },
+            "request": {"method": "POST", "url": "Observation"},
+        }
+        for _ in range(5)
+    ]
+    written = await client.post(
+        f"{API_PATH}/", json=bundle("batch", observations), headers=limited.headers()
+    )
+    assert written.status == 200
+    url = f"{API_PATH}/Patient?_id=p&_revinclude=Observation:subject"
+    refused = await client.get(url, headers=limited.headers())
+    assert refused.status == 400
+    assert "FHIRBOTS_MAX_RESPONSE_BYTES" in await outcome(refused)
+    alone = await client.get(f"{API_PATH}/Patient?_id=p", headers=limited.headers())
+    assert alone.status == 200
