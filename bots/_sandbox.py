@@ -292,7 +292,9 @@ class BotLogger:
 
     def _log(self, level: str, message: object, args: tuple[object, ...]) -> None:
         text = str(message)
-        if args:
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            text = text % args[0]  # as the logging module does: '%(name)s' with a mapping
+        elif args:
             text = text % args
         self._buffer.write(f"{level} {text}\n")
 

@@ -214,8 +214,16 @@ class Worker:
         _set_soft_limit(resource.RLIMIT_AS, int(limits.get("memory_bytes", 1 << 62)))
         try:
             _run_module(code, env)
-            output = orjson.dumps(env[HANDLER_NAME](fhir, event), default=json_default)
-            if len(output) > self.policy.max_output_bytes:
+            value = env[HANDLER_NAME](fhir, event)
+            try:
+                output = orjson.dumps(value, default=json_default)
+            except orjson.JSONEncodeError as exc:  # a TypeError: only the encoder's are this
+                status, error, output = (
+                    "error",
+                    f"return value is not JSON-serialisable: {exc}",
+                    None,
+                )
+            if output is not None and len(output) > self.policy.max_output_bytes:
                 status, output = "error", None
                 error = (
                     "return value is larger than SandboxPolicy.max_output_bytes "
@@ -224,8 +232,6 @@ class Worker:
         except MemoryError:
             status, output, recycle = "memory", None, True
             error = "MemoryError: the bot exceeded its memory limit"
-        except orjson.JSONEncodeError as exc:
-            status, error = "error", f"return value is not JSON-serialisable: {exc}"
         except ChannelClosedError:
             raise
         except BaseException as exc:  # everything a bot raises is its own failure
