@@ -304,3 +304,101 @@ async def test_history_paging_links(api: Api) -> None:
     assert len(seen) == 4
     bad = await api.client.get(f"{BASE}/_history?_since=yesterday", headers=api.headers())
     assert bad.status == 400
+
+
+async def test_patch_formats_validate_and_honour_if_match(api: Api) -> None:
+    pid = (await (await post(api, "Patient", patient())).json())["id"]
+    url = f"{BASE}/Patient/{pid}"
+
+    async def patch(body: Any, media: str, **extra: str) -> Any:
+        headers = {**api.headers(**extra), "Content-Type": media}
+        return await api.client.patch(url, data=orjson.dumps(body), headers=headers)
+
+    merged = await patch({"active": True, "name": None}, "application/json")
+    assert merged.status == 200
+    body = await merged.json()
+    assert body["active"] is True and "name" not in body and body["meta"]["versionId"] == "2"
+
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "add"},
+                    {"name": "path", "valueString": "Patient"},
+                    {"name": "name", "valueString": "birthDate"},
+                    {"name": "value", "valueDate": "1974-12-25"},
+                ],
+            }
+        ],
+    }
+    stale = await patch(parameters, "application/fhir+json", **{"If-Match": 'W/"1"'})
+    assert stale.status == 412
+    done = await patch(parameters, "application/fhir+json", **{"If-Match": 'W/"2"'})
+    assert done.status == 200 and (await done.json())["birthDate"] == "1974-12-25"
+
+    invalid = await patch({"birthDate": "not-a-date"}, "application/merge-patch+json")
+    assert invalid.status == 422
+    malformed = await patch([{"op": "nonsense"}], "application/json-patch+json")
+    assert malformed.status == 400
+    assert (await malformed.json())["resourceType"] == "OperationOutcome"
+    unknown = await patch({}, "text/plain")
+    assert unknown.status == 415
+    read = await api.client.get(url, headers=api.headers())
+    assert (await read.json())["meta"]["versionId"] == "3", "refused patches change nothing"
+
+
+async def test_conditional_reads_answer_304(api: Api) -> None:
+    created = await post(api, "Patient", patient())
+    pid = (await created.json())["id"]
+    url = f"{BASE}/Patient/{pid}"
+    for path in (url, f"{url}/_history/1"):
+        same = await api.client.get(path, headers=api.headers(**{"If-None-Match": 'W/"1"'}))
+        assert same.status == 304 and same.headers["ETag"] == 'W/"1"'
+        assert await same.read() == b""
+        other = await api.client.get(path, headers=api.headers(**{"If-None-Match": 'W/"9"'}))
+        assert other.status == 200
+    modified = created.headers["Last-Modified"]
+    unchanged = await api.client.get(url, headers=api.headers(**{"If-Modified-Since": modified}))
+    assert unchanged.status == 304
+    long_ago = "Mon, 01 Jan 2001 00:00:00 GMT"
+    newer = await api.client.get(url, headers=api.headers(**{"If-Modified-Since": long_ago}))
+    assert newer.status == 200
+    wins = await api.client.get(
+        url, headers=api.headers(**{"If-None-Match": 'W/"9"', "If-Modified-Since": modified})
+    )
+    assert wins.status == 200, "If-None-Match decides when both are sent"
+
+
+async def test_validation_on_write_bindings_references_and_cascade(api: Api) -> None:
+    robot = await post(api, "Patient", patient(gender="robot"))
+    assert robot.status == 422
+    [issue] = (await robot.json())["issue"]
+    assert issue["code"] == "code-invalid" and issue["expression"] == ["Patient.gender"]
+    assert "female, male, other, unknown" in issue["diagnostics"]
+    created = await (await post(api, "Patient", patient(gender="female"))).json()
+    pid = created["id"]
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "Patient/nobody"},
+    }
+    dangling = await post(api, "Observation", observation)
+    assert dangling.status == 422
+    assert "'Patient/nobody'" in (await dangling.json())["issue"][0]["diagnostics"]
+    observation["subject"] = {"reference": f"Patient/{pid}"}
+    obs = await (await post(api, "Observation", observation)).json()
+
+    blocked = await api.client.delete(f"{BASE}/Patient/{pid}", headers=api.headers())
+    assert blocked.status == 409
+    assert f"Observation/{obs['id']}" in (await blocked.json())["issue"][0]["diagnostics"]
+    wrong = await api.client.delete(f"{BASE}/Patient/{pid}?_cascade=yes", headers=api.headers())
+    assert wrong.status == 400
+    cascade = await api.client.delete(
+        f"{BASE}/Patient/{pid}?_cascade=delete", headers=api.headers()
+    )
+    assert cascade.status == 204
+    gone = await api.client.get(f"{BASE}/Observation/{obs['id']}", headers=api.headers())
+    assert gone.status == 410
