@@ -43,6 +43,8 @@ _BOT_VARIABLES = {
     "pool_size": "FHIRBOTS_BOT_WORKERS",
     "max_executions_per_worker": "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER",
     "code_cache_size": "FHIRBOTS_BOT_CODE_CACHE_SIZE",
+    "project_concurrency": "FHIRBOTS_BOT_PROJECT_CONCURRENCY",
+    "project_queue": "FHIRBOTS_BOT_PROJECT_QUEUE",
 }
 """The variable setting each :class:`SandboxPolicy` field, so that a refusal, which names the
 field, also names what the operator set."""
@@ -142,6 +144,8 @@ _BOT_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("bot_code_cache_size", "FHIRBOTS_BOT_CODE_CACHE_SIZE", int, "a whole number"),
     ("bot_max_open_files", "FHIRBOTS_BOT_MAX_OPEN_FILES", int, "a whole number"),
     ("bot_forbid_processes", "FHIRBOTS_BOT_FORBID_PROCESSES", _flag, "true or false"),
+    ("bot_project_concurrency", "FHIRBOTS_BOT_PROJECT_CONCURRENCY", int, "a whole number"),
+    ("bot_project_queue", "FHIRBOTS_BOT_PROJECT_QUEUE", int, "a whole number"),
 )
 
 
@@ -293,6 +297,14 @@ class Settings:
     bot_forbid_processes: bool = _POLICY.forbid_processes
     """Workers cannot start processes (``FHIRBOTS_BOT_FORBID_PROCESSES``, ``true`` or
     ``false``)."""
+
+    bot_project_concurrency: int = _POLICY.project_concurrency
+    """Executions of one project at once, its share of the workers; 0 is half the workers
+    (``FHIRBOTS_BOT_PROJECT_CONCURRENCY``)."""
+
+    bot_project_queue: int = _POLICY.project_queue
+    """Executions of one project waiting for its share before ``$execute`` answers 429
+    (``FHIRBOTS_BOT_PROJECT_QUEUE``)."""
 
     # Request limits: every request is bounded, so no single one can take the server down.
 
@@ -533,6 +545,8 @@ class Settings:
                 pool_size=self.bot_workers,
                 max_executions_per_worker=self.bot_max_executions_per_worker,
                 code_cache_size=self.bot_code_cache_size,
+                project_concurrency=self.bot_project_concurrency,
+                project_queue=self.bot_project_queue,
             )
         except PolicyError as exc:
             # The policy names the field(s) it refuses; an operator knows the variables.

@@ -68,6 +68,8 @@ BOT_LIMITS = {
     "FHIRBOTS_BOT_WORKERS": "4",
     "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER": "100",
     "FHIRBOTS_BOT_CODE_CACHE_SIZE": "8",
+    "FHIRBOTS_BOT_PROJECT_CONCURRENCY": "3",
+    "FHIRBOTS_BOT_PROJECT_QUEUE": "5",
 }
 """A value other than the default for every bot limit."""
 
@@ -100,6 +102,8 @@ def test_bot_limits_come_from_the_environment() -> None:
         pool_size=4,
         max_executions_per_worker=100,
         code_cache_size=8,
+        project_concurrency=3,
+        project_queue=5,
     )
 
 
