@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from fhirbots.engine.api import fhir, openapi, search
 from fhirbots.engine.api.negotiation import negotiation_middleware
+from fhirbots.engine.api.tracing import tracing_middleware
 from fhirbots.engine.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
 from fhirbots.engine.fhir.limits import PayloadTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
@@ -172,7 +173,12 @@ def create_app(
     dashboard) authenticate their callers themselves. ``/readyz`` reports ``readiness``.
     """
     app = web.Application(
-        middlewares=[errors_middleware, negotiation_middleware, auth_middleware],
+        middlewares=[
+            errors_middleware,
+            tracing_middleware,
+            negotiation_middleware,
+            auth_middleware,
+        ],
         client_max_size=services.settings.max_request_bytes,
     )
     app[SERVICES] = services

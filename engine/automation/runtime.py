@@ -41,6 +41,7 @@ from fhirbots.engine.delivery.bot import BotInvocation
 from fhirbots.engine.errors import FhirError, NotFound, Unprocessable
 from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.observability import otel
 from fhirbots.engine.settings import Settings
 from fhirbots.schemas.bot import Bot
 from fhirbots.schemas.events import CausationLink
@@ -237,7 +238,14 @@ class BotRuntime:
                 with a full queue (answered 429 with ``Retry-After``).
             ExecutorError: the executor is closed or its workers cannot start.
         """
-        result = await self.executor.execute(request, bounded=trigger == "execute")
+        with otel.span(
+            "fhirbots.bot run",
+            request.trace_id,
+            project=request.project,
+            bot=request.bot.id or "",
+            trigger=trigger,
+        ):
+            result = await self.executor.execute(request, bounded=trigger == "execute")
         await self.recorder.audit(request, result)
         record = build_record(
             request,

@@ -1,4 +1,5 @@
-"""The life of a server process: signals, the management server, the drain on SIGTERM.
+"""The life of a server process: signals, the management server, tracing, the drain on
+SIGTERM.
 
 SIGTERM (what Kubernetes, Docker and systemd send) and SIGINT mark the process not ready at
 once, so that probes and load balancers stop sending it work; the command then stops taking
@@ -18,6 +19,7 @@ from types import TracebackType
 
 import structlog
 
+from fhirbots.engine.observability import otel
 from fhirbots.engine.observability.management import ManagementServer
 from fhirbots.engine.observability.probes import Readiness
 from fhirbots.engine.settings import Settings
@@ -39,11 +41,13 @@ class Lifecycle(AbstractAsyncContextManager["Lifecycle"]):
     Args:
         settings: The grace period, the management port and host.
         readiness: The process's readiness, drained on the first signal.
+        service: The process's name in traces (``fhirbots-serve``, ``fhirbots-matcher``...).
     """
 
-    def __init__(self, settings: Settings, readiness: Readiness) -> None:
+    def __init__(self, settings: Settings, readiness: Readiness, service: str) -> None:
         self.settings = settings
         self.readiness = readiness
+        self.service = service
         self.stopping = asyncio.Event()
         self.management: ManagementServer | None = None
         if settings.management_port is not None:
@@ -59,6 +63,7 @@ class Lifecycle(AbstractAsyncContextManager["Lifecycle"]):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signalled, sig)
+        otel.configure(self.settings.otlp_endpoint, self.service)
         if self.management is not None:
             await self.management.start()
         return self
@@ -71,6 +76,7 @@ class Lifecycle(AbstractAsyncContextManager["Lifecycle"]):
     ) -> None:
         if self.management is not None:
             await self.management.stop()
+        await asyncio.to_thread(otel.shutdown)  # the spans still buffered go out
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

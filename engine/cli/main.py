@@ -85,7 +85,7 @@ async def _serve(args: argparse.Namespace) -> int:
     settings, policy = configured
     configure_logging(settings.log_level)
     engine = Engine(settings, policy=policy)
-    async with Lifecycle(settings, engine.readiness) as lifecycle:
+    async with Lifecycle(settings, engine.readiness, "fhirbots-serve") as lifecycle:
         if not await _open(engine):
             return SCHEMA_STATUS
         try:
@@ -135,7 +135,7 @@ async def _worker(args: argparse.Namespace) -> int:
     settings, policy = configured
     configure_logging(settings.log_level)
     engine = Engine(settings, policy=policy)
-    async with Lifecycle(settings, engine.readiness) as lifecycle:
+    async with Lifecycle(settings, engine.readiness, f"fhirbots-{args.role}") as lifecycle:
         if not await _open(engine):
             return SCHEMA_STATUS
         try:

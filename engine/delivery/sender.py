@@ -17,6 +17,7 @@ from fhirbots.engine.delivery.resthook import (
 from fhirbots.engine.delivery.store import Delivery
 from fhirbots.engine.delivery.subscriptions import SubscriptionInfo
 from fhirbots.engine.delivery.websocket import WebSocketHub
+from fhirbots.engine.observability import otel
 from fhirbots.engine.observability.tracing import TRACEPARENT, child_traceparent
 from fhirbots.schemas.deliveries import DeliveryChannel
 
@@ -77,6 +78,17 @@ class Sender:
 
     async def send(self, delivery: Delivery, info: SubscriptionInfo) -> AttemptResult:
         """One attempt; failures are results, not exceptions."""
+        n = delivery.notification
+        with otel.span(
+            "fhirbots.delivery attempt",
+            n.traceparent,
+            subscription=n.subscription_id,
+            channel=n.channel.type,
+            event_number=delivery.event_number,
+        ):
+            return await self._send(delivery, info)
+
+    async def _send(self, delivery: Delivery, info: SubscriptionInfo) -> AttemptResult:
         n = delivery.notification
         channel = n.channel
         bot_id = bot_id_of(channel.endpoint)

@@ -39,6 +39,7 @@ from fhirbots.engine.eventlog.port import (
     TopicSpec,
 )
 from fhirbots.engine.fhir.service import FhirService
+from fhirbots.engine.observability import otel
 from fhirbots.engine.storage.model import WriteContext
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.events import ChangeEvent
@@ -205,7 +206,10 @@ class MatcherStage:
         for record in records:
             event = ChangeEvent.model_validate_json(record.value)
             config = await self.config_for(event.project, event.config_generation)
-            outcome = match_event(config, event, self.policy)
+            with otel.span(
+                "fhirbots.match", event.traceparent, project=event.project, event=event.event_id
+            ):
+                outcome = match_event(config, event, self.policy)
             for note in outcome.notifications:
                 notifications.append(OutgoingMessage(note.key, note.model_dump_json().encode()))
             for item in outcome.suppressed:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+import orjson
 import structlog
 from prometheus_client import Counter
 
 from fhirbots.engine.eventlog.port import OutgoingMessage
+from fhirbots.engine.observability import otel
 from fhirbots.engine.storage.model import OutboxRow
 from fhirbots.engine.storage.port import Storage
 from fhirbots.schemas.topics import CHANGES
@@ -49,6 +51,12 @@ def _message(row: OutboxRow) -> OutgoingMessage:
     return OutgoingMessage(key=row.key, value=row.payload)
 
 
+def _traceparents(rows: Sequence[OutboxRow]) -> Iterator[str | None]:
+    """The traceparent of each row's change event (read only when tracing is on)."""
+    for row in rows:
+        yield orjson.loads(row.payload).get("traceparent")
+
+
 class OutboxRelay:
     """Moves outbox rows to the change topic, in commit order."""
 
@@ -71,7 +79,8 @@ class OutboxRelay:
         rows = await self._storage.outbox_pending(self._batch)
         if not rows:
             return 0
-        await self._publisher.publish_many(self._topic, [_message(r) for r in rows])
+        with otel.spans("fhirbots.relay publish", _traceparents(rows), topic=self._topic):
+            await self._publisher.publish_many(self._topic, [_message(r) for r in rows])
         await self._storage.outbox_mark_published([r.seq for r in rows])
         PUBLISHED.inc(len(rows))
         return len(rows)

@@ -19,7 +19,7 @@ import pytest
 
 from fhirbots.engine.eventlog.errors import BrokerError
 from fhirbots.engine.eventlog.kafka import KafkaEventLog, KafkaSettings
-from fhirbots.engine.eventlog.port import OutgoingMessage
+from fhirbots.engine.eventlog.port import OutgoingMessage, Record
 from fhirbots.engine.eventlog.security import KafkaSecurity
 from fhirbots.engine.settings import Settings
 from tests.certificates import Certificates, make_certificates
@@ -179,8 +179,8 @@ async def _round_trip(bootstrap: str, security: KafkaSecurity) -> None:
         handled: list[bytes] = []
         done = asyncio.Event()
 
-        async def handler(batch: list[object]) -> None:
-            handled.extend(r.value for r in batch)  # type: ignore[attr-defined]
+        async def handler(batch: list[Record]) -> None:
+            handled.extend(r.value for r in batch)
             done.set()
 
         member = await log.consume([topic], f"group-{topic}", handler)

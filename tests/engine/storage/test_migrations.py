@@ -64,7 +64,7 @@ class Database:
                 return work(conn)
         conn = await asyncpg.connect(self.location)
         try:
-            return await work(conn)  # type: ignore[misc]
+            return await work(conn)
         finally:
             await conn.close()
 
