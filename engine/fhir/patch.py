@@ -80,6 +80,8 @@ def apply_json_patch(current: StoredResource, patch: Any) -> dict[str, Any]:
         raise BadRequest("a JSON Patch body must be an array of operations")
     try:
         patched: dict[str, Any] = jsonpatch.apply_patch(_content(current), patch)
+    except jsonpatch.InvalidJsonPatch as exc:
+        raise BadRequest(f"malformed JSON Patch: {exc}") from exc
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
         raise Unprocessable(f"JSON Patch failed: {exc}") from exc
     except (TypeError, KeyError, AttributeError) as exc:
