@@ -69,7 +69,7 @@ async def test_fhirpy_crud_and_patch(fhirpy: AsyncFHIRClient) -> None:
     assert (again["birthDate"], again["active"], again["gender"]) == ("1974-12-25", True, "female")
     assert again["meta"]["versionId"] == "3"
 
-    await again.delete()
+    await fhirpy.delete(again)
     with pytest.raises(ResourceNotFound):
         await fhirpy.reference("Patient", patient.id).to_resource()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fhirbots.engine.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from fhirbots.engine.errors import BadRequest, FhirError, Unprocessable, UnsupportedMediaType
 from fhirbots.engine.fhir.patch import (
     FHIRPATH_PATCH,
     JSON_PATCH,
@@ -128,7 +128,9 @@ def test_fhirpath_patch_operations() -> None:
         ({"name": "other"}, BadRequest),
     ],
 )
-def test_fhirpath_patch_refusals_name_the_operation(op: dict[str, Any], error: type) -> None:
+def test_fhirpath_patch_refusals_name_the_operation(
+    op: dict[str, Any], error: type[FhirError]
+) -> None:
     with pytest.raises(error) as refused:
         fhirpath(op)
     assert refused.value.issues[0].diagnostics.startswith("Parameters.parameter[0]")
