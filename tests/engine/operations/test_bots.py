@@ -237,3 +237,35 @@ async def test_bots_see_only_the_secrets_they_name(api: Api) -> None:
     bot = await create_bot(api, code, secret=["LAB_KEY", "MISSING"])
     resp = await post(api, f"Bot/{bot['id']}/$execute", {}, "application/json")
     assert await resp.json() == {"LAB_KEY": "k1"}
+
+
+async def test_execute_over_the_project_queue_is_429_with_retry_after(api: Api) -> None:
+    bot = await create_bot(api)
+    slots = api.engine.bots.executor.slots
+    # Project p1 holds its whole share and a full queue (taken directly, no bots needed).
+    for _ in range(slots.limit):
+        await slots.acquire("p1", bounded=False)
+    queued = [
+        asyncio.ensure_future(slots.acquire("p1", bounded=False)) for _ in range(slots.queue_limit)
+    ]
+    await eventually(lambda: slots.waiting("p1") == slots.queue_limit, "p1's queue is full")
+    try:
+        for prefer in ({}, {"Prefer": "respond-async"}):
+            resp = await api.client.post(
+                f"{BASE}/Bot/{bot['id']}/$execute",
+                data=b"{}",
+                headers=api.headers(**{"Content-Type": "application/json", **prefer}),
+            )
+            assert resp.status == 429, await resp.text()
+            assert int(resp.headers["Retry-After"]) >= 1
+            outcome = await resp.json()
+            assert outcome["issue"][0]["code"] == "throttled"
+            assert "p1" in outcome["issue"][0]["diagnostics"]
+    finally:
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+        for _ in range(slots.limit):
+            slots.release("p1")
+    resp = await post(api, f"Bot/{bot['id']}/$execute", {"a": 1}, "application/json")
+    assert resp.status == 200, await resp.text()
