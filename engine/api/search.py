@@ -75,6 +75,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get(base, search_system),
         web.get(f"{base}/", search_system),
+        web.get(f"{base}/_search", search_system),
         web.post(f"{base}/_search", search_system),
         web.get(f"{base}/{{type}}", search_type),
         web.post(f"{base}/{{type}}/_search", search_type),

@@ -239,3 +239,47 @@ async def test_conditional_entries_in_a_transaction_and_a_batch(api: Api) -> Non
     resp = await call(api, "POST", "", batch)
     entries = (await resp.json())["entry"]
     assert [e["response"]["status"] for e in entries] == ["201 Created", "412", "200 OK"]
+
+
+@pytest.mark.integration
+async def test_two_api_processes_on_one_postgres_create_one_resource(tmp_path: Path) -> None:
+    """Two engines with pools of their own on one database (as two API processes): only the
+    advisory lock keeps their conditional creates from both creating."""
+    engines: list[Engine] = []
+    clients: list[TestClient[Any, Any]] = []
+    try:
+        for name in ("a", "b"):
+            storage = await open_storage("postgres", tmp_path) if not engines else None
+            if storage is None:
+                from fhirbots.engine.storage.postgres import PostgresStorage
+                from fhirbots.engine.storage.search_index import SqlSearchIndexer
+                from tests.conftest import postgres_dsn
+
+                storage = PostgresStorage(postgres_dsn(), indexer=SqlSearchIndexer())
+                await storage.open()
+            engines.append(Engine(Settings(data_dir=tmp_path / name), storage=storage))
+            client = TestClient(TestServer(engines[-1].app()))
+            await client.start_server()
+            clients.append(client)
+        token = await engines[0].create_project("p1", "Project one")
+        apis = [Api(client, engine, token) for client, engine in zip(clients, engines, strict=True)]
+        for round_ in range(3):
+            answers = await asyncio.gather(
+                *(
+                    call(
+                        apis[i % 2],
+                        method,
+                        f"Patient?identifier=urn:mrn|r{round_}",
+                        patient(f"r{round_}"),
+                    )
+                    for i, method in enumerate(("POST", "PUT", "POST", "PUT", "POST", "PUT"))
+                )
+            )
+            statuses = sorted(a.status for a in answers)
+            assert statuses.count(201) == 1, statuses
+            assert len(await families(apis[1], f"r{round_}")) == 1
+    finally:
+        for client in clients:
+            await client.close()
+        for engine in engines:
+            await engine.close()
