@@ -33,11 +33,16 @@ class SlowGateway(InMemoryFhirGateway):
     def __init__(self) -> None:
         super().__init__([{"resourceType": "Patient", "id": "p1", "gender": "female"}])
         self.reading = asyncio.Event()
+        self.cancelled = asyncio.Event()
 
     async def read(self, ctx: CallContext, resource_type: str, resource_id: str) -> dict[str, Any]:
         if resource_type == "Slow":
             self.reading.set()
-            await asyncio.sleep(60)
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         if resource_type == "Broken":
             raise RuntimeError("database on fire")
         return await super().read(ctx, resource_type, resource_id)
@@ -223,6 +228,23 @@ async def test_worker_death_during_execution_is_a_killed_result(gateway: SlowGat
         await assert_healthy(executor)
 
 
+@MODULE_LOOP
+async def test_worker_death_during_a_fhir_call_cancels_the_call(gateway: SlowGateway) -> None:
+    gateway.reading.clear()
+    gateway.cancelled.clear()
+    policy = TEST_POLICY.with_pool_size(1).with_timeout(int(DEADLINE) * 10)
+    source = "def handler(fhir, event):\n    return fhir.read('Slow', '1')\n"
+    async with ProcessBotExecutor(gateway, policy) as executor:
+        (pid,) = executor.worker_pids
+        task = asyncio.create_task(run(executor, source))
+        await eventually(gateway.reading.is_set, "the bot's FHIR call to be under way")
+        os.kill(pid, signal.SIGKILL)
+        result = await task
+        assert result.status == "killed"
+        assert gateway.cancelled.is_set()  # the call ended with the execution
+        await assert_healthy(executor)
+
+
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -298,8 +320,11 @@ async def test_code_is_sent_once_and_resent_when_the_worker_asks(gateway: SlowGa
 
 @MODULE_LOOP
 async def test_parallel_executions_use_the_whole_pool(executor: ProcessBotExecutor) -> None:
+    # Two projects: each may use its share, half the pool.
     source = "def handler(fhir, event):\n    return sum(range(200000)) + event.input\n"
-    results = await asyncio.gather(*(run(executor, source, input=i) for i in range(20)))
+    results = await asyncio.gather(
+        *(run(executor, source, input=i, project=f"p{i % 2}") for i in range(20))
+    )
     assert [r.output for r in results] == [19999900000 + i for i in range(20)]
 
 
