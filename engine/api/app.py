@@ -13,8 +13,9 @@ from prometheus_client import Counter, Histogram
 
 from fhirbots.engine.api import fhir, openapi, search
 from fhirbots.engine.api.negotiation import negotiation_middleware
+from fhirbots.engine.api.request_body import HANDLER_ARGS, request_body_middleware
 from fhirbots.engine.api.tracing import tracing_middleware
-from fhirbots.engine.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
+from fhirbots.engine.errors import BadRequest, FhirError, Forbidden, MethodNotAllowed, NotFound
 from fhirbots.engine.fhir.limits import PayloadTooLarge
 from fhirbots.engine.fhir.outcome import outcome_for
 from fhirbots.engine.fhir.scopes import scoped
@@ -156,6 +157,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+async def operator_metrics(request: web.Request) -> web.StreamResponse:
+    """``/metrics`` for an admin key (the engine's operator); 403 for a project's own keys."""
+    if not request[PRINCIPAL].admin:
+        raise Forbidden("/metrics is for the engine's operator (an admin key)")
+    return await metrics(request)
+
+
 def create_app(
     services: Services,
     authenticator: Authenticator,
@@ -178,8 +186,10 @@ def create_app(
             tracing_middleware,
             negotiation_middleware,
             auth_middleware,
+            request_body_middleware,  # after authentication: inflating is work
         ],
         client_max_size=services.settings.max_request_bytes,
+        handler_args=HANDLER_ARGS,
     )
     app[SERVICES] = services
     app[AUTHENTICATOR] = authenticator
@@ -191,7 +201,9 @@ def create_app(
     app.router.add_get("/healthz", livez)  # the older name of /livez
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)  # authenticated here, unlike the management port
+    # Authenticated here, unlike the management port, and for the operator only: the metrics
+    # of the process name every project's topics and counts.
+    app.router.add_get("/metrics", operator_metrics)
     app.add_routes(extra_routes)
     app.add_routes(openapi.routes())
     app.add_routes(search.routes())
