@@ -32,6 +32,7 @@ from fhirbots.engine.eventlog.port import EventLog, TopicSpec
 from fhirbots.engine.eventlog.security import KafkaSecurity
 from fhirbots.engine.fhir.integrity import IntegrityPolicy
 from fhirbots.engine.fhir.limits import RequestLimits
+from fhirbots.engine.fhir.reindex import Reindexer
 from fhirbots.engine.fhir.search import SearchService
 from fhirbots.engine.fhir.searchset import searchset
 from fhirbots.engine.fhir.service import FhirService
@@ -40,6 +41,7 @@ from fhirbots.engine.observability.probes import Readiness
 from fhirbots.engine.observatory.factory import create_observatory_store
 from fhirbots.engine.operations.bots import install as install_bots
 from fhirbots.engine.operations.delivery import delivery_routes
+from fhirbots.engine.operations.search_parameters import install as install_search_parameters
 from fhirbots.engine.operations.subscriptions import install as install_subscriptions
 from fhirbots.engine.operations.validate import install as install_validate
 from fhirbots.engine.settings import Settings
@@ -114,6 +116,9 @@ class Engine:
         self.dispatcher: Dispatcher | None = None
         install_subscriptions(self.fhir, self.routes)
         install_validate(self.routes)
+        self.reindexer = Reindexer(self.storage)
+        """Runs ``$reindex`` jobs (after SearchParameters are written)."""
+        install_search_parameters(self.fhir, self.reindexer, self.routes)
         guard = EndpointGuard.from_cidrs(settings.allowed_endpoint_networks)
         self.fhir.add_write_check("Subscription", ChannelRules(guard).check)
         self.matcher: MatcherStage | None = None
@@ -260,6 +265,7 @@ class Engine:
         start picks it up.
         """
         self.readiness.drain()
+        await self.reindexer.close()
         if self._lag is not None:
             await self._lag.stop()
             self._lag = None

@@ -174,12 +174,33 @@ class Storage(Protocol):
     async def outbox_purge(self, older_than: datetime) -> int:
         """Delete published rows older than ``older_than``; returns how many."""
 
+    async def reindex(
+        self, project: str, resource_type: str, after: str, limit: int
+    ) -> tuple[int, str | None]:
+        """Recompute the search index rows of the next ``limit`` live ``resource_type``
+        resources of ``project`` (ids after ``after``, in id order) in one transaction, with the
+        project's current SearchParameters; returns how many and the last id (None if none)."""
+
 
 class SearchIndexer(Protocol):
-    """Keeps search index tables in step with resources, inside the write's transaction."""
+    """Keeps search index tables in step with resources, inside the write's transaction.
+
+    A project's stored SearchParameters add parameters to its index: before indexing a write,
+    an adapter asks :meth:`stale` with the project's configuration generation and, if so, hands
+    the project's SearchParameter resources to :meth:`define` (read in the same transaction).
+    """
 
     def ddl(self, dialect: str) -> list[str]:
         """CREATE statements of the index tables (idempotent)."""
+
+    def stale(self, project: str, generation: int) -> bool:
+        """Whether the project's parameters must be (re)defined for this generation."""
+
+    def define(self, project: str, generation: int, resources: list[dict[str, Any]]) -> None:
+        """The project's current SearchParameter resources, as of ``generation``."""
+
+    def forget(self) -> None:
+        """Drop every project's parameters (a transaction that defined them rolled back)."""
 
     def statements(
         self,
@@ -188,8 +209,10 @@ class SearchIndexer(Protocol):
         resource: dict[str, Any] | None,
         *,
         indexed_before: bool = True,
+        project: str | None = None,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """Statements (``?`` placeholders) and their parameter rows that replace the index rows
         of one resource (``owner``: its key, its project's key and its type); ``resource`` is
         None when it was deleted (remove its rows only).
-        ``indexed_before`` False (a resource never stored) lets it skip removing old rows."""
+        ``indexed_before`` False (a resource never stored) lets it skip removing old rows;
+        ``project`` adds the rows of that project's defined parameters (see :meth:`define`)."""

@@ -42,6 +42,7 @@ from fhirbots.engine.storage.postgres_locks import AdvisoryLocks
 from fhirbots.engine.storage.postgres_pool import DRIVER_ERRORS
 from fhirbots.engine.storage.references import existing_statements, referrers_statements
 from fhirbots.engine.storage.search_index import (
+    REINDEX_BATCH,
     compile_count,
     compile_search,
     include_statements,
@@ -185,7 +186,16 @@ class PostgresStorage:
                 context.check_deadline()  # past it, the transaction rolls back
                 return results
         except asyncpg.UniqueViolationError as exc:
+            self._forget_definitions()
             raise Conflict(f"concurrent write to the same resource: {exc}") from exc
+        except BaseException:
+            self._forget_definitions()
+            raise
+
+    def _forget_definitions(self) -> None:
+        """A rolled back transaction may have defined parameters that never committed."""
+        if self._indexer is not None:
+            self._indexer.forget()
 
     async def _apply_one(
         self,
@@ -199,6 +209,12 @@ class PostgresStorage:
         current = _to_stored(row) if row is not None else None
         statement = sql.BUMP_GENERATION if target[0] in CONFIG_TYPES else sql.SELECT_GENERATION
         generation = await conn.fetchval(sql.numbered(statement), project)
+        if self._indexer is not None and self._indexer.stale(project, generation or 0):
+            defined = await conn.fetch(
+                sql.numbered(sql.live_of_types(1)), project, "SearchParameter"
+            )
+            contents = [_to_stored(r).content for r in defined]
+            self._indexer.define(project, generation or 0, [c for c in contents if c is not None])
         result = plan_write(
             op, target, current, project=project, context=context, generation=generation or 0
         )
@@ -227,7 +243,9 @@ class PostgresStorage:
         )
         if self._indexer is not None:
             owner = IndexOwner(resource_key, project_key, stored.resource_type)
-            for statement, rows in self._indexer.statements("postgres", owner, stored.content):
+            for statement, rows in self._indexer.statements(
+                "postgres", owner, stored.content, project=project
+            ):
                 if rows:
                     await conn.executemany(sql.numbered(statement), rows)
         return result
@@ -423,3 +441,32 @@ class PostgresStorage:
             "DELETE FROM outbox WHERE published AND created < $1", older_than
         )
         return int(status.split()[-1])
+
+    @_translated
+    async def reindex(
+        self, project: str, resource_type: str, after: str, limit: int
+    ) -> tuple[int, str | None]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                sql.numbered(REINDEX_BATCH), project, resource_type, after, limit
+            )
+            indexer = self._indexer
+            if indexer is None or not rows:
+                return len(rows), str(rows[-1]["id"]) if rows else None
+            project_key = await conn.fetchval(sql.numbered(sql.SELECT_PROJECT_KEY), project)
+            generation = await conn.fetchval(sql.numbered(sql.SELECT_GENERATION), project) or 0
+            if indexer.stale(project, generation):
+                defined = await conn.fetch(
+                    sql.numbered(sql.live_of_types(1)), project, "SearchParameter"
+                )
+                contents = [_to_stored(r).content for r in defined]
+                indexer.define(project, generation, [c for c in contents if c is not None])
+            for row in rows:
+                owner = IndexOwner(row["key"], project_key, resource_type)
+                content = orjson.loads(row["content"])
+                for statement, params in indexer.statements(
+                    "postgres", owner, content, project=project
+                ):
+                    if params:
+                        await conn.executemany(sql.numbered(statement), params)
+            return len(rows), str(rows[-1]["id"])

@@ -40,10 +40,12 @@ from fhirbots.subscriptions.search.query import (
     UriValue,
 )
 from fhirbots.subscriptions.search.registry import Registry
+from fhirbots.subscriptions.search.stored import project_registry
 
 __all__ = [
     "GROUP_COLUMN",
     "PROJECT_KEY",
+    "REINDEX_BATCH",
     "TABLES",
     "IndexRows",
     "SqlSearchIndexer",
@@ -200,6 +202,13 @@ def index_rows(
     return IndexRows(rows)
 
 
+REINDEX_BATCH = (
+    "SELECT key, id, content FROM resources WHERE project = ? AND resource_type = ?"
+    " AND id > ? AND NOT deleted ORDER BY id LIMIT ?"
+)
+"""The next batch of resources to reindex: key, id and content, in id order."""
+
+
 def delete_statements() -> list[str]:
     """DELETE statements of the index tables, parameter the resource's key."""
     return [f"DELETE FROM search_{kind} WHERE res = ?" for kind in TABLES]
@@ -223,10 +232,34 @@ class SqlSearchIndexer:
 
     def __init__(self, registry: Registry | None = None) -> None:
         self._registry = registry or default_registry()
+        self._projects: dict[str, tuple[int, Registry]] = {}
+        """Per project: the generation its parameters were defined for, and its registry."""
 
     def ddl(self, dialect: str) -> list[str]:
         """CREATE statements of the index tables."""
         return index_ddl("postgres" if dialect == "postgres" else "sqlite")
+
+    def stale(self, project: str, generation: int) -> bool:
+        """Whether ``project``'s parameters were defined for another generation (or never)."""
+        found = self._projects.get(project)
+        return found is None or found[0] != generation
+
+    def define(self, project: str, generation: int, resources: list[dict[str, Any]]) -> None:
+        """Index ``project``'s resources with its active SearchParameters from now on."""
+        custom = project_registry(resources)
+        self._projects[project] = (
+            generation,
+            self._registry if custom is default_registry() else custom,
+        )
+
+    def forget(self) -> None:
+        """Drop what :meth:`define` learnt (it may come from a rolled back transaction)."""
+        self._projects.clear()
+
+    def registry_for(self, project: str | None) -> Registry:
+        """The registry a resource of ``project`` is indexed with."""
+        found = self._projects.get(project) if project is not None else None
+        return found[1] if found is not None else self._registry
 
     def statements(
         self,
@@ -235,8 +268,10 @@ class SqlSearchIndexer:
         resource: dict[str, Any] | None,
         *,
         indexed_before: bool = True,
+        project: str | None = None,
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        """Delete the resource's old rows, then insert its new ones (none when deleted).
+        """Delete the resource's old rows, then insert its new ones (none when deleted); with
+        ``project``, its SearchParameters (see :meth:`define`) add rows.
 
         With ``indexed_before`` False (a resource never stored) there are no old rows, and
         SQLite skips the DELETEs.
@@ -244,8 +279,12 @@ class SqlSearchIndexer:
         SQLite (in process) gets a DELETE per table and an INSERT per table with rows;
         PostgreSQL one statement doing all of it, so a write costs one more round trip.
         """
+        if owner.resource_type == "SearchParameter" and project is not None:
+            # The project's parameters change with this write: read them again next time
+            # (they were read before it, in the same transaction).
+            self._projects.pop(project, None)
         rows = (
-            index_rows(owner.resource_type, resource, self._registry)
+            index_rows(owner.resource_type, resource, self.registry_for(project))
             if resource is not None
             else IndexRows()
         )

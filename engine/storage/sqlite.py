@@ -553,3 +553,11 @@ class SqliteStorage:
     async def outbox_purge(self, older_than: datetime) -> int:
         purged: int = await self._write("outbox_purge", format_instant(older_than))
         return purged
+
+    async def reindex(
+        self, project: str, resource_type: str, after: str, limit: int
+    ) -> tuple[int, str | None]:
+        done: tuple[int, str | None] = await self._write(
+            "reindex", project, resource_type, after, limit
+        )
+        return done

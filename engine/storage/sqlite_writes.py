@@ -36,6 +36,7 @@ from fhirbots.engine.storage.model import (
 )
 from fhirbots.engine.storage.planner import format_instant, plan_write
 from fhirbots.engine.storage.port import SearchIndexer
+from fhirbots.engine.storage.search_index import REINDEX_BATCH
 from fhirbots.schemas.events import CONFIG_TYPES
 
 __all__ = [
@@ -182,6 +183,9 @@ class _Writes:
         else:
             found = conn.execute(sql.SELECT_GENERATION, (project,)).fetchone()
         generation = int(found[0]) if found is not None else 0
+        if self.indexer is not None and self.indexer.stale(project, generation):
+            defined = conn.execute(sql.live_of_types(1), (project, "SearchParameter")).fetchall()
+            self.indexer.define(project, generation, [orjson.loads(r[5]) for r in defined if r[5]])
         result = plan_write(
             op, target, current, project=project, context=context, generation=generation
         )
@@ -212,6 +216,7 @@ class _Writes:
                 IndexOwner(resource_key, project_key, stored.resource_type),
                 stored.content,
                 indexed_before=current is not None,
+                project=project,
             ):
                 conn.executemany(statement, rows)
         return result
@@ -238,6 +243,27 @@ class _Writes:
     def outbox_purge(self, older_than: str) -> int:
         return self.conn.execute(sql.SQLITE_OUTBOX_PURGE, (older_than,)).rowcount
 
+    def reindex(
+        self, project: str, resource_type: str, after: str, limit: int
+    ) -> tuple[int, str | None]:
+        conn, indexer = self.conn, self.indexer
+        rows = conn.execute(REINDEX_BATCH, (project, resource_type, after, limit)).fetchall()
+        if indexer is None or not rows:
+            return len(rows), rows[-1][1] if rows else None
+        project_key = conn.execute(sql.SELECT_PROJECT_KEY, (project,)).fetchone()[0]
+        found = conn.execute(sql.SELECT_GENERATION, (project,)).fetchone()
+        generation = int(found[0]) if found is not None else 0
+        if indexer.stale(project, generation):
+            defined = conn.execute(sql.live_of_types(1), (project, "SearchParameter")).fetchall()
+            indexer.define(project, generation, [orjson.loads(r[5]) for r in defined if r[5]])
+        for key, _, content in rows:
+            owner = IndexOwner(key, project_key, resource_type)
+            for statement, params in indexer.statements(
+                "sqlite", owner, orjson.loads(content), project=project
+            ):
+                conn.executemany(statement, params)
+        return len(rows), rows[-1][1]
+
 
 Request = tuple[str, tuple[Any, ...]]
 """A write: the name of a write function (``apply``, ``ensure_project``, ``add_api_key``,
@@ -248,7 +274,14 @@ Outcome = tuple[Any, BaseException | None]
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     name: getattr(_Writes, name)
-    for name in ("apply", "ensure_project", "add_api_key", "outbox_mark_published", "outbox_purge")
+    for name in (
+        "apply",
+        "ensure_project",
+        "add_api_key",
+        "outbox_mark_published",
+        "outbox_purge",
+        "reindex",
+    )
 }
 
 
@@ -272,6 +305,8 @@ def commit_group(
         try:
             results = [_FUNCTIONS[name](writes, *args) for name, args in requests]
         except Exception as exc:  # some write failed: none of this attempt is kept
+            if indexer is not None:
+                indexer.forget()  # parameters it defined may come from the rolled back writes
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if len(requests) == 1:  # the rollback was that write's own: nothing to run again

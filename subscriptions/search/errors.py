@@ -9,8 +9,9 @@ Tree (under :class:`fhirbots.schemas.errors.FhirbotsError`)::
     │   └── InvalidValueError        a malformed value (bad date, number, prefix ...)
     ├── UnsupportedSearchError       valid FHIR, but not supported here (composite, near,
     │   └── NotSupportedInMemoryError  chained and ``_has`` parameters in :func:`matches`)
-    └── MissingTerminologyError      ``:in``/``:below``/... need a ValueSet or CodeSystem the
-                                     project does not store (HTTP 422, naming it)
+    ├── MissingTerminologyError      ``:in``/``:below``/... need a ValueSet or CodeSystem the
+    │                                project does not store (HTTP 422, naming it)
+    └── InvalidDefinitionError       a SearchParameter resource that cannot be used (HTTP 422)
 
 Each error carries the offending parameter name (``param``) so the REST API can turn it into an
 ``OperationOutcome`` whose diagnostics name what was refused.
@@ -21,6 +22,7 @@ from __future__ import annotations
 from fhirbots.schemas.errors import FhirbotsError
 
 __all__ = [
+    "InvalidDefinitionError",
     "InvalidValueError",
     "MissingTerminologyError",
     "NotSupportedInMemoryError",
@@ -70,3 +72,8 @@ class NotSupportedInMemoryError(UnsupportedSearchError):
 
 class MissingTerminologyError(SearchError):
     """A terminology modifier needs a ValueSet or CodeSystem that is not stored (HTTP 422)."""
+
+
+class InvalidDefinitionError(SearchError):
+    """A SearchParameter resource the engine cannot use: an unsupported type, a bad expression,
+    a code that clashes with another parameter (HTTP 422)."""

@@ -88,6 +88,10 @@ def _fold_choices(root: str, steps: list[Step]) -> list[Step] | None:
                 # effectiveDateTime, effectivePeriod, ... is present.
                 folded.append(("choice", name, ",".join(_CHOICE_PATHS[path])))
                 continue
+            if _PATH_TYPES.get(path) == "Extension":
+                # Inside an extension (custom SearchParameters: ...extension.value.code) the
+                # paths are the Extension type's, where `value` is a choice.
+                path = "Extension"
         folded.append((kind, name, arg))
     return folded
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhirbots.subscriptions.search.registry import Registry, default_registry
+from fhirbots.subscriptions.search.stored import project_registry
 from fhirbots.subscriptions.search.terminology import TERMINOLOGY_MODIFIERS, Terminology
 
 __all__ = [
@@ -51,7 +52,7 @@ def project_search(resources: Iterable[Mapping[str, Any]]) -> ProjectSearch:
     """
     listed = [r for r in resources if r.get("resourceType") in DEFINITION_TYPES]
     terminology = Terminology(r for r in listed if r.get("resourceType") in TERMINOLOGY_TYPES)
-    return ProjectSearch(default_registry(), terminology)
+    return ProjectSearch(project_registry(listed), terminology)
 
 
 def needs_terminology(names: Iterable[str]) -> bool:
