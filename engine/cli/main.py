@@ -26,6 +26,7 @@ from fhirbots.engine.cli.executions import add_commands as add_execution_command
 from fhirbots.engine.cli.lifecycle import GRACE_EXCEEDED_STATUS, Lifecycle
 from fhirbots.engine.cli.loader import find_files, load_files
 from fhirbots.engine.cli.migrate import add_command as add_migrate_command
+from fhirbots.engine.cli.reindex import add_commands as add_reindex_commands
 from fhirbots.engine.cli.subscriptions import add_commands as add_subscription_commands
 from fhirbots.engine.cli.tail import add_commands as add_tail_commands
 from fhirbots.engine.cli.tls import api_tls_context
@@ -228,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     add_bot_commands(sub)
     add_tail_commands(sub)
     add_execution_commands(sub)
+    add_reindex_commands(sub)
     return parser
 
 
