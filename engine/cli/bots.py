@@ -105,6 +105,10 @@ async def _deploy(args: argparse.Namespace) -> int:
                     body["description"] = args.description
                 bot = await client.request("POST", "Bot", body)
                 print(f"created {args.name} (version {bot['meta']['versionId']})")
+            elif existing.get("code") == source:
+                bot = existing
+                version = bot["meta"]["versionId"]
+                print(f"unchanged {args.name} (version {version}): the source is already deployed")
             else:
                 parameters = {
                     "resourceType": "Parameters",

@@ -44,6 +44,7 @@ from fhirbots.engine.web.context import TRACEPARENT_KEY, principal, write_contex
 from fhirbots.engine.web.http import FHIR_JSON, base_url, fhir_response, prefer, version_headers
 
 __all__ = [
+    "DEPLOY_HEADER",
     "EXECUTION_HEADER",
     "JOB_PATH",
     "bot_routes",
@@ -58,6 +59,10 @@ JOB_PATH = f"{API_PATH}/Bot/$job/{{job}}"
 
 EXECUTION_HEADER = "X-Fhirbots-Execution"
 """Response header naming the execution id of a ``$execute``."""
+
+DEPLOY_HEADER = "X-Fhirbots-Deploy"
+"""Response header of a ``$deploy``: ``deployed`` (a new version) or ``unchanged`` (the source
+is the current version's: nothing is written)."""
 
 JSON_TYPES = frozenset({"application/json", FHIR_JSON})
 """Bodies parsed as JSON and given to the bot as a value."""
@@ -225,6 +230,11 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
         code = await _code_of(request)
         current = await runtime.fhir.read(project, "Bot", bot_id)
         assert current.content is not None  # read() refuses deletions
+        base = base_url(request)
+        if current.content.get("code") == code:
+            location = f"{base}/Bot/{bot_id}/_history/{current.version_id}"
+            headers = {**version_headers(current, location), DEPLOY_HEADER: "unchanged"}
+            return fhir_response(current.content, headers=headers)
         result = await runtime.fhir.update(
             project,
             "Bot",
@@ -236,9 +246,9 @@ def bot_routes(runtime: BotRuntime) -> list[web.RouteDef]:
         stored = result.stored
         assert stored is not None
         assert stored.content is not None
-        base = base_url(request)
         location = f"{base}/Bot/{bot_id}/_history/{stored.version_id}"
-        return fhir_response(stored.content, headers=version_headers(stored, location))
+        headers = {**version_headers(stored, location), DEPLOY_HEADER: "deployed"}
+        return fhir_response(stored.content, headers=headers)
 
     async def execute(request: web.Request) -> web.Response:
         caller = principal(request)

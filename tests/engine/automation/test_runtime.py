@@ -26,7 +26,14 @@ from fhirbots.schemas.events import CausationLink
 from fhirbots.schemas.executions import BotExecutionRecord
 from fhirbots.schemas.notifications import ChannelSpec, Notification
 from fhirbots.schemas.topics import BOT_EXECUTIONS
-from tests.engine.scenarios.bots import PROJECT, changes, open_engine, store_bot, store_subject
+from tests.engine.scenarios.bots import (
+    PROJECT,
+    bot_resource,
+    changes,
+    open_engine,
+    store_bot,
+    store_subject,
+)
 
 FLAGGER = """
 def handler(fhir, event):
@@ -120,6 +127,18 @@ async def test_failures_are_values(engine: Engine) -> None:
     assert not inactive.success and "draft" in (inactive.message or "")
 
 
+async def test_a_bot_without_status_is_active(engine: Engine) -> None:
+    """docs/bots.md: only active bots are triggered, and ``status`` defaults to ``active``."""
+    await store_subject(engine)
+    resource = {k: v for k, v in bot_resource(FLAGGER).items() if k != "status"}
+    written = await engine.fhir.create(PROJECT, resource, WriteContext(author="test"))
+    assert written.stored is not None and written.stored.content is not None
+    assert "status" not in written.stored.content
+    outcome = await engine.bots.invoke(PROJECT, written.stored.id, notification(), "k")
+    assert outcome.success, outcome.message
+    assert len(await flags(engine)) == 1
+
+
 async def test_a_bot_in_its_own_causation_chain_is_not_run(engine: Engine) -> None:
     await store_subject(engine)
     bot_id = await store_bot(engine, FLAGGER)
@@ -205,7 +224,8 @@ async def test_start_bots_warms_workers_and_runs_the_scheduler(engine: Engine) -
     await engine.start_bots(cron=True)
     assert engine.event_log is not None
     assert engine.bots.scheduler is not None
-    assert len(engine.bots.executor.worker_pids) == engine.bots.policy.pool_size
+    policy = engine.bots.policy
+    assert len(engine.bots.executor.worker_pids) == policy.pool_size + policy.spare_workers
     await engine.bots.close()
     assert engine.bots.scheduler is None
     assert engine.bots.executor.worker_pids == []

@@ -84,6 +84,14 @@ async def test_deploy_creates_then_updates_by_name(
     assert second == ["deployed adder (version 2)", reference]
     resp = await api.client.get(f"/fhir/R4/{reference}", headers=api.headers())
     assert "return 2" in (await resp.json())["code"]
+    await run(args("bot", "deploy", source, "--name", "adder", "--url", url))
+    third = capsys.readouterr().out.strip().splitlines()
+    assert third == [
+        "unchanged adder (version 2): the source is already deployed",
+        reference,
+    ]
+    history = await api.client.get(f"/fhir/R4/{reference}/_history", headers=api.headers())
+    assert (await history.json())["total"] == 2
 
 
 async def test_deploy_prints_refusals_with_line_and_column(

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import ClientResponse, FormData
 
 from fhirbots.engine.fhir.validator_pool import POOL_THRESHOLD
-from fhirbots.engine.operations.bots import EXECUTION_HEADER
+from fhirbots.engine.operations.bots import DEPLOY_HEADER, EXECUTION_HEADER
 from tests.engine.conftest import Api
 from tests.engine.scenarios.bots import bot_resource
 from tests.waiting import eventually
@@ -118,6 +118,18 @@ async def test_deploy_makes_a_new_version_and_refuses_bad_code(api: Api) -> None
     ).status == 404
     empty = await post(api, f"Bot/{bot['id']}/$deploy", {"resourceType": "Parameters"})
     assert empty.status == 400
+
+
+async def test_deploying_the_same_source_again_is_unchanged(api: Api) -> None:
+    bot = await create_bot(api)
+    text = "def handler(fhir, event):\n    return 2\n"
+    first = await post(api, f"Bot/{bot['id']}/$deploy", text, "text/x-python")
+    assert first.headers[DEPLOY_HEADER] == "deployed"
+    again = await post(api, f"Bot/{bot['id']}/$deploy", text, "text/x-python")
+    assert again.status == 200 and again.headers[DEPLOY_HEADER] == "unchanged"
+    assert (await again.json())["meta"]["versionId"] == "2" and again.headers["ETag"] == 'W/"2"'
+    history = await api.client.get(f"{BASE}/Bot/{bot['id']}/_history", headers=api.headers())
+    assert (await history.json())["total"] == 2
 
 
 async def test_execute_takes_json_fhir_text_hl7_form_and_query(api: Api) -> None:
