@@ -4,17 +4,22 @@
 //
 //   - every service has a healthcheck, or is a one-shot (restart "no") that the services
 //     depending on it wait for with condition service_completed_successfully;
+//
 //   - every depends_on names a condition: service_healthy on a service with a healthcheck, or
 //     service_completed_successfully on a one-shot (never the bare "started");
+//
 //   - no Bitnami image; Kafka from the official apache/kafka image;
+//
 //   - every fhirbots container has a read-only root filesystem, a tmpfs /tmp, a writable data
 //     dir and a stop grace period;
+//
 //   - with -roles: a `migrate` one-shot that every other fhirbots service waits for, the API
 //     (`serve --api-only`) and one `worker ROLE` service per role, each with a management port;
+//
 //   - with -embedded: a single service running `serve`.
 //
-//	compose-check -roles relay,matcher,dispatcher,bots,stats deploy/compose/compose.yaml
-//	compose-check -embedded deploy/compose/compose.embedded.yaml
+//     compose-check -roles relay,matcher,dispatcher,bots,stats deploy/compose/compose.yaml
+//     compose-check -embedded deploy/compose/compose.embedded.yaml
 package main
 
 import (
