@@ -38,6 +38,7 @@ from fhirbots.subscriptions.search.query import ChainClause, Clause, HasClause
 
 __all__ = [
     "ANY_TYPE",
+    "SEARCH",
     "Scope",
     "check_search",
     "current_scope",
