@@ -190,6 +190,7 @@ class StatsAppSettings:
                 bootstrap=settings.kafka,
                 data_dir=settings.data_dir / "faust",
                 security=KafkaSecurity.from_settings(settings),
+                shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
             ),
             retention=settings.retention,
             lag_groups=tuple(lag_groups),
