@@ -18,6 +18,7 @@ from fhirbots.engine.automation.engine_gateway import EngineFhirGateway
 from fhirbots.engine.errors import Forbidden
 from fhirbots.engine.fhir.bundles import process_bundle
 from fhirbots.engine.fhir.scopes import Scope, check_search, scoped, visible
+from fhirbots.engine.fhir.typed_search import search_types
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.storage.model import StoredResource, WriteContext
 from fhirbots.engine.web.auth import KeyScope, Principal
@@ -276,3 +277,12 @@ async def test_bundle_search_entries_are_checked(engine: Engine) -> None:
         )
     assert answered["entry"][0]["response"]["status"] == "403"
     assert not _leaks(answered, patient_id)
+
+
+async def test_system_search_with_type_checks_each_type(engine: Engine) -> None:
+    patient_id, flag_id = await _seed(engine)
+    with scoped(FLAG_ONLY):
+        found = await search_types(engine.search, PROJECT, ["Flag"], [("_id", flag_id)])
+        assert [m.id for m in found.matches] == [flag_id]
+        with pytest.raises(Forbidden, match="Patient"):
+            await search_types(engine.search, PROJECT, ["Flag", "Patient"], [("_id", patient_id)])
