@@ -54,16 +54,23 @@ class RequestLimits:
             max_response_bytes=settings.max_response_bytes,
         )
 
-    def check_resources(self, resources: Sequence[Any], where: Sequence[str] | None = None) -> None:
-        """Refuse a resource larger than ``max_resource_bytes`` as JSON (413 naming it)."""
+    def check_resources(self, resources: Sequence[Any], where: Sequence[str] | None = None) -> int:
+        """Refuse a resource larger than ``max_resource_bytes`` as JSON (413 naming it).
+
+        Returns:
+            The bytes of all of them, as JSON.
+        """
+        total = 0
         for i, resource in enumerate(resources):
             size = len(orjson.dumps(resource))
+            total += size
             if size > self.max_resource_bytes:
                 label = where[i] if where is not None else "the resource"
                 raise PayloadTooLarge(
                     f"{label} is {size} bytes; at most {self.max_resource_bytes} are accepted "
                     "(FHIRBOTS_MAX_RESOURCE_BYTES)"
                 )
+        return total
 
     def check_entries(self, kind: str, count: int) -> None:
         """Refuse a batch or transaction of more than ``max_bundle_entries`` entries."""

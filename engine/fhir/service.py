@@ -78,6 +78,11 @@ def _invalid(problems: Sequence[ValidationProblem]) -> Unprocessable:
     return Unprocessable("; ".join(i.diagnostics for i in issues), issues=issues)
 
 
+HEAVY_VALIDATION_BYTES = 256 * 1024
+"""Resources larger than this together are validated by the validator's worker processes,
+off the event loop (validating a 4 MB resource of small elements takes seconds)."""
+
+
 class FhirService:
     """Create, read, update, patch, delete and history, scoped to one project per call."""
 
@@ -153,11 +158,12 @@ class FhirService:
             if not isinstance(op, DeleteOp)
         ]
         written = [i for i, op in enumerate(ops) if not isinstance(op, DeleteOp)]
-        self.limits.check_resources(
+        size = self.limits.check_resources(
             [resource for resource, _ in items],
             None if where is None else [where[i] for i in written],
         )
-        problems = iter(await self._validator.validate_many(items))
+        heavy = size > HEAVY_VALIDATION_BYTES
+        problems = iter(await self._validator.validate_many(items, heavy=heavy))
         prepared: list[WriteOp] = []
         for i, op in enumerate(ops):
             try:

@@ -94,9 +94,13 @@ class BulkValidator:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    async def validate_many(self, items: Sequence[Item]) -> list[Problems]:
-        """The problems of each ``(resource, expected type)``; empty where it is valid."""
-        if self._pool is None or len(items) < self._threshold:
+    async def validate_many(self, items: Sequence[Item], *, heavy: bool = False) -> list[Problems]:
+        """The problems of each ``(resource, expected type)``; empty where it is valid.
+
+        Few items are validated on the caller's thread, unless they are ``heavy`` (large
+        resources take seconds to validate: never on the event loop when workers exist).
+        """
+        if self._pool is None or (len(items) < self._threshold and not heavy):
             return _validate_chunk(items)
         loop = asyncio.get_running_loop()
         size = -(-len(items) // self._processes)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+import pytest
+
+from fhirbots.engine.fhir import validator_pool
 from fhirbots.engine.fhir.validator_pool import BulkValidator
+from fhirbots.engine.fhir.validator_pool import _validate_chunk as validate_chunk
 
 
 def items() -> list[tuple[Any, str | None]]:
@@ -55,3 +60,23 @@ async def test_a_worker_validates_the_custom_bot_type() -> None:
         pooled.close()
     assert ok == ()
     assert [p.path for p in bad] == ["Bot.name"]
+
+
+def _in_a_worker_only(chunk: Any) -> Any:
+    """``_validate_chunk``, refusing to run in the process that started the pool."""
+    assert os.getpid() != int(os.environ["VALIDATOR_TEST_PARENT"]), "validated on the caller"
+    return validate_chunk(chunk)
+
+
+async def test_heavy_items_go_to_the_workers_even_when_few(monkeypatch: Any) -> None:
+    monkeypatch.setenv("VALIDATOR_TEST_PARENT", str(os.getpid()))  # the workers inherit it
+    pooled = BulkValidator(processes=2, threshold=1000)
+    pooled.start()
+    try:
+        expected = await BulkValidator(1).validate_many(items()[:2])
+        monkeypatch.setattr(validator_pool, "_validate_chunk", _in_a_worker_only)
+        assert await pooled.validate_many(items()[:2], heavy=True) == expected
+        with pytest.raises(AssertionError, match="validated on the caller"):
+            await pooled.validate_many(items()[:2])
+    finally:
+        pooled.close()
