@@ -295,6 +295,7 @@ class _Transaction:
     async def run(self, get: GetHandler, representation: bool) -> dict[str, Any]:
         _check_distinct(self.entries)
         await self._resolve_conditional()
+        _check_distinct(self.entries)  # conditional entries now name what they found
         assigned = await self._assign_ids()
         ordered = sorted(self.entries, key=lambda e: _ORDER.get(e.method, 9))
         writes: list[tuple[_Entry, WriteOp]] = []

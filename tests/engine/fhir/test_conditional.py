@@ -198,6 +198,22 @@ async def test_conditional_entries_in_a_transaction_and_a_batch(api: Api) -> Non
     assert await families(api, "11") == ["New"]
     assert await families(api, "10") == []
 
+    nine = (await (await call(api, "GET", "Patient?identifier=urn:mrn|9")).json())["entry"][0]
+    twice = await call(
+        api,
+        "POST",
+        "",
+        {
+            **transaction,
+            "entry": [
+                transaction["entry"][0],
+                {"request": {"method": "DELETE", "url": f"Patient/{nine['resource']['id']}"}},
+            ],
+        },
+    )
+    assert twice.status == 400
+    assert "both write" in (await twice.json())["issue"][0]["diagnostics"]
+
     await call(api, "POST", "Patient", patient("9", "Twin"))
     refused = await call(
         api,
