@@ -18,7 +18,7 @@ from fhirbots.engine.eventlog.partitioner import partition_for
 from fhirbots.engine.runtime import DEFAULT_PROJECT
 from fhirbots.engine.stages.dispatcher import DISPATCHER_GROUP
 from fhirbots.schemas.topics import NOTIFICATIONS
-from tests.integration.chaos.netns import Network
+from tests.integration.chaos.netns import Network, Node
 from tests.integration.chaos.processes import (
     Broker,
     Postgres,
@@ -39,9 +39,14 @@ NODES = ("api1", "api2", "receiver", *(f"{role}{n}" for role in ROLES for n in (
 
 API_PORT = 8080
 RECEIVER_PORT = 8000
+MANAGEMENT_PORT = 9000
+"""Each worker's /livez, /readyz and /metrics (every process has an address of its own)."""
 
 CUT_SECONDS = 20.0
 """How long a cut process stays off the network."""
+
+SUPERVISOR_SECONDS = 0.5
+"""How often the supervisor looks for processes that exited."""
 
 START_SECONDS = 180.0
 """Bound of a start-up (a broker and a dozen Python processes on a small machine)."""
@@ -56,42 +61,42 @@ class Cluster:
     postgres: Postgres | None = None
     broker: Broker | None = None
     token: str = ""
-    auto_migrate: bool = False
 
     def __post_init__(self) -> None:
         self.processes: dict[str, Process] = {}
         self.bases: list[str] = []
+        self.revived: list[str] = []
+        """Processes the supervisor started again after they exited on their own."""
+        self._supervisor: asyncio.Task[None] | None = None
 
     @classmethod
     def make(cls) -> Cluster:
         return cls(Network(), Path(tempfile.mkdtemp(prefix="fhirbots-chaos-")))
 
-    def _env(self) -> dict[str, str]:
-        """The environment of every ``fhirbots`` process of the run."""
+    def _env(self, node: Node) -> dict[str, str]:
+        """The environment of a ``fhirbots`` process of the run on ``node``."""
         assert self.postgres is not None and self.broker is not None
         return python_env(
+            FHIRBOTS_HOST=node.address,
             FHIRBOTS_DATABASE_URL=self.postgres.dsn,
             FHIRBOTS_KAFKA=self.broker.bootstrap,
             FHIRBOTS_ALLOWED_ENDPOINT_NETWORKS=self.network.cidr,
             FHIRBOTS_BOT_WORKERS="1",
             FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER="0",
             FHIRBOTS_LOG_LEVEL="WARNING",
-            **({"FHIRBOTS_AUTO_MIGRATE": "true"} if self.auto_migrate else {}),
         )
 
     def migrate(self) -> None:
         """``fhirbots migrate`` against the run's database, from the first API's namespace."""
-        command = self.network.nodes["api1"].command(*fhirbots_command("migrate"))
-        done = subprocess.run(command, env=self._env(), capture_output=True, text=True)
-        if done.returncode == 2 and "invalid choice" in done.stderr:
-            self.auto_migrate = True  # TODO: until `fhirbots migrate` lands
-            return
+        node = self.network.nodes["api1"]
+        command = node.command(*fhirbots_command("migrate"))
+        done = subprocess.run(command, env=self._env(node), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"fhirbots migrate failed:\n{done.stdout}\n{done.stderr}")
 
     def _fhirbots(self, name: str, *args: str) -> Process:
         node = self.network.nodes[name]
-        env = self._env()
+        env = self._env(node)
         data = self.folder / name
         data.mkdir()
         process = Process(
@@ -100,14 +105,19 @@ class Cluster:
         self.processes[name] = process
         return process
 
-    def _started(self, name: str) -> Callable[[], Awaitable[bool]]:
-        """A check that the API process ``name`` answers /healthz (failing fast if it died)."""
+    def _ready(self, name: str) -> Callable[[], Awaitable[bool]]:
+        """A check that process ``name`` is ready (its ``/readyz`` answers 200: database,
+        event log and consumer assignment), failing fast if it exited (unless the supervisor
+        runs: then it is started again)."""
         process = self.processes[name]
-        url = f"http://{self.network.nodes[name].address}:{API_PORT}/healthz"
+        port = API_PORT if name.startswith("api") else MANAGEMENT_PORT
+        url = f"http://{self.network.nodes[name].address}:{port}/readyz"
 
         async def check() -> bool:
             if reason := process.exited():
-                raise AssertionError(reason)
+                if self._supervisor is None:
+                    raise AssertionError(reason)
+                return False  # the supervisor starts it again
             return await answers(url)
 
         return check
@@ -130,7 +140,9 @@ class Cluster:
             for n in (1, 2):
                 self.start_worker(f"{role}{n}", role)
         self.start_receiver()
-        await eventually(self._started("api2"), "api2 answering", within=START_SECONDS)
+        for name in self.processes:
+            if name != "receiver":
+                await self.ready(name)
         await self.receiver_ready()
 
     async def start_services(self) -> None:
@@ -154,15 +166,19 @@ class Cluster:
         """Start an API process and wait until it answers; the first one's admin key is the
         run's."""
         self.start_api_process(name)
-        await eventually(self._started(name), f"{name} answering", within=START_SECONDS)
+        await self.ready(name)
         if not self.token:
             self.token = (self.folder / name / "admin-token").read_text().strip()
 
     def start_worker(self, name: str, role: str) -> Process:
-        """Start ``fhirbots worker ROLE`` on node ``name``."""
-        process = self._fhirbots(name, "worker", role)
+        """Start ``fhirbots worker ROLE`` on node ``name`` (not waited for)."""
+        process = self._fhirbots(name, "worker", role, "--management-port", str(MANAGEMENT_PORT))
         process.start()
         return process
+
+    async def ready(self, name: str) -> None:
+        """Wait until process ``name`` is ready."""
+        await eventually(self._ready(name), f"{name} ready", within=START_SECONDS)
 
     def start_receiver(self) -> None:
         """Start the rest-hook receiver (see :meth:`receiver_ready`)."""
@@ -217,8 +233,25 @@ class Cluster:
             parts.append("--- kafka\n" + "\n".join(lines))
         return "\n".join(parts)
 
+    def supervise(self) -> None:
+        """Start again any process of the engine that exits on its own, as an orchestrator
+        would (``restart: always``): a worker that finds the broker or the database away
+        while it starts exits with an error."""
+
+        async def watch() -> None:
+            while True:
+                for name, process in self.processes.items():
+                    if process.exited():
+                        self.revived.append(name)
+                        process.start()
+                await asyncio.sleep(SUPERVISOR_SECONDS)
+
+        self._supervisor = asyncio.create_task(watch(), name="chaos-supervisor")
+
     def close(self) -> None:
         """Kill every process, delete the namespaces and the run's folder."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         for process in self.processes.values():
             process.kill()
         if self.broker is not None:
@@ -231,12 +264,11 @@ class Cluster:
     # -- faults ---------------------------------------------------------------------------
 
     async def restart(self, name: str) -> None:
-        """``kill -9`` process ``name`` and start it again (an API process: until it answers)."""
+        """``kill -9`` process ``name`` and start it again, until it is ready."""
         process = self.processes[name]
         process.kill()
         process.start()
-        if name.startswith("api"):
-            await eventually(self._started(name), f"{name} answering again")
+        await self.ready(name)
 
     async def holder(self, role: str, subscription: str) -> str:
         """The worker of ``role`` consuming the notifications of ``subscription`` (the first

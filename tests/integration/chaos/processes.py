@@ -22,6 +22,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
 
 from tests.conftest import REPO_ROOT, child_env
 from tests.integration.chaos.netns import Node
@@ -197,7 +198,14 @@ class Postgres:
     def ready(self) -> bool:
         """Whether the server accepts connections (pg_isready in its namespace)."""
         command = self.node.command(
-            str(PG_BIN / "pg_isready"), "-q", "-h", self.node.address, "-p", str(self.PORT)
+            str(PG_BIN / "pg_isready"),
+            "-q",
+            "-U",
+            PG_USER,
+            "-h",
+            self.node.address,
+            "-p",
+            str(self.PORT),
         )
         return subprocess.run(command, check=False).returncode == 0
 
@@ -304,15 +312,23 @@ async def holders(bootstrap: str, group: str, topic: str) -> dict[str, set[int]]
 
 
 async def progress(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
-    """(records of ``topic`` consumer ``group`` has committed, records in ``topic``)."""
+    """(records of ``topic`` consumer ``group`` has committed, records in ``topic``); (0, 0)
+    while the broker cannot tell yet (no coordinator for a group that never committed)."""
+    try:
+        return await _progress(bootstrap, group, topic)
+    except KafkaError:
+        return 0, 0
+
+
+async def _progress(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        await consumer.topics()  # fetches the metadata partitions_for_topic reads
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        [described] = await admin.describe_topics([topic])
+        parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         ends = await consumer.end_offsets(parts)
     finally:
         await consumer.stop()

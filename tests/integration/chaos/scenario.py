@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from tests.integration.chaos.checks import (
-    AFTER_REPAIR,
     FLAG_SYSTEM,
     RECOVERY_BOUND,
     Fault,
@@ -119,19 +118,18 @@ async def _warm_up(api: Api, receipts: Receipts, count: int = 16) -> None:
 
 
 async def _caught_up(load: Load, receipts: Receipts, fault: Fault) -> None:
-    """Wait until every write sent up to :data:`AFTER_REPAIR` seconds after ``fault`` was
-    repaired is answered and, when acknowledged, delivered (at least one acknowledged after
-    the repair): the backlog the fault built is drained and new writes flow again. The
-    recovery ends with the last of those deliveries."""
-    horizon = fault.repaired + AFTER_REPAIR
+    """Wait until every write sent before ``fault`` was repaired is answered and, when
+    acknowledged, delivered, and one acknowledged write sent after the repair is delivered:
+    the backlog the fault built is drained and new writes flow again. The recovery ends with
+    the last of those deliveries."""
     pending: list[Write] | None = None
+    window: list[Write] = []
 
     def check() -> float | None:
         nonlocal pending
-        if time.time() < horizon:
-            return None
         if pending is None:
-            pending = [w for w in load.writes if w.sent <= horizon]
+            window[:] = [w for w in load.writes if w.sent <= fault.repaired]
+            pending = list(window)
         if any(w.status is None and w.error is None for w in pending):
             return None  # still in flight
         receipts.refresh()
@@ -140,10 +138,15 @@ async def _caught_up(load: Load, receipts: Receipts, fault: Fault) -> None:
         ]
         if pending:
             return None
-        window = [w for w in load.writes if w.sent <= horizon and w.resource is not None]
-        if not any(w.sent >= fault.repaired for w in window):
+        after = [
+            receipts.first[w.resource]
+            for w in load.writes
+            if w.sent > fault.repaired and w.resource is not None and w.resource in receipts.first
+        ]
+        if not after:
             return None
-        return max(receipts.first[w.resource] for w in window if w.resource is not None)
+        before = [receipts.first[w.resource] for w in window if w.resource is not None]
+        return max([*before, min(after)])
 
     with contextlib.suppress(AssertionError):  # reported as a violation by verify()
         fault.recovered = await eventually(
@@ -217,6 +220,7 @@ async def _scenario(cluster: Cluster, rate: float, log: Callable[[str], None]) -
     try:
         resthook, bot = await _set_up(api, cluster.receiver_url)
         await _warm_up(api, receipts)
+        cluster.supervise()
         log("chaos: warmed up, load starts")
         load.start()
 
@@ -263,7 +267,9 @@ async def _scenario(cluster: Cluster, rate: float, log: Callable[[str], None]) -
         stored = await _stored(api, acked)
         flags = await api.every("Flag?_count=1000")
         receipts.refresh()
-        return verify(load.writes, stored, receipts.all, flags, done)
+        report = verify(load.writes, stored, receipts.all, flags, done)
+        report.revived = list(cluster.revived)
+        return report
     finally:
         await load.stop()
         await api.close()
