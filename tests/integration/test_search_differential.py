@@ -29,9 +29,12 @@ from fhirbots.engine.storage.postgres import PostgresStorage
 from fhirbots.engine.storage.search_index import SqlSearchIndexer
 from fhirbots.engine.storage.sqlite import SqliteStorage
 from fhirbots.subscriptions.search import SearchQuery, matches, parse_params, resource_entries
-from fhirbots.subscriptions.search.entries import composite_groups
+from fhirbots.subscriptions.search.entries import composite_groups, entries_for
 from fhirbots.subscriptions.search.implicit import implicit_system
 from fhirbots.subscriptions.search.query import ChainClause, HasClause
+from fhirbots.subscriptions.search.registry import Registry
+from fhirbots.subscriptions.search.stored import project_registry
+from fhirbots.subscriptions.search.terminology import Terminology
 from fhirbots.subscriptions.search.values import MAX_US, MIN_US
 from tests.conftest import scratch_database
 
@@ -72,6 +75,12 @@ def synthea_bundles(shared_dir: Path) -> list[list[dict[str, Any]]]:
     return bundles
 
 
+def us_core_parameters(shared_dir: Path) -> list[dict[str, Any]]:
+    """The US Core SearchParameter resources (race, ethnicity, asserted-date ...)."""
+    path = shared_dir / "fhir" / "search-parameters-us-core.json"
+    return [e["resource"] for e in json.loads(path.read_text(encoding="utf-8"))["entry"]]
+
+
 @dataclass
 class Loaded:
     """A storage with the bundles in it, and what it stored."""
@@ -98,7 +107,8 @@ async def engines(
 ) -> AsyncIterator[list[Loaded]]:
     """Both engines loaded with the same bundles. PostgreSQL gets a database of its own, so
     tests that reset the session's database do not interfere."""
-    bundles = synthea_bundles(shared_dir)
+    # The US Core SearchParameters first: the project's resources are indexed with them too.
+    bundles = [us_core_parameters(shared_dir), *synthea_bundles(shared_dir)]
     indexer = SqlSearchIndexer()
     sqlite = SqliteStorage(tmp_path_factory.mktemp("search") / "diff.db", indexer=indexer)
     async with scratch_database() as dsn:
@@ -450,3 +460,94 @@ def _has_targets(clause: HasClause, by_ref: dict[str, Any]) -> set[tuple[str | N
             for e in resource_entries(r).get(clause.reference.code, [])
         }
     return _HAS_CACHE[key]
+
+
+# --- the project's own definitions ---------------------------------------------------------
+
+
+def _custom_and_terminology_queries(
+    resources: list[dict[str, Any]], registry: Registry, rng: random.Random
+) -> list[SearchQuery]:
+    """Queries on the US Core parameters, and ``:in``/``:not-in``/``:below``/``:above`` over a
+    ValueSet and a CodeSystem made from stored Observation codes."""
+    queries: list[SearchQuery] = []
+    custom = [
+        p
+        for t in ("Patient", "Condition", "Encounter", "CareTeam", "Goal")
+        for p in registry.supported_params(t)
+        if p.url.startswith("http://hl7.org/fhir/us/core/")
+    ]
+    for param in custom:
+        values = sorted(
+            {
+                str(getattr(e, "code", None) or getattr(e, "low", ""))
+                for r in resources
+                if r["resourceType"] == param.resource_type
+                for e in entries_for(param, r)
+            }
+        )
+        for value in [v for v in values if v and not set(v) & set(",|$\\")][:6]:
+            text = value if param.type != "date" else "ge" + _date_text(int(value), rng)
+            queries.append(
+                parse_params(param.resource_type, [(param.code, text)], registry=registry).query
+            )
+    codes = sorted(
+        {
+            (c["system"], c["code"])
+            for r in resources
+            if r["resourceType"] == "Observation"
+            for c in r.get("code", {}).get("coding", [])
+            if c.get("system") and c.get("code")
+        }
+    )
+    chosen = rng.sample(codes, min(12, len(codes)))
+    system = "http://loinc.org"
+    loinc = [code for sys, code in codes if sys == system]
+    # A hierarchy over stored LOINC codes: each code's parent is an earlier one.
+    concept = [
+        {"code": code, "property": [{"code": "parent", "valueCode": loinc[rng.randrange(i)]}]}
+        if i
+        else {"code": code}
+        for i, code in enumerate(loinc)
+    ]
+    terminology = Terminology(
+        [
+            {
+                "resourceType": "ValueSet",
+                "url": "urn:vs:chosen",
+                "compose": {
+                    "include": [
+                        {"system": sys, "concept": [{"code": code}]} for sys, code in chosen
+                    ]
+                },
+            },
+            {"resourceType": "CodeSystem", "url": system, "concept": concept},
+        ]
+    )
+    for name, value in [
+        ("code:in", "urn:vs:chosen"),
+        ("code:not-in", "urn:vs:chosen"),
+        *(("code:below", f"{system}|{code}") for code in rng.sample(loinc, min(4, len(loinc)))),
+        *(("code:above", f"{system}|{code}") for code in rng.sample(loinc, min(4, len(loinc)))),
+    ]:
+        queries.append(parse_params("Observation", [(name, value)], terminology=terminology).query)
+    return queries
+
+
+@pytest.mark.parametrize("engine", [0, 1], ids=["sqlite", "postgres"])
+async def test_project_definitions_agree(
+    engines: list[Loaded], engine: int, shared_dir: Path
+) -> None:
+    """US Core parameters (indexed at load through the project's SearchParameters) and
+    terminology modifiers: SQL == the matcher, with hits."""
+    loaded = engines[engine]
+    registry = project_registry(us_core_parameters(shared_dir))
+    queries = _custom_and_terminology_queries(loaded.resources, registry, random.Random(SEED))
+    assert len(queries) >= 12
+    non_empty = 0
+    for query in queries:
+        expected = expected_ids(query, loaded.resources)
+        non_empty += bool(expected)
+        got = await sql_ids(loaded, query)
+        assert set(got) == expected, [c.name for c in query.clauses]
+    assert non_empty >= len(queries) * 0.7
