@@ -48,6 +48,7 @@ __all__ = [
     "FHIRPATH_CRITERIA_URL",
     "INTERACTION_URL",
     "canonical_url",
+    "criteria_warnings",
     "is_topic_criteria",
     "parse_criterion",
     "parse_subscription",
@@ -143,6 +144,21 @@ def parse_criterion(
             expression=expression,
         )
     return Criterion(text=text, query=query, expression=expression, warnings=warnings)
+
+
+def criteria_warnings(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    """The warnings a Subscription's criteria and filters carry: each result parameter that is
+    accepted and ignored (see :data:`IGNORED_PARAMETERS`). Needs no parsing of the rest, so the
+    REST layer can report them on a write (``Prefer: return=OperationOutcome``)."""
+    if resource.get("resourceType") != "Subscription":
+        return ()
+    found = list(
+        _without_result_parameters(str(resource.get("criteria") or ""), "Subscription.criteria")[1]
+    )
+    for i, extension in enumerate(_extensions(resource.get("_criteria"), FILTER_URL)):
+        where = f"Subscription.criteria.extension[{i}]"
+        found.extend(_without_result_parameters(str(_value(extension) or ""), where)[1])
+    return tuple(found)
 
 
 def _without_result_parameters(text: str, expression: str) -> tuple[str, tuple[str, ...]]:

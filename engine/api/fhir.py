@@ -31,6 +31,7 @@ from fhirbots.engine.storage.model import HistoryPage, StoredResource, WriteResu
 from fhirbots.engine.storage.planner import format_instant
 from fhirbots.engine.web.context import principal, services, write_context
 from fhirbots.engine.web.http import base_url, fhir_response, prefer, read_json, version_headers
+from fhirbots.subscriptions.definitions import criteria_warnings
 
 __all__ = ["routes"]
 
@@ -73,7 +74,11 @@ def _write_response(request: web.Request, result: WriteResult, status: int) -> w
                     f"{stored.resource_type}/{stored.id} version {stored.version_id}",
                     severity="information",
                     code="informational",
-                )
+                ),
+                *(  # result parameters a Subscription's criteria carry (ignored)
+                    Issue(warning, severity="warning", code="informational")
+                    for warning in criteria_warnings(stored.content or {})
+                ),
             ]
         )
         return fhir_response(outcome, status=status, headers=headers)

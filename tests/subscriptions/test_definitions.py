@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fhirbots.subscriptions.definitions import parse_subscription, parse_topic
+from fhirbots.subscriptions.definitions import criteria_warnings, parse_subscription, parse_topic
 from fhirbots.subscriptions.errors import CriteriaError
 from tests.subscriptions.test_evaluation import (
     BACKPORT,
@@ -65,6 +65,14 @@ def test_result_parameters_are_accepted_and_ignored_with_a_warning(shaping: str)
     assert plain is not None and spec.criteria.query == plain.query
     assert len(spec.warnings) == 1
     assert shaping in spec.warnings[0] and "ignored" in spec.warnings[0]
+
+
+def test_criteria_warnings_without_parsing() -> None:
+    resource = subscription("Observation?status=final&_count=5&_include=Observation:subject")
+    warnings = criteria_warnings(resource)
+    assert len(warnings) == 2 and all("Subscription.criteria" in w for w in warnings)
+    assert criteria_warnings(subscription("Observation?status=final")) == ()
+    assert criteria_warnings({"resourceType": "Patient"}) == ()
 
 
 def test_only_result_parameters_leave_a_criterion_on_the_type() -> None:

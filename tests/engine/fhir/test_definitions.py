@@ -87,8 +87,15 @@ async def test_criteria_need_their_value_set(api: Api) -> None:
     assert status == 422
     assert "ValueSet 'http://example.org/vs/vitals'" in body["issue"][0]["diagnostics"]
     await store(api, VITALS, "vitals")
-    status, body = await send(api, "POST", "Subscription", subscription)
-    assert status == 201, body
+    resp = await api.client.post(
+        f"{BASE}/Subscription",
+        json=subscription,
+        headers=api.headers(Prefer="return=OperationOutcome"),
+    )
+    assert resp.status == 201, await resp.text()
+    issues = (await resp.json())["issue"]
+    warnings = [i for i in issues if i["severity"] == "warning"]
+    assert len(warnings) == 1 and "_sort=-date" in warnings[0]["diagnostics"]
     for code, fires in [("8867-4", True), ("8302-2", False)]:
         status, explained = await send(
             api, "POST", "Subscription/$explain", observation(LOINC, code)
