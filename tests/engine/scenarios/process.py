@@ -31,6 +31,7 @@ class ServedProcess:
     base: str
     data_dir: Path
     output: list[bytes]
+    pid: int
 
     @property
     def token(self) -> str:
@@ -68,7 +69,7 @@ async def serve_process(data_dir: Path, **env: str) -> AsyncIterator[ServedProce
     output: list[bytes] = []
     try:
         await eventually(lambda: asyncio.to_thread(healthy), "serve to answer /healthz")
-        yield ServedProcess(f"http://127.0.0.1:{port}/fhir/R4", data_dir, output)
+        yield ServedProcess(f"http://127.0.0.1:{port}/fhir/R4", data_dir, output, proc.pid)
     finally:
         if proc.returncode is None:
             proc.terminate()
