@@ -1,7 +1,7 @@
-"""SIGTERM to a real ``fhirbots worker matcher`` under load on a real Kafka broker: its
-readiness drops, it exits 0 within the grace period, and what it handled is committed. A
-worker started afterwards handles the rest: every change gets its notification, and none gets
-two (nothing committed is handled again)."""
+"""SIGTERM to a real ``fhirbots worker matcher`` under load on a real Kafka broker (ready, and
+exporting its partitions' lag on its management port, first): it exits 0 within the grace
+period, and what it handled is committed. A worker started afterwards handles the rest: every
+change gets its notification, and none gets two (nothing committed is handled again)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import pytest
 from fhirbots.engine.eventlog.kafka import KafkaEventLog
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
-from fhirbots.schemas.topics import NOTIFICATIONS
+from fhirbots.engine.stages.matcher import MATCHER_GROUP
+from fhirbots.schemas.topics import CHANGES, NOTIFICATIONS
 from tests.conftest import child_env
 from tests.engine.scenarios.process import free_port
 from tests.integration.conftest import kafka_settings
@@ -114,6 +115,18 @@ async def test_sigterm_under_load_drains_and_commits(
     second: Worker | None = None
     try:
         await first.wait_ready()
+
+        def lag_exported() -> bool:
+            url = f"http://127.0.0.1:{first.management}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            series = f'fhirbots_consumer_lag_events{{group="{MATCHER_GROUP}",partition='
+            return any(
+                series in line and f'topic="{CHANGES}"' in line for line in text.splitlines()
+            )
+
+        # The worker samples its partitions' lag every 15 s and serves it with its metrics.
+        await eventually(lambda: asyncio.to_thread(lag_exported), "the worker's lag metrics")
         await create(engine, project, subscription("Observation?code=1111-1"))
 
         written: set[str] = set()
