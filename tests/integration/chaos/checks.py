@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tests.integration.chaos.load import Write
@@ -40,6 +41,10 @@ class Fault:
     repaired: float = 0.0
     recovered: float | None = None
     """When every write acknowledged before the repair, and one after it, was delivered."""
+    duplicate_deliveries: int = 0
+    """Rest-hook requests repeating a notification, made between this fault and the next."""
+    duplicate_bot_runs: int = 0
+    """Bot runs repeating an idempotency key, made between this fault and the next."""
 
     @property
     def recovery_seconds(self) -> float | None:
@@ -77,12 +82,16 @@ class Report:
             f"  bot runs {self.bot_runs} (duplicates {self.duplicate_bot_runs}, "
             "same idempotency key)",
             "  per fault: outage (until restarted and ready, or mended), recovery (from the fault",
-            "  until every write sent before the repair, and one sent after, was delivered)",
+            "  until every write sent before the repair, and one sent after, was delivered),",
+            "  duplicate deliveries/bot runs made between the fault and the next one",
         ]
         for fault in self.faults:
             took = fault.recovery_seconds
             shown = "not within bound" if took is None else f"recovery {took:5.1f} s"
-            lines.append(f"    {fault.name:<34} outage {fault.outage_seconds:5.1f} s  {shown}")
+            lines.append(
+                f"    {fault.name:<34} outage {fault.outage_seconds:5.1f} s  {shown}  "
+                f"duplicates {fault.duplicate_deliveries}/{fault.duplicate_bot_runs}"
+            )
         if self.revived:
             lines.append(f"  exited on their own, started again: {', '.join(self.revived)}")
         lines.extend(f"  VIOLATION: {v}" for v in self.violations[:40])
@@ -129,51 +138,73 @@ def verify(
     report = Report(faults=list(faults))
     acked = [w for w in writes if w.acked is not None and w.resource is not None]
     report.sent, report.acknowledged, report.stored = len(writes), len(acked), len(stored)
-    violations = report.violations
     for write in acked:
         if write.resource not in stored:
-            violations.append(f"write {write.seq} acknowledged as {write.resource}, not stored")
+            report.violations.append(
+                f"write {write.seq} acknowledged as {write.resource}, not stored"
+            )
+    _deliveries(report, acked, receipts)
+    _bot_runs(report, acked, flags)
+    for fault in faults:
+        took = fault.recovery_seconds
+        if took is None or took > RECOVERY_BOUND:
+            report.violations.append(f"{fault.name}: not caught up within {RECOVERY_BOUND:g} s")
+    return report
 
-    delivered: dict[str, int] = defaultdict(int)
-    by_notification: dict[str, int] = defaultdict(int)
+
+def _deliveries(report: Report, acked: Sequence[Write], receipts: Sequence[Receipt]) -> None:
+    """Each acknowledged write delivered with its own event number; repeats counted."""
+    delivered = {r.resource for r in receipts}
+    times: dict[str, list[float]] = defaultdict(list)
     for receipt in receipts:
-        delivered[receipt.resource] += 1
-        by_notification[receipt.notification_id] += 1
+        times[receipt.notification_id].append(receipt.at)
         if receipt.event_number < 1:
-            violations.append(f"{receipt.resource} delivered without an event number")
+            report.violations.append(f"{receipt.resource} delivered without an event number")
     report.deliveries = len(receipts)
-    report.duplicate_deliveries = sum(n - 1 for n in by_notification.values())
+    report.duplicate_deliveries = _repeats(report.faults, times.values(), "duplicate_deliveries")
     _by_event_number(
-        ((r.subscription, r.event_number, r.resource) for r in receipts), "rest-hook", violations
+        ((r.subscription, r.event_number, r.resource) for r in receipts),
+        "rest-hook",
+        report.violations,
     )
     for write in acked:
         if write.resource not in delivered:
-            violations.append(f"write {write.seq} ({write.resource}) never delivered")
+            report.violations.append(f"write {write.seq} ({write.resource}) never delivered")
 
+
+def _bot_runs(report: Report, acked: Sequence[Write], flags: Sequence[dict[str, Any]]) -> None:
+    """Each acknowledged write ran the bot; repeats only under one idempotency key."""
     keys: dict[str, set[str]] = defaultdict(set)
-    runs: dict[str, int] = defaultdict(int)
+    times: dict[str, list[float]] = defaultdict(list)
     numbered: list[tuple[str, int, str]] = []
     for flag in flags:
         subject = flag["subject"]["reference"]
         key = next(i["value"] for i in flag["identifier"] if i["system"] == FLAG_SYSTEM)
         keys[subject].add(key)
-        runs[key] += 1
+        times[key].append(datetime.fromisoformat(flag["meta"]["lastUpdated"]).timestamp())
         subscription, _, number = key.rpartition(":")
         numbered.append((subscription, int(number), subject))
     report.bot_runs = len(flags)
-    report.duplicate_bot_runs = sum(n - 1 for n in runs.values())
-    _by_event_number(numbered, "bot", violations)
+    report.duplicate_bot_runs = _repeats(report.faults, times.values(), "duplicate_bot_runs")
+    _by_event_number(numbered, "bot", report.violations)
     for subject, used in sorted(keys.items()):
         if len(used) > 1:
-            violations.append(f"bot ran for {subject} under several keys {sorted(used)}")
+            report.violations.append(f"bot ran for {subject} under several keys {sorted(used)}")
     for write in acked:
         assert write.resource is not None
         subject = write.resource.split("/_history/")[0]
         if subject not in keys:
-            violations.append(f"write {write.seq} ({subject}) never ran the bot")
+            report.violations.append(f"write {write.seq} ({subject}) never ran the bot")
 
-    for fault in faults:
-        took = fault.recovery_seconds
-        if took is None or took > RECOVERY_BOUND:
-            violations.append(f"{fault.name}: not caught up within {RECOVERY_BOUND:g} s")
-    return report
+
+def _repeats(faults: Sequence[Fault], times: Iterable[list[float]], counter: str) -> int:
+    """How many times something happened again (all but the first of each list of times);
+    each repeat is also counted on the fault it followed, in the fault's ``counter``."""
+    total = 0
+    for each in times:
+        for at in sorted(each)[1:]:
+            total += 1
+            fault = next((f for f in reversed(faults) if f.injected <= at), None)
+            if fault is not None:
+                setattr(fault, counter, getattr(fault, counter) + 1)
+    return total
