@@ -94,6 +94,8 @@ class LagSampler:
                 await self.sample()
             except EventLogError as exc:  # the log is away; the next sample tries again
                 log.warning("lag.sample_failed", error=str(exc))
+            except Exception:  # a metric must never end the process's sampling for good
+                log.exception("lag.sample_crashed")
             await asyncio.sleep(self._every)
 
     def start(self) -> None:

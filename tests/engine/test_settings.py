@@ -68,6 +68,7 @@ BOT_LIMITS = {
     "FHIRBOTS_BOT_WORKERS": "4",
     "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER": "100",
     "FHIRBOTS_BOT_CODE_CACHE_SIZE": "8",
+    "FHIRBOTS_BOT_SPARE_WORKERS": "2",
     "FHIRBOTS_BOT_PROJECT_CONCURRENCY": "3",
     "FHIRBOTS_BOT_PROJECT_QUEUE": "5",
 }
@@ -102,6 +103,7 @@ def test_bot_limits_come_from_the_environment() -> None:
         pool_size=4,
         max_executions_per_worker=100,
         code_cache_size=8,
+        spare_workers=2,
         project_concurrency=3,
         project_queue=5,
     )
@@ -164,3 +166,44 @@ def test_a_refused_bot_limit_names_the_policy_field_and_its_variable(
     settings = Settings.from_env(environ)
     with pytest.raises(PolicyError, match=f"^{refusal}$"):
         settings.sandbox_policy()
+
+
+def test_production_settings_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "FHIRBOTS_MANAGEMENT_PORT": "9100",
+            "FHIRBOTS_SHUTDOWN_GRACE_SECONDS": "12.5",
+            "FHIRBOTS_KAFKA_SSL_CAFILE": "/etc/kafka/ca.pem",
+            "FHIRBOTS_OTLP_ENDPOINT": "http://collector:4318",
+        }
+    )
+    assert settings.management_port == 9100
+    assert settings.shutdown_grace_seconds == 12.5
+    assert str(settings.kafka_ssl_cafile) == "/etc/kafka/ca.pem"
+    assert settings.otlp_endpoint == "http://collector:4318"
+    assert Settings().management_port is None
+    assert Settings().shutdown_grace_seconds == 30.0
+
+
+def test_servers_migrate_on_start_only_in_embedded_mode_unless_told() -> None:
+    assert Settings().migrates_on_start is True
+    distributed = Settings(database_url="postgresql://db/fhirbots")
+    assert distributed.migrates_on_start is False
+    told = Settings.from_env(
+        {"FHIRBOTS_DATABASE_URL": "postgresql://db/fhirbots", "FHIRBOTS_AUTO_MIGRATE": "true"}
+    )
+    assert told.migrates_on_start is True
+    assert Settings.from_env({"FHIRBOTS_AUTO_MIGRATE": "false"}).migrates_on_start is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FHIRBOTS_MANAGEMENT_PORT", "ninety"),
+        ("FHIRBOTS_SHUTDOWN_GRACE_SECONDS", "0"),
+        ("FHIRBOTS_AUTO_MIGRATE", "yes"),
+    ],
+)
+def test_production_settings_that_do_not_parse_are_named(variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=variable):
+        Settings.from_env({variable: value})
