@@ -1,7 +1,7 @@
 """OpenTelemetry traces: nothing when off; when on, a FHIR write over HTTP that a rest-hook
-subscription matches produces the write's, the relay's, the match's and the delivery
-attempt's spans, all of one trace id (the request's traceparent), exported over OTLP/HTTP to a
-real receiver that decodes the protobuf."""
+subscription and a bot subscription match produces the write's, the relay's, the match's, the
+delivery attempts' and the bot run's spans, all of one trace id (the request's traceparent),
+exported over OTLP/HTTP to a real receiver that decodes the protobuf."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fhirbots.engine.observability import otel
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
+from tests.engine.scenarios.bots import store_bot
 from tests.engine.scenarios.delivery import Receiver
 from tests.waiting import eventually
 
@@ -82,6 +83,8 @@ async def test_write_match_and_delivery_share_one_trace(
     await engine.start_relay()
     await engine.start_matcher()
     await engine.start_dispatcher()
+    await engine.start_bots(cron=False)
+    bot = await store_bot(engine, "def handler(fhir, event):\n    return 'seen'\n")
     client = TestClient(TestServer(engine.app()))
     await client.start_server()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/fhir+json"}
@@ -93,6 +96,9 @@ async def test_write_match_and_delivery_share_one_trace(
             "criteria": "Patient?gender=female",
             "channel": {"type": "rest-hook", "endpoint": f"{receiver.url}/hook"},
         }
+        created = await client.post("/fhir/R4/Subscription", json=subscription, headers=headers)
+        assert created.status == 201
+        subscription["channel"] = {"type": "rest-hook", "endpoint": f"Bot/{bot}"}
         created = await client.post("/fhir/R4/Subscription", json=subscription, headers=headers)
         assert created.status == 201
         with tracing_to(endpoint):
@@ -108,7 +114,12 @@ async def test_write_match_and_delivery_share_one_trace(
             async def exported() -> set[str] | None:
                 await asyncio.to_thread(otel.flush)  # the exporter posts to this loop's server
                 names = {name for name, trace in received.spans if trace == TRACE_ID}
-                wanted = {"fhirbots.relay publish", "fhirbots.match", "fhirbots.delivery attempt"}
+                wanted = {
+                    "fhirbots.relay publish",
+                    "fhirbots.match",
+                    "fhirbots.delivery attempt",
+                    "fhirbots.bot run",
+                }
                 return names if wanted <= names else None
 
             names = await eventually(exported, "the spans of the write's trace")
