@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -30,6 +32,8 @@ from fhirbots.engine.cli.reindex import add_commands as add_reindex_commands
 from fhirbots.engine.cli.subscriptions import add_commands as add_subscription_commands
 from fhirbots.engine.cli.tail import add_commands as add_tail_commands
 from fhirbots.engine.cli.tls import api_tls_context
+from fhirbots.engine.observability import data_dir
+from fhirbots.engine.observability.data_dir import DataDirInUse
 from fhirbots.engine.observability.logs import configure_logging
 from fhirbots.engine.runtime import Engine
 from fhirbots.engine.settings import Settings
@@ -45,6 +49,34 @@ INVALID_SETTING_STATUS = 2
 SCHEMA_STATUS = 3
 """Exit status of a server command refused because the schema is missing or old (run
 ``fhirbots migrate``)."""
+
+
+IN_USE_STATUS = 4
+"""Exit status of a server command refused because its port or its data dir is in use."""
+
+
+def _own_data_dir(settings: Settings, held: contextlib.ExitStack, *, lock: bool) -> None:
+    """Make what this process creates its user's only (umask), the data dir 0700 and its files
+    0600, and, with ``lock`` (an embedded engine: its databases live there), hold the data
+    dir's lock for the life of the process.
+
+    Raises:
+        DataDirInUse: another process holds the lock.
+    """
+    os.umask(data_dir.UMASK)
+    data_dir.secure(settings.data_dir)
+    if lock:
+        held.enter_context(data_dir.DataDirLock(settings.data_dir))
+
+
+def _listen_refused(host: str, port: int, exc: OSError) -> str:
+    """Why a listener could not start, naming the address."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {host}:{port}: the address is in use (another fhirbots serve, "
+            "or another program); stop it or choose another --port"
+        )
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -85,6 +117,17 @@ async def _serve(args: argparse.Namespace) -> int:
         return INVALID_SETTING_STATUS
     settings, policy = configured
     configure_logging(settings.log_level)
+    embedded = not settings.kafka and not settings.database_url
+    with contextlib.ExitStack() as held:
+        try:
+            _own_data_dir(settings, held, lock=embedded)
+        except DataDirInUse as exc:
+            print(f"fhirbots: {exc}", file=sys.stderr)
+            return IN_USE_STATUS
+        return await _serve_engine(args, settings, policy)
+
+
+async def _serve_engine(args: argparse.Namespace, settings: Settings, policy: SandboxPolicy) -> int:
     engine = Engine(settings, policy=policy)
     async with Lifecycle(settings, engine.readiness, "fhirbots-serve") as lifecycle:
         if not await _open(engine):
@@ -102,15 +145,25 @@ async def _serve(args: argparse.Namespace) -> int:
                 await engine.start_dispatcher()
                 await engine.start_bots()
                 await engine.start_stats()
+            # Requests in flight get half the grace; long-lived ones (live views, websockets)
+            # are cancelled then, so the stages keep the other half to finish and commit.
             runner = web.AppRunner(
-                engine.app(), access_log=None, shutdown_timeout=settings.shutdown_grace_seconds
+                engine.app(), access_log=None, shutdown_timeout=settings.shutdown_grace_seconds / 2
             )
             await runner.setup()
             tls = api_tls_context(settings)
-            site = web.TCPSite(
-                runner, settings.host, settings.port, reuse_port=True, ssl_context=tls
-            )
-            await site.start()
+            # No reuse_port: a second server on this address must fail, not share its traffic.
+            site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
+            try:
+                await site.start()
+            except OSError as exc:
+                print(
+                    f"fhirbots: {_listen_refused(settings.host, settings.port, exc)}",
+                    file=sys.stderr,
+                )
+                await runner.cleanup()
+                await engine.close()
+                return IN_USE_STATUS
             mode = "distributed" if settings.kafka or settings.database_url else "embedded"
             url = settings.base_url()
             if tls is not None and not settings.public_url:
