@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ class Cluster:
         self.processes["receiver"] = Process(
             "receiver",
             receiver,
-            [*fhirbots_command()[:1], "-m", "tests.integration.chaos.receiver",
+            [sys.executable, "-m", "tests.integration.chaos.receiver",
              receiver.address, str(RECEIVER_PORT), str(self.receipts_path)],
             python_env(),
             self.folder,
@@ -194,6 +195,7 @@ class Cluster:
         self.processes["receiver"].start()
 
     async def receiver_ready(self) -> None:
+        """Wait until the receiver answers."""
         await eventually(
             lambda: answers(f"{self.receiver_url}/"), "the receiver", within=START_SECONDS
         )
