@@ -579,7 +579,9 @@ async def test_every_route_and_method_reveals_nothing(world: World) -> None:
                 problems += await _call(world, client, session, method, template, spec)
     assert not problems, "\n".join(problems)
     after = await _snapshot(world)
-    for name, was, now in zip(("history", "dead letters", "event numbers"), before, after):
+    for name, was, now in zip(
+        ("history", "dead letters", "event numbers"), before, after, strict=True
+    ):
         assert now == was, f"B's calls changed A's {name}: {was} -> {now}"
 
 
@@ -661,3 +663,26 @@ async def test_message_topics_are_per_project(world: World) -> None:
     assert b_patient["id"].encode() in b_message
     a_messages = await records(f"project.p1.{A_VALUES['topic']}")
     assert a_messages and all(b_patient["id"].encode() not in m for m in a_messages)
+
+
+async def test_the_live_tail_shows_only_the_callers_project(world: World) -> None:
+    stream = await world.b_session.get("/dashboard/api/tail", headers={CSRF_HEADER: world.csrf})
+    assert stream.status == 200
+    try:
+        ready = await stream.content.readuntil(b"\n\n")
+        assert b'"project":"p2"' in ready
+        # A writes first, then B: the tail must show B's change and nothing of A's before it.
+        a_patient = {"resourceType": "Patient", "name": [{"family": A_VALUES["family"]}]}
+        await _json(await world.a.post(f"{BASE}/Patient", json=a_patient), 201)
+        b_patient = await _json(
+            await world.b_key.post(
+                f"{BASE}/Patient", json={"resourceType": "Patient"}, headers=world.b_headers
+            ),
+            201,
+        )
+        seen = b""
+        while b_patient["id"].encode() not in seen:
+            seen += await stream.content.readuntil(b"\n\n")
+        assert not _leaks(world, "", seen.decode())
+    finally:
+        stream.close()
