@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from collections import OrderedDict
@@ -30,9 +31,12 @@ can be 50x slower, and a worker that takes longer is broken."""
 _PACKAGE_ROOT = str(Path(fhirbots.__file__).parent.parent)
 
 _BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from fhirbots.bots._worker import main; main()"
+    "import sys; sys.path.insert(0, sys.argv[1]); from fhirbots.bots.lifeline import "
+    "follow_parent; follow_parent(int(sys.argv[2])); from fhirbots.bots._worker import main; "
+    "main()"
 )
-"""``-I`` drops the current directory from sys.path; the package root is passed explicitly."""
+"""``-I`` drops the current directory from sys.path; the package root is passed explicitly, and
+so is the engine's pid: a worker ends with the engine (:mod:`fhirbots.bots.lifeline`)."""
 
 
 class WorkerLostError(BotError):
@@ -85,6 +89,7 @@ class WorkerProcess:
             "-c",
             _BOOTSTRAP,
             _PACKAGE_ROOT,
+            str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

@@ -12,6 +12,7 @@ rows stay in their stores.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
@@ -23,13 +24,26 @@ from fhirbots.engine.observability import otel
 from fhirbots.engine.observability.management import ManagementServer
 from fhirbots.engine.observability.probes import Readiness
 from fhirbots.engine.settings import Settings
+from fhirbots.schemas.errors import FhirbotsError
 
-__all__ = ["GRACE_EXCEEDED_STATUS", "Lifecycle"]
+__all__ = ["GRACE_EXCEEDED_STATUS", "Lifecycle", "ListenRefused"]
 
 GRACE_EXCEEDED_STATUS = 1
 """Exit status of a process that did not finish stopping within its grace period."""
 
 log = structlog.get_logger(__name__)
+
+
+class ListenRefused(FhirbotsError):
+    """A listener (the API's, the management port's) could not start; the message names the
+    address and, when it is taken, says so (servers do not share ports: no ``reuse_port``)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the address is in use (another fhirbots process, or another program)"
+        else:
+            reason = exc.strerror or str(exc)
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
 
 
 class Lifecycle(AbstractAsyncContextManager["Lifecycle"]):
@@ -65,7 +79,12 @@ class Lifecycle(AbstractAsyncContextManager["Lifecycle"]):
             loop.add_signal_handler(sig, self._signalled, sig)
         otel.configure(self.settings.otlp_endpoint, self.service)
         if self.management is not None:
-            await self.management.start()
+            try:
+                await self.management.start()
+            except OSError as exc:
+                await self.__aexit__(None, None, None)
+                port = self.settings.management_port
+                raise ListenRefused(self.settings.host, port or 0, exc) from exc
         return self
 
     async def __aexit__(

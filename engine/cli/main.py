@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,7 +24,7 @@ from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
 from fhirbots.engine.cli.executions import add_commands as add_execution_commands
-from fhirbots.engine.cli.lifecycle import GRACE_EXCEEDED_STATUS, Lifecycle
+from fhirbots.engine.cli.lifecycle import GRACE_EXCEEDED_STATUS, Lifecycle, ListenRefused
 from fhirbots.engine.cli.loader import find_files, load_files
 from fhirbots.engine.cli.migrate import add_command as add_migrate_command
 from fhirbots.engine.cli.reindex import add_commands as add_reindex_commands
@@ -67,16 +66,6 @@ def _own_data_dir(settings: Settings, held: contextlib.ExitStack, *, lock: bool)
     data_dir.secure(settings.data_dir)
     if lock:
         held.enter_context(data_dir.DataDirLock(settings.data_dir))
-
-
-def _listen_refused(host: str, port: int, exc: OSError) -> str:
-    """Why a listener could not start, naming the address."""
-    if exc.errno == errno.EADDRINUSE:
-        return (
-            f"cannot listen on {host}:{port}: the address is in use (another fhirbots serve, "
-            "or another program); stop it or choose another --port"
-        )
-    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -124,7 +113,11 @@ async def _serve(args: argparse.Namespace) -> int:
         except DataDirInUse as exc:
             print(f"fhirbots: {exc}", file=sys.stderr)
             return IN_USE_STATUS
-        return await _serve_engine(args, settings, policy)
+        try:
+            return await _serve_engine(args, settings, policy)
+        except ListenRefused as exc:
+            print(f"fhirbots: {exc}", file=sys.stderr)
+            return IN_USE_STATUS
 
 
 async def _serve_engine(args: argparse.Namespace, settings: Settings, policy: SandboxPolicy) -> int:
@@ -157,13 +150,8 @@ async def _serve_engine(args: argparse.Namespace, settings: Settings, policy: Sa
             try:
                 await site.start()
             except OSError as exc:
-                print(
-                    f"fhirbots: {_listen_refused(settings.host, settings.port, exc)}",
-                    file=sys.stderr,
-                )
                 await runner.cleanup()
-                await engine.close()
-                return IN_USE_STATUS
+                raise ListenRefused(settings.host, settings.port, exc) from exc
             mode = "distributed" if settings.kafka or settings.database_url else "embedded"
             url = settings.base_url()
             if tls is not None and not settings.public_url:
@@ -188,6 +176,16 @@ async def _worker(args: argparse.Namespace) -> int:
         return INVALID_SETTING_STATUS
     settings, policy = configured
     configure_logging(settings.log_level)
+    with contextlib.ExitStack() as held:
+        _own_data_dir(settings, held, lock=False)  # stages on one data dir share it
+    try:
+        return await _run_worker(args, settings, policy)
+    except ListenRefused as exc:
+        print(f"fhirbots: {exc}", file=sys.stderr)
+        return IN_USE_STATUS
+
+
+async def _run_worker(args: argparse.Namespace, settings: Settings, policy: SandboxPolicy) -> int:
     engine = Engine(settings, policy=policy)
     async with Lifecycle(settings, engine.readiness, f"fhirbots-{args.role}") as lifecycle:
         if not await _open(engine):

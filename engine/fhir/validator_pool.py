@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from fhirbots.bots.lifeline import follow_parent
 from fhirbots.schemas.validation import ResourceInvalid, ValidationProblem, validate_resource
 
 __all__ = ["BulkValidator", "Problems"]
@@ -55,7 +56,10 @@ def _validate_chunk(items: Sequence[Item]) -> list[Problems]:
     return out
 
 
-def _warm() -> None:
+def _start(engine_pid: int) -> None:
+    """A worker's initializer: end with the engine (:mod:`fhirbots.bots.lifeline`), then build
+    the models of :data:`WARM_TYPES`."""
+    follow_parent(engine_pid)
     for resource_type in WARM_TYPES:
         _validate_chunk([({"resourceType": resource_type}, None)])
 
@@ -74,7 +78,8 @@ class BulkValidator:
             self._pool = ProcessPoolExecutor(
                 self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_warm,
+                initializer=_start,
+                initargs=(os.getpid(),),
             )
 
     def warm(self) -> list[Future[int]]:

@@ -150,6 +150,7 @@ class _Writer(threading.Thread):
                     "-m",
                     "fhirbots.engine.storage.sqlite_writes",
                     str(theirs.fileno()),
+                    str(os.getpid()),
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,

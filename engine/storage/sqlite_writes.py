@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from fhirbots.bots.lifeline import follow_parent
 from fhirbots.engine.storage import sql
 from fhirbots.engine.storage.model import (
     ApiKeyRecord,
@@ -388,8 +389,11 @@ def serve(path: Path, channel: Connection, indexer: SearchIndexer | None) -> Non
 
 
 def main(argv: Sequence[str]) -> None:
-    """``python -m fhirbots.engine.storage.sqlite_writes FD``: serve the engine on the socket
-    ``FD``; its first message is ``(database path, search indexer)``."""
+    """``python -m fhirbots.engine.storage.sqlite_writes FD [ENGINE_PID]``: serve the engine on
+    the socket ``FD``, ending with the engine (:mod:`fhirbots.bots.lifeline`); the first message
+    is ``(database path, search indexer)``."""
+    if len(argv) > 1:
+        follow_parent(int(argv[1]))
     channel = Connection(int(argv[0]))
     try:
         path, indexer = channel.recv()
