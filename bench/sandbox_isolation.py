@@ -7,8 +7,9 @@ idle worker of its own (or a clean one) waits for a worker of another project to
 and a fresh one started. Figures printed:
 
 - latency of one execution at a time when every execution is of the same project (warm
-  worker), and when each execution is of another project than the last (a worker is replaced
-  every time);
+  worker), of a project never seen before (with a clean spare worker ready, and without
+  spares: a worker of another project is killed and one started), and of more projects than
+  workers in turn (a worker is replaced nearly every time);
 - throughput of one project (it gets its share, half the workers), of two projects side by
   side, and of as many projects as workers plus one in turn (some executions switch).
 """
@@ -64,30 +65,47 @@ async def throughput(
     return iterations / (time.perf_counter() - started)
 
 
+async def new_projects(executor: ProcessBotExecutor, bot: Bot, count: int) -> list[float]:
+    """Each execution of a project never seen before, once a clean worker is ready (when the
+    policy keeps spares) or right away (when it keeps none)."""
+    samples = []
+    for i in range(count):
+        if executor.policy.spare_workers:
+            while not any(w.project is None for w in executor._idle):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # (a benchmark may poll the executor's state)
+        samples.extend(await latencies(executor, bot, [f"new-{i}"], 1))
+    return samples
+
+
 async def main(iterations: int, pool: int) -> None:
-    policy = SandboxPolicy(pool_size=pool)
     bot = make_bot(TRIVIAL)
-    async with ProcessBotExecutor(InMemoryFhirGateway(), policy) as executor:
-        print(
-            f"pool of {pool} workers, each project's share {policy.project_share}; "
-            f"{iterations} iterations",
-            flush=True,
-        )
-        await latencies(executor, bot, ["p0"], 200)
-        report("same project (warm worker)", await latencies(executor, bot, ["p0"], iterations))
-        switching = [f"s{i}" for i in range(pool + 1)]
-        report(
-            "project switch on every execution",
-            await latencies(executor, bot, switching, max(20, iterations // 20)),
-        )
-        for name, projects, count in (
-            ("throughput, one project", ["p0"], iterations * 2),
-            ("throughput, two projects side by side", ["p0", "p1"], iterations * 2),
-            (f"throughput, {pool + 1} projects in turn", switching, max(40, iterations // 10)),
-        ):
-            await latencies(executor, bot, projects, len(projects) * 2)  # settle the workers
-            rate = await throughput(executor, bot, projects, count, lanes=2 * pool)
-            print(f"{name:<44} {rate:8.0f} exec/s", flush=True)
+    for spares in (1, 0):
+        policy = SandboxPolicy(pool_size=pool, spare_workers=spares)
+        async with ProcessBotExecutor(InMemoryFhirGateway(), policy) as executor:
+            print(
+                f"pool of {pool} workers and {spares} spare, each project's share "
+                f"{policy.project_share}; {iterations} iterations",
+                flush=True,
+            )
+            await latencies(executor, bot, ["p0"], 200)
+            report("same project (warm worker)", await latencies(executor, bot, ["p0"], iterations))
+            report(
+                f"a new project ({spares} spare)",
+                await new_projects(executor, bot, max(20, iterations // 40)),
+            )
+            switching = [f"s{i}" for i in range(pool + 1)]
+            report(
+                f"{pool + 1} projects in turn, one at a time",
+                await latencies(executor, bot, switching, max(20, iterations // 40)),
+            )
+            for name, projects, count in (
+                ("throughput, one project", ["p0"], iterations * 2),
+                ("throughput, two projects side by side", ["p0", "p1"], iterations * 2),
+                (f"throughput, {pool + 1} projects in turn", switching, max(40, iterations // 20)),
+            ):
+                await latencies(executor, bot, projects, len(projects) * 2)  # settle the workers
+                rate = await throughput(executor, bot, projects, count, lanes=2 * pool)
+                print(f"{name:<44} {rate:8.0f} exec/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,8 @@ class ProcessBotExecutor:
         """Idle workers, least recently used first."""
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._workers: set[WorkerProcess] = set()
+        self._capacity = asyncio.Semaphore(self.policy.pool_size)
+        """Executions running at once: ``pool_size``, whatever the spare workers."""
         self.slots = ProjectSlots(
             self.policy.project_share,
             self.policy.project_queue,
@@ -281,8 +283,9 @@ class ProcessBotExecutor:
             return
         self._started = True
         try:
+            count = self.policy.pool_size + self.policy.spare_workers
             workers = await asyncio.gather(
-                *(WorkerProcess.spawn(self.policy) for _ in range(self.policy.pool_size))
+                *(WorkerProcess.spawn(self.policy) for _ in range(count))
             )
         except (OSError, WorkerLostError, TimeoutError) as exc:
             await self.close()
@@ -341,7 +344,8 @@ class ProcessBotExecutor:
         await self.start()
         await self.slots.acquire(request.project, bounded=bounded)
         try:
-            return await self._execute(request)
+            async with self._capacity:
+                return await self._execute(request)
         finally:
             self.slots.release(request.project)
 
@@ -416,16 +420,33 @@ class ProcessBotExecutor:
             if self._closed:
                 raise ExecutorError("the executor is closed")
             worker = self._take_idle(project)
+            if worker is not None and worker.project not in (None, project) and self._spawners:
+                self._idle.insert(0, worker)  # a clean worker is starting: wait for it instead
+                worker = None
             if worker is None:
                 await self._wait_for_worker()
                 continue
             if not worker.alive:
                 self._discard(worker, "died")
-            elif worker.project in (None, project):
+            elif worker.project == project:
+                return worker
+            elif worker.project is None:
                 worker.project = project
+                self._replenish()
                 return worker
             else:
                 self._discard(worker, "project")
+
+    def _replenish(self) -> None:
+        """A clean worker was taken: unless enough clean ones remain (or are starting),
+        retire the least recently used idle worker of a project, whose replacement is clean."""
+        clean = sum(w.project is None for w in self._idle) + len(self._spawners)
+        if clean >= self.policy.spare_workers:
+            return
+        for index, worker in enumerate(self._idle):
+            if worker.project is not None:
+                self._discard(self._idle.pop(index), "spare")
+                return
 
     def _take_idle(self, project: str) -> WorkerProcess | None:
         for wanted in (project, None):

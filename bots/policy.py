@@ -114,6 +114,13 @@ class SandboxPolicy:
     code_cache_size: int = 256
     """Compiled bots (by source digest) each worker keeps; the least recently used goes."""
 
+    spare_workers: int = 1
+    """Clean workers (that served no project yet) kept ready besides the ``pool_size`` busy
+    ones, so that an execution of a project without a worker of its own starts at once
+    instead of waiting for one to be started. After a clean worker is taken, the least
+    recently used idle worker of another project is retired to make the next spare. Each is
+    one more process. 0: none (a project switch waits for a worker to start)."""
+
     project_concurrency: int = 0
     """Executions of one project running at once, i.e. its share of the workers; 0 (the
     default) means half of ``pool_size``, rounded up. The other workers stay free for other
@@ -149,6 +156,8 @@ class SandboxPolicy:
                 "SandboxPolicy.max_message_bytes must exceed max_output_bytes + "
                 "4 * max_log_bytes + 4096 so that a result fits in one message"
             )
+        if self.spare_workers < 0:
+            raise PolicyError("SandboxPolicy.spare_workers must be >= 0")
         if self.project_concurrency < 0:
             raise PolicyError("SandboxPolicy.project_concurrency must be >= 0 (0: half the pool)")
         if self.max_fhir_calls < 0:
@@ -194,6 +203,10 @@ class SandboxPolicy:
     def with_pool_size(self, workers: int) -> SandboxPolicy:
         """Copy with another number of pre-warmed workers."""
         return dataclasses.replace(self, pool_size=workers)
+
+    def with_spare_workers(self, workers: int) -> SandboxPolicy:
+        """Copy with another number of clean workers kept ready."""
+        return dataclasses.replace(self, spare_workers=workers)
 
     def with_project_share(self, concurrency: int, queue: int | None = None) -> SandboxPolicy:
         """Copy with another per-project share of the workers (and queue length)."""

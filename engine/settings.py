@@ -43,6 +43,7 @@ _BOT_VARIABLES = {
     "pool_size": "FHIRBOTS_BOT_WORKERS",
     "max_executions_per_worker": "FHIRBOTS_BOT_MAX_EXECUTIONS_PER_WORKER",
     "code_cache_size": "FHIRBOTS_BOT_CODE_CACHE_SIZE",
+    "spare_workers": "FHIRBOTS_BOT_SPARE_WORKERS",
     "project_concurrency": "FHIRBOTS_BOT_PROJECT_CONCURRENCY",
     "project_queue": "FHIRBOTS_BOT_PROJECT_QUEUE",
 }
@@ -144,6 +145,7 @@ _BOT_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("bot_code_cache_size", "FHIRBOTS_BOT_CODE_CACHE_SIZE", int, "a whole number"),
     ("bot_max_open_files", "FHIRBOTS_BOT_MAX_OPEN_FILES", int, "a whole number"),
     ("bot_forbid_processes", "FHIRBOTS_BOT_FORBID_PROCESSES", _flag, "true or false"),
+    ("bot_spare_workers", "FHIRBOTS_BOT_SPARE_WORKERS", int, "a whole number"),
     ("bot_project_concurrency", "FHIRBOTS_BOT_PROJECT_CONCURRENCY", int, "a whole number"),
     ("bot_project_queue", "FHIRBOTS_BOT_PROJECT_QUEUE", int, "a whole number"),
 )
@@ -297,6 +299,10 @@ class Settings:
     bot_forbid_processes: bool = _POLICY.forbid_processes
     """Workers cannot start processes (``FHIRBOTS_BOT_FORBID_PROCESSES``, ``true`` or
     ``false``)."""
+
+    bot_spare_workers: int = _POLICY.spare_workers
+    """Clean workers kept ready for a project without a worker of its own
+    (``FHIRBOTS_BOT_SPARE_WORKERS``)."""
 
     bot_project_concurrency: int = _POLICY.project_concurrency
     """Executions of one project at once, its share of the workers; 0 is half the workers
@@ -545,6 +551,7 @@ class Settings:
                 pool_size=self.bot_workers,
                 max_executions_per_worker=self.bot_max_executions_per_worker,
                 code_cache_size=self.bot_code_cache_size,
+                spare_workers=self.bot_spare_workers,
                 project_concurrency=self.bot_project_concurrency,
                 project_queue=self.bot_project_queue,
             )

@@ -210,6 +210,7 @@ async def test_worker_death_during_execution_is_a_killed_result(gateway: SlowGat
     # deadline, so the worker ends by the kill, however slowly a loaded machine runs it.
     limit = int(DEADLINE) * 10
     policy = TEST_POLICY.with_pool_size(1).with_timeout(limit).with_cpu_seconds(limit)
+    policy = policy.with_spare_workers(0)
     source = "def handler(fhir, event):\n    while True:\n        pass\n"
     async with ProcessBotExecutor(gateway, policy) as executor:
         (pid,) = executor.worker_pids
@@ -232,7 +233,7 @@ async def test_worker_death_during_execution_is_a_killed_result(gateway: SlowGat
 async def test_worker_death_during_a_fhir_call_cancels_the_call(gateway: SlowGateway) -> None:
     gateway.reading.clear()
     gateway.cancelled.clear()
-    policy = TEST_POLICY.with_pool_size(1).with_timeout(int(DEADLINE) * 10)
+    policy = TEST_POLICY.with_pool_size(1).with_timeout(int(DEADLINE) * 10).with_spare_workers(0)
     source = "def handler(fhir, event):\n    return fhir.read('Slow', '1')\n"
     async with ProcessBotExecutor(gateway, policy) as executor:
         (pid,) = executor.worker_pids
@@ -304,7 +305,7 @@ def handler(fhir, event):
 
 @MODULE_LOOP
 async def test_code_is_sent_once_and_resent_when_the_worker_asks(gateway: SlowGateway) -> None:
-    policy = SandboxPolicy(pool_size=1, code_cache_size=1)
+    policy = SandboxPolicy(pool_size=1, code_cache_size=1, spare_workers=0)
     first = make_bot("def handler(fhir, event):\n    return 'first'\n")
     second = make_bot("def handler(fhir, event):\n    return 'second'\n")
     async with ProcessBotExecutor(gateway, policy) as executor:

@@ -20,6 +20,7 @@ from fhirbots.bots._worker import Worker, process_state
 from fhirbots.bots.executor import ExecutionRequest, ExecutionResult, ProcessBotExecutor
 from fhirbots.bots.policy import SandboxPolicy
 from fhirbots.bots.testing import InMemoryFhirGateway, make_bot
+from tests.waiting import eventually
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 
@@ -101,6 +102,10 @@ MUTATIONS = {
 """Each kind of process-wide state a bot could try to change, in one or two lines."""
 
 
+ONE_WORKER = SandboxPolicy(pool_size=1, spare_workers=0)
+"""A single worker process, so that a test can tell which one served an execution."""
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def executor() -> AsyncIterator[ProcessBotExecutor]:
     policy = SandboxPolicy(pool_size=2, timeout_seconds=5.0, cpu_seconds=2)
@@ -144,7 +149,7 @@ async def test_a_mutation_is_not_seen_by_the_next_bot(
 async def test_a_worker_never_serves_a_second_project() -> None:
     of_x = make_bot("def handler(fhir, event):\n    return 'x'\n")
     of_y = make_bot("def handler(fhir, event):\n    return 'y'\n")
-    async with ProcessBotExecutor(InMemoryFhirGateway(), SandboxPolicy(pool_size=1)) as one:
+    async with ProcessBotExecutor(InMemoryFhirGateway(), ONE_WORKER) as one:
         await one.execute(ExecutionRequest(bot=of_x, project="x"))
         [first] = one.worker_pids
         await one.execute(ExecutionRequest(bot=of_x, project="x"))
@@ -160,8 +165,28 @@ async def test_a_worker_never_serves_a_second_project() -> None:
 
 
 @MODULE_LOOP
+async def test_a_spare_worker_serves_a_new_project_and_another_is_made_ready() -> None:
+    of_x = make_bot("def handler(fhir, event):\n    return 'x'\n")
+    of_y = make_bot("def handler(fhir, event):\n    return 'y'\n")
+    policy = SandboxPolicy(pool_size=1, spare_workers=1)
+    async with ProcessBotExecutor(InMemoryFhirGateway(), policy) as executor:
+        assert len(executor.worker_pids) == 2  # the pool and its spare
+        await executor.execute(ExecutionRequest(bot=of_x, project="x"))
+        [served_x] = [w for w in executor._workers if w.project == "x"]
+        await executor.execute(ExecutionRequest(bot=of_y, project="y"))
+        [served_y] = [w for w in executor._workers if w.project == "y"]
+        assert served_y is not served_x  # the spare, not x's worker
+        # x's idle worker is retired to make the next spare: a clean worker, never x's.
+        await eventually(
+            lambda: len(executor.worker_pids) == 2 and served_x.pid not in executor.worker_pids,
+            "x's worker replaced by a clean spare",
+        )
+        assert {w.project for w in executor._workers} == {"y", None}
+
+
+@MODULE_LOOP
 async def test_a_worker_keeps_serving_its_project_while_the_state_holds() -> None:
-    async with ProcessBotExecutor(InMemoryFhirGateway(), SandboxPolicy(pool_size=1)) as one:
+    async with ProcessBotExecutor(InMemoryFhirGateway(), ONE_WORKER) as one:
         for source in (PROBE, mutation(MUTATIONS["lazy-codec-import"]), PROBE):
             assert (await run(one, source, "x")).status == "success"
         [first] = one.worker_pids
