@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fhirbots.engine.delivery.channels import (
+    PROJECT_TOPIC_PREFIX,
     ChannelRules,
     allowed_header_lines,
     header_problem,
@@ -15,7 +16,14 @@ from fhirbots.engine.delivery.channels import (
 )
 from fhirbots.engine.delivery.safety import EndpointGuard
 from fhirbots.engine.errors import Unprocessable
-from fhirbots.schemas.topics import BOT_EXECUTIONS, CHANGES, DELIVERIES, NOTIFICATIONS, SUPPRESSED
+from fhirbots.schemas.topics import (
+    BOT_EXECUTIONS,
+    CHANGES,
+    DELIVERIES,
+    NOTIFICATIONS,
+    SUPPRESSED,
+    deadletter_topic,
+)
 
 RULES = ChannelRules(EndpointGuard.from_cidrs(["127.0.0.1/32"]))
 
@@ -157,3 +165,10 @@ def test_topics_are_namespaced_per_project_without_collisions() -> None:
     assert len(names) == 5
     for project in ("a.b", "ü", "a b", "fhir"):
         assert message_topic(project, "x").startswith("project.")
+
+
+def test_no_engine_topic_lies_in_a_project_namespace() -> None:
+    engine_topics = [CHANGES, NOTIFICATIONS, SUPPRESSED, DELIVERIES, BOT_EXECUTIONS]
+    for topic in engine_topics + [deadletter_topic(t) for t in engine_topics]:
+        assert not topic.startswith(PROJECT_TOPIC_PREFIX), topic
+        assert topic_problem("p1", topic) is not None
