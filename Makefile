@@ -12,7 +12,7 @@ ARGS ?=
 VENV_FLAGS :=
 TEST_DATABASE_URL := postgresql://fhirbots:fhirbots@127.0.0.1:5432/fhirbots_test
 
-.PHONY: install install-test-services lint format types unit test serve bench clean
+.PHONY: install install-test-services lint format types unit deploy-check test serve bench clean
 
 $(VPY):
 	bash deploy/venv.sh $(VENV_FLAGS) $(PYTHON) $(VENV)
@@ -43,11 +43,14 @@ types: $(INSTALLED) ## mypy strict
 unit: $(INSTALLED) ## tests without services
 	$(VPY) -m pytest -m "not integration" -q
 
+deploy-check: $(INSTALLED) ## the Dockerfile, compose files and Helm chart, checked without Docker or a cluster (Go)
+	bash deploy/checks/run.sh
+
 # `test` installs system packages anyway (PostgreSQL), so it may also add the interpreter's
 # missing venv package; its prerequisites see these target-specific variables too.
 test: VENV_FLAGS := --install-missing
 test: export FHIRBOTS_TEST_DATABASE_URL ?= $(TEST_DATABASE_URL)
-test: install install-test-services lint types ## everything CI runs: services, lint, types, all tests
+test: install install-test-services lint types deploy-check ## everything CI runs: services, lint, types, deployment checks, all tests
 	$(VPY) -m pytest -q
 
 serve: install ## the embedded engine on http://127.0.0.1:8080/fhir/R4
@@ -57,4 +60,4 @@ bench: $(INSTALLED) ## every benchmark (prints figures)
 	for b in bench/*.py; do case $$b in */_*) ;; *) $(VPY) $$b ;; esac; done
 
 clean: ## the virtual environment, the embedded engine's data dir, caches, fetched jars
-	rm -rf $(VENV) .fhirbots .mypy_cache .ruff_cache deploy/kafka/target src/fhirbots.egg-info
+	rm -rf $(VENV) .fhirbots .mypy_cache .ruff_cache deploy/kafka/target deploy/checks/bin src/fhirbots.egg-info

@@ -33,13 +33,16 @@ roles=$("$fhirbots" worker --help | tr -d ' \n' | sed -n 's/^[^{]*{\([a-z,]*\)}.
 [ -n "$roles" ] || { step "cannot read the worker roles from '$fhirbots worker --help'"; exit 1; }
 step "worker roles: $roles"
 
-# Build what is missing or out of date.
+# Build what is missing or out of date, with the machine's Go (the Go toolchain's usual place
+# when it is not on the PATH).
+command -v go >/dev/null 2>&1 || PATH=/usr/local/go/bin:$PATH
+command -v go >/dev/null 2>&1 || { step "no Go toolchain: install Go 1.26 or newer"; exit 1; }
 stamp=$(cat "$here/go.mod" "$here/go.sum" "$here"/*/*.go | sha256sum | cut -c1-16)-$HELM_VERSION-$(go env GOVERSION)
 mkdir -p "$bin"
 if [ "$(cat "$bin/.stamp" 2>/dev/null)" != "$stamp" ]; then
   step "building the checkers and Helm $HELM_VERSION (go $(go env GOVERSION))"
   build_started=$SECONDS
-  (cd "$here" && go build -trimpath -o "$bin/" ./dockerfile-lint ./compose-check ./manifest-check)
+  (cd "$here" && go build -trimpath -buildvcs=false -o "$bin/" ./dockerfile-lint ./compose-check ./manifest-check)
   GOBIN="$bin" go install -trimpath "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
   echo "$stamp" > "$bin/.stamp"
   step "built in $((SECONDS - build_started)) s"

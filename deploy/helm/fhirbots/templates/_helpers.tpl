@@ -61,7 +61,7 @@ app.kubernetes.io/component: {{ .role }}
 
 {{/* The environment every role gets: (dict "root" $ "extra" .extraEnv). */}}
 {{- define "fhirbots.env" -}}
-{{- $v := .root.Values }}
+{{- $v := .root.Values -}}
 - name: FHIRBOTS_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -118,7 +118,7 @@ app.kubernetes.io/component: {{ .role }}
 
 {{/* Volumes every role mounts: (dict "root" $ "botSecrets" bool "apiTls" bool). */}}
 {{- define "fhirbots.volumes" -}}
-{{- $v := .root.Values }}
+{{- $v := .root.Values -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ $v.tmpSizeLimit }}
@@ -153,7 +153,7 @@ app.kubernetes.io/component: {{ .role }}
 {{- end }}
 
 {{- define "fhirbots.volumeMounts" -}}
-{{- $v := .root.Values }}
+{{- $v := .root.Values -}}
 - name: tmp
   mountPath: /tmp
 - name: data
@@ -187,7 +187,7 @@ app.kubernetes.io/component: {{ .role }}
 
 {{/* Startup, liveness and readiness probes on one port: (dict "root" $ "port" "http" "scheme" "HTTP"). */}}
 {{- define "fhirbots.probes" -}}
-{{- $p := .root.Values.probes }}
+{{- $p := .root.Values.probes -}}
 startupProbe:
   httpGet: {path: /livez, port: {{ .port }}, scheme: {{ .scheme }}}
   periodSeconds: {{ $p.startup.periodSeconds }}
@@ -207,7 +207,7 @@ readinessProbe:
 
 {{/* Pod-level settings shared by every role and the migration Job. */}}
 {{- define "fhirbots.podCommon" -}}
-{{- with .Values.imagePullSecrets }}
+{{- with .Values.imagePullSecrets -}}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
