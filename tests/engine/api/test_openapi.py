@@ -59,6 +59,7 @@ def _fetch_json(url: str) -> Any:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)
 async def test_the_fuzzer_finds_no_server_error_and_no_hang(tmp_path: Path) -> None:
     """schemathesis sends generated requests to every operation: any 5xx or a request that
     takes longer than its timeout fails the run."""
