@@ -476,6 +476,8 @@ async def tail_stream(request: web.Request) -> web.StreamResponse:
     as Server-Sent Events, each a JSON object; the first is ``{"kind": "ready", ...}``."""
     tail_filter = TailFilter.parse(request.query)
     project = caller(request).project
+    if request.method == "HEAD":  # the headers of the stream; a body would break the connection
+        return web.Response(headers={"Content-Type": "text/event-stream"})
     tailer = request.app[TAILER]
     with log_errors():
         client = await tailer.subscribe(project, tail_filter)

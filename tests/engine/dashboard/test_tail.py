@@ -148,6 +148,17 @@ async def test_bad_filters_are_refused(browser: Browser) -> None:
     assert "kinds" in page and 'id="tail"' in page
 
 
+async def test_head_of_the_stream_is_its_headers_and_the_connection_goes_on(
+    browser: Browser,
+) -> None:
+    for _ in range(2):  # the second request rides the same connection
+        response = await browser.client.head("/dashboard/api/tail")
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        assert await response.read() == b""
+    assert (await browser.client.get("/dashboard/api/stats")).status == 200
+
+
 async def test_another_projects_stream_never_carries_this_ones_events(browser: Browser) -> None:
     other = await new_client(browser.client.server)
     try:
