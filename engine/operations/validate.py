@@ -170,7 +170,9 @@ async def validate_handler(request: web.Request) -> web.Response:
     check_type(resource_type)
     if resource_id is not None:
         check_id(resource_id)
-    body = await read_json(request) if request.can_read_body else None
+    # A body may be absent (mode=delete at instance level); read() is cached, and a middleware
+    # may have read it already, so ask for the bytes rather than whether it can be read.
+    body = await read_json(request) if await request.read() else None
     resource, mode, profile = _parameters(body)
     mode = mode or request.query.get("mode") or "create"
     if mode not in MODES:
