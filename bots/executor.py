@@ -251,6 +251,8 @@ class ProcessBotExecutor:
         )
         """Each project's share of the workers and its queue."""
         self._spawners: set[asyncio.Task[None]] = set()
+        self._starting = 0
+        """Replacement workers being started (each will be clean)."""
         self._started = False
         self._closed = False
 
@@ -420,7 +422,7 @@ class ProcessBotExecutor:
             if self._closed:
                 raise ExecutorError("the executor is closed")
             worker = self._take_idle(project)
-            if worker is not None and worker.project not in (None, project) and self._spawners:
+            if worker is not None and worker.project not in (None, project) and self._starting:
                 self._idle.insert(0, worker)  # a clean worker is starting: wait for it instead
                 worker = None
             if worker is None:
@@ -440,7 +442,7 @@ class ProcessBotExecutor:
     def _replenish(self) -> None:
         """A clean worker was taken: unless enough clean ones remain (or are starting),
         retire the least recently used idle worker of a project, whose replacement is clean."""
-        clean = sum(w.project is None for w in self._idle) + len(self._spawners)
+        clean = sum(w.project is None for w in self._idle) + self._starting
         if clean >= self.policy.spare_workers:
             return
         for index, worker in enumerate(self._idle):
@@ -483,25 +485,33 @@ class ProcessBotExecutor:
         """Kill ``worker`` and start its replacement in the background."""
         self._workers.discard(worker)
         _metrics.WORKER_REPLACEMENTS.labels(reason).inc()
+        self._starting += 1
         task = asyncio.get_running_loop().create_task(self._replace(worker))
         self._spawners.add(task)
         task.add_done_callback(self._spawners.discard)
 
     async def _replace(self, worker: WorkerProcess) -> None:
-        await worker.kill()
-        while not self._closed:
-            try:
-                fresh = await WorkerProcess.spawn(self.policy)
-            except (OSError, WorkerLostError, TimeoutError) as exc:
-                _log.error("bot worker failed to start", error=str(exc))
-                await asyncio.sleep(RESPAWN_DELAY_SECONDS)
-                continue
-            if self._closed:
-                await fresh.stop()
+        counted = True  # in self._starting until the fresh worker is released
+        try:
+            await worker.kill()
+            while not self._closed:
+                try:
+                    fresh = await WorkerProcess.spawn(self.policy)
+                except (OSError, WorkerLostError, TimeoutError) as exc:
+                    _log.error("bot worker failed to start", error=str(exc))
+                    await asyncio.sleep(RESPAWN_DELAY_SECONDS)
+                    continue
+                if self._closed:
+                    await fresh.stop()
+                    return
+                self._starting -= 1  # before the release, which may hand it out at once
+                counted = False
+                self._workers.add(fresh)
+                self._release(fresh)
                 return
-            self._workers.add(fresh)
-            self._release(fresh)
-            return
+        finally:
+            if counted:
+                self._starting -= 1
 
     async def _run(
         self,

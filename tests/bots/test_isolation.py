@@ -182,6 +182,12 @@ async def test_a_spare_worker_serves_a_new_project_and_another_is_made_ready() -
             "x's worker replaced by a clean spare",
         )
         assert {w.project for w in executor._workers} == {"y", None}
+        for project in ("p1", "p2", "p3", "p4"):  # every new project finds a spare again
+            await eventually(
+                lambda: any(w.project is None for w in executor._idle), "a clean spare ready"
+            )
+            result = await executor.execute(ExecutionRequest(bot=of_y, project=project))
+            assert result.output == "y"
 
 
 @MODULE_LOOP
