@@ -10,7 +10,8 @@
   409 naming one referrer. ``_cascade=delete`` deletes the referrers too, and theirs, up to
   :attr:`IntegrityPolicy.cascade_limit` resources, in one transaction.
 * Records of what happened (:data:`RECORD_TYPES`: AuditEvent, Provenance) are left out of both:
-  their references are not checked, they never block a delete and a cascade leaves them.
+  their references are not checked, they never block a delete and a cascade leaves them. A
+  stored Bundle's references are not checked either (:data:`UNCHECKED_ON_WRITE`).
 
 Both checks can be turned off (:class:`IntegrityPolicy`, from the settings
 ``FHIRBOTS_REFERENTIAL_INTEGRITY_ON_WRITE`` and ``..._ON_DELETE``). The functions here return
@@ -34,6 +35,7 @@ from fhirbots.schemas.validation import is_known_type
 __all__ = [
     "CASCADE_LIMIT",
     "RECORD_TYPES",
+    "UNCHECKED_ON_WRITE",
     "IntegrityPolicy",
     "Key",
     "LocalReference",
@@ -57,6 +59,10 @@ a larger cascade is refused with 409 before anything is deleted."""
 RECORD_TYPES = frozenset({"AuditEvent", "Provenance"})
 """Types left out of referential integrity: they record what happened, and may name resources
 deleted since (a bot's AuditEvent about a deleted Observation), without keeping them."""
+
+UNCHECKED_ON_WRITE = RECORD_TYPES | {"Bundle"}
+"""Types whose references are not checked on write: the records, and Bundles (a stored
+document or collection resolves its entries' references against their ``fullUrl``s)."""
 
 _RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]+)?$")
 """``Type/id`` with an optional version (FHIR R4 ids: 1 to 64 of letters, digits, '-', '.')."""
@@ -178,7 +184,7 @@ async def unresolved_references(
     """
     found = [
         []
-        if resource.get("resourceType") in RECORD_TYPES
+        if resource.get("resourceType") in UNCHECKED_ON_WRITE
         else local_references(resource, policy.base_urls)
         for resource in resources
     ]

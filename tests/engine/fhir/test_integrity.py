@@ -164,6 +164,19 @@ async def test_records_of_what_happened_are_left_out(fhir: FhirService) -> None:
         "entity": [{"what": {"reference": "Patient/a"}}],
     }
     await fhir.update("p1", "AuditEvent", "ae", audit, CTX)  # references not checked
+    document = {
+        "resourceType": "Bundle",
+        "id": "doc",
+        "type": "collection",
+        "entry": [
+            {
+                "fullUrl": "https://elsewhere.example/Patient/x",
+                "resource": {"resourceType": "Patient"},
+            },
+            {"resource": observation("o", "Patient/x")},
+        ],
+    }
+    await fhir.update("p1", "Bundle", "doc", document, CTX)  # resolved within the Bundle
     await fhir.update("p1", "Patient", "a", patient("a"), CTX)
     await fhir.delete("p1", "Patient", "a", CTX)  # the AuditEvent does not block
     assert await fhir.storage.existing("p1", [("AuditEvent", "ae")]) == {("AuditEvent", "ae")}
