@@ -39,6 +39,7 @@ from fhirbots.engine.fhir.service import FhirService
 from fhirbots.engine.fhir.validator_pool import BulkValidator
 from fhirbots.engine.observability.probes import Readiness
 from fhirbots.engine.observatory.factory import create_observatory_store
+from fhirbots.engine.operations.admin import install as install_admin
 from fhirbots.engine.operations.bots import install as install_bots
 from fhirbots.engine.operations.delivery import delivery_routes
 from fhirbots.engine.operations.search_parameters import install as install_search_parameters
@@ -116,6 +117,7 @@ class Engine:
         self.dispatcher: Dispatcher | None = None
         install_subscriptions(self.fhir, self.routes)
         install_validate(self.routes)
+        install_admin(self.storage, self.routes)
         self.reindexer = Reindexer(self.storage)
         """Runs ``$reindex`` jobs (after SearchParameters are written)."""
         install_search_parameters(self.fhir, self.reindexer, self.routes)

@@ -25,6 +25,7 @@ from fhirbots.engine.settings import API_PATH
 from fhirbots.engine.web.auth import Authenticator, Principal
 from fhirbots.engine.web.context import PRINCIPAL, SERVICES, TRACEPARENT_KEY, Services
 from fhirbots.engine.web.http import fhir_response
+from fhirbots.engine.web.key_access import key_access_middleware
 
 __all__ = ["AUTHENTICATOR", "OPEN_PATHS", "BrowserCredentials", "create_app"]
 
@@ -187,6 +188,7 @@ def create_app(
             negotiation_middleware,
             auth_middleware,
             request_body_middleware,  # after authentication: inflating is work
+            key_access_middleware,  # a scoped key's scope; no bot tags in REST writes
         ],
         client_max_size=services.settings.max_request_bytes,
         handler_args=HANDLER_ARGS,

@@ -24,9 +24,11 @@ from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
 from fhirbots.engine.cli.executions import add_commands as add_execution_commands
+from fhirbots.engine.cli.key import add_commands as add_key_commands
 from fhirbots.engine.cli.lifecycle import GRACE_EXCEEDED_STATUS, Lifecycle, ListenRefused
 from fhirbots.engine.cli.loader import find_files, load_files
 from fhirbots.engine.cli.migrate import add_command as add_migrate_command
+from fhirbots.engine.cli.project import add_commands as add_project_commands
 from fhirbots.engine.cli.reindex import add_commands as add_reindex_commands
 from fhirbots.engine.cli.subscriptions import add_commands as add_subscription_commands
 from fhirbots.engine.cli.tail import add_commands as add_tail_commands
@@ -281,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     add_tail_commands(sub)
     add_execution_commands(sub)
     add_reindex_commands(sub)
+    add_project_commands(sub)
+    add_key_commands(sub)
     return parser
 
 

@@ -125,6 +125,8 @@ class Sessions:
         """
         key = api_key.strip()
         principal = await self._authenticator.authenticate(f"Bearer {key}")
+        if principal.scope is not None:  # the dashboard's pages are not checked against scopes
+            raise Unauthorized("a scoped API key cannot sign in to the dashboard")
         token = secrets.token_urlsafe(32)
         session = DashboardSession(
             key_digest=hash_key(key),

@@ -17,6 +17,7 @@ __all__ = [
     "HistoryPage",
     "IndexOwner",
     "OutboxRow",
+    "ProjectRecord",
     "SearchPage",
     "StoredResource",
     "UpdateOp",
@@ -151,6 +152,22 @@ class ApiKeyRecord:
     name: str
     admin: bool
     created: datetime = field(compare=False)
+    scope: str | None = field(default=None, compare=False)
+    """What the key may do inside its project, as JSON (``fhirbots.engine.web.auth.KeyScope``);
+    None: everything."""
+    last_used: datetime | None = field(default=None, compare=False)
+    """When it last authenticated a request (kept to the minute)."""
+    revoked: datetime | None = field(default=None, compare=False)
+    """When it was revoked; a revoked key authenticates nothing."""
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    """A project: its id, name and creation time."""
+
+    id: str
+    name: str
+    created: datetime
 
 
 class IndexOwner(NamedTuple):

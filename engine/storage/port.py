@@ -20,6 +20,7 @@ from fhirbots.engine.storage.model import (
     HistoryPage,
     IndexOwner,
     OutboxRow,
+    ProjectRecord,
     StoredResource,
     WriteContext,
     WriteOp,
@@ -157,12 +158,36 @@ class Storage(Protocol):
         """Create the project if missing; True if it was created."""
 
     async def add_api_key(
-        self, project: str, key_hash: str, *, name: str, admin: bool = False
+        self,
+        project: str,
+        key_hash: str,
+        *,
+        name: str,
+        admin: bool = False,
+        scope: str | None = None,
     ) -> ApiKeyRecord:
-        """Store a new API key (its hash only) for ``project``."""
+        """Store a new API key (its hash only) for ``project``, with its ``scope`` (JSON; None:
+        everything inside the project)."""
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        """The key with this hash, or None."""
+        """The key with this hash, or None when there is none or it is revoked (one indexed
+        read: revocation is seen by the read that authenticates)."""
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key ``key_id`` (revoked or not), or None."""
+
+    async def list_api_keys(self, project: str | None = None) -> list[ApiKeyRecord]:
+        """Every key (of ``project``), revoked ones included, by project and creation."""
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key that exists; False when it was revoked already."""
+
+    async def touch_api_key(self, key_id: str, when: datetime, unless_after: datetime) -> None:
+        """Set the key's last-used time to ``when``, unless it is already after
+        ``unless_after`` (so a key is written at most once per interval)."""
+
+    async def list_projects(self) -> list[ProjectRecord]:
+        """Every project, by id."""
 
     async def outbox_pending(self, limit: int) -> list[OutboxRow]:
         """Unpublished change events in commit order."""

@@ -30,6 +30,7 @@ from fhirbots.engine.storage.model import (
     HistoryPage,
     IndexOwner,
     OutboxRow,
+    ProjectRecord,
     SearchPage,
     StoredResource,
     WriteContext,
@@ -396,29 +397,60 @@ class PostgresStorage:
 
     @_translated
     async def add_api_key(
-        self, project: str, key_hash: str, *, name: str, admin: bool = False
+        self,
+        project: str,
+        key_hash: str,
+        *,
+        name: str,
+        admin: bool = False,
+        scope: str | None = None,
     ) -> ApiKeyRecord:
-        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC))
-        await self.pool.execute(
-            "INSERT INTO api_keys (id, project, name, key_hash, admin, created)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            record.id,
-            project,
-            name,
-            key_hash,
-            admin,
-            record.created,
-        )
+        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC), scope)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                sql.numbered(sql.INSERT_KEY),
+                record.id,
+                project,
+                name,
+                key_hash,
+                admin,
+                record.created,
+            )
+            if scope is not None:
+                await conn.execute(sql.numbered(sql.INSERT_KEY_SCOPE), record.id, scope)
         return record
 
     @_translated
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        row = await self.pool.fetchrow(
-            "SELECT id, project, name, admin, created FROM api_keys WHERE key_hash = $1", key_hash
-        )
-        if row is None:
-            return None
-        return ApiKeyRecord(row["id"], row["project"], row["name"], row["admin"], row["created"])
+        row = await self.pool.fetchrow(sql.numbered(sql.FIND_LIVE_KEY), key_hash)
+        return None if row is None else ApiKeyRecord(*row)
+
+    @_translated
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self.pool.fetchrow(sql.numbered(sql.SELECT_KEY), key_id)
+        return None if row is None else ApiKeyRecord(*row)
+
+    @_translated
+    async def list_api_keys(self, project: str | None = None) -> list[ApiKeyRecord]:
+        if project is None:
+            rows = await self.pool.fetch(sql.LIST_KEYS)
+        else:
+            rows = await self.pool.fetch(sql.numbered(sql.LIST_PROJECT_KEYS), project)
+        return [ApiKeyRecord(*row) for row in rows]
+
+    @_translated
+    async def revoke_api_key(self, key_id: str) -> bool:
+        status = await self.pool.execute(sql.numbered(sql.REVOKE_KEY), key_id, datetime.now(UTC))
+        return bool(status.endswith(" 1"))
+
+    @_translated
+    async def touch_api_key(self, key_id: str, when: datetime, unless_after: datetime) -> None:
+        await self.pool.execute(sql.numbered(sql.TOUCH_KEY), key_id, when, unless_after)
+
+    @_translated
+    async def list_projects(self) -> list[ProjectRecord]:
+        rows = await self.pool.fetch(sql.LIST_PROJECTS)
+        return [ProjectRecord(*row) for row in rows]
 
     # -- outbox -----------------------------------------------------------------------------
 

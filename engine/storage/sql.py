@@ -16,19 +16,29 @@ from fhirbots.engine.storage.migrations import Migration, SchemaHistory
 
 __all__ = [
     "BUMP_GENERATION",
+    "FIND_LIVE_KEY",
     "INSERT_HISTORY",
+    "INSERT_KEY",
+    "INSERT_KEY_SCOPE",
     "INSERT_OUTBOX",
     "INSERT_PROJECT",
+    "KEY_COLUMNS",
+    "LIST_KEYS",
+    "LIST_PROJECTS",
+    "LIST_PROJECT_KEYS",
     "RESOURCE_COLUMNS",
+    "REVOKE_KEY",
     "SCHEMA_VERSION",
     "SELECT_CURRENT",
     "SELECT_GENERATION",
+    "SELECT_KEY",
     "SELECT_LIVE_IDS_EVERYWHERE",
     "SELECT_PROJECT_KEY",
     "SELECT_VERSION",
     "SQLITE_OUTBOX_MARK",
     "SQLITE_OUTBOX_PENDING",
     "SQLITE_OUTBOX_PURGE",
+    "TOUCH_KEY",
     "UPSERT_CURRENT",
     "Dialect",
     "IncompatibleSchema",
@@ -144,8 +154,55 @@ def history(index_ddl: Callable[[str], list[str]] | None) -> SchemaHistory:
 
     return SchemaHistory(
         "datastore",
-        (Migration(1, "projects, keys, resources, history, outbox, search index", first),),
+        (
+            Migration(1, "projects, keys, resources, history, outbox, search index", first),
+            Migration(2, "API key state: scope, last used, revoked", _key_columns),
+        ),
     )
+
+
+def _key_columns(dialect: Dialect) -> list[str]:
+    """A key's scope, last use and revocation live beside ``api_keys`` (one row per key that
+    has any), created idempotently so that a step replayed on tables that have it is a no-op."""
+    t = _TYPES[dialect]
+    return [
+        f"""CREATE TABLE IF NOT EXISTS api_key_state (
+            id TEXT PRIMARY KEY REFERENCES api_keys(id), scope TEXT,
+            last_used {t["time"]}, revoked {t["time"]})"""
+    ]
+
+
+KEY_COLUMNS = (
+    "k.id, k.project, k.name, k.admin, k.created, s.scope, s.last_used, s.revoked"
+    " FROM api_keys k LEFT JOIN api_key_state s ON s.id = k.id"
+)
+"""What an :class:`~fhirbots.engine.storage.model.ApiKeyRecord` is read from, in order."""
+
+FIND_LIVE_KEY = f"SELECT {KEY_COLUMNS} WHERE k.key_hash = ? AND s.revoked IS NULL"
+"""The key with a hash, unless revoked: revocation is checked by the very read that
+authenticates, so every process refuses a revoked key at once."""
+
+LIST_KEYS = f"SELECT {KEY_COLUMNS} ORDER BY k.project, k.created, k.id"
+LIST_PROJECT_KEYS = f"SELECT {KEY_COLUMNS} WHERE k.project = ? ORDER BY k.created, k.id"
+SELECT_KEY = f"SELECT {KEY_COLUMNS} WHERE k.id = ?"
+INSERT_KEY_SCOPE = "INSERT INTO api_key_state (id, scope) VALUES (?, ?)"
+REVOKE_KEY = (
+    "INSERT INTO api_key_state (id, revoked) VALUES (?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET revoked = excluded.revoked"
+    " WHERE api_key_state.revoked IS NULL"
+)
+"""Revokes a live key (one row changed); a revoked one is left as it is (the key must exist)."""
+TOUCH_KEY = (
+    "INSERT INTO api_key_state (id, last_used) VALUES (?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET last_used = excluded.last_used"
+    " WHERE api_key_state.last_used IS NULL OR api_key_state.last_used < ?"
+)
+"""Sets the last-used time unless one later than the bound is already stored (at most one
+write a minute per key, whichever process authenticates it)."""
+LIST_PROJECTS = "SELECT id, name, created FROM projects ORDER BY id"
+INSERT_KEY = (
+    "INSERT INTO api_keys (id, project, name, key_hash, admin, created) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 def _outbox_progress(dialect: Dialect) -> list[str]:

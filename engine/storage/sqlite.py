@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ from fhirbots.engine.storage.model import (
     ApiKeyRecord,
     HistoryPage,
     OutboxRow,
+    ProjectRecord,
     SearchPage,
     StoredResource,
     WriteContext,
@@ -83,6 +84,23 @@ _PACKAGE_ROOT = str(Path(fhirbots.__file__).parent.parent)
 
 READ_THREADS = 4
 """Reader connections; reads are short, so a few suffice for two cores."""
+
+
+def _key_record(row: Sequence[Any]) -> ApiKeyRecord:
+    def instant(value: str | None) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+    key_id, project, name, admin, created, scope, last_used, revoked = row
+    return ApiKeyRecord(
+        key_id,
+        project,
+        name,
+        bool(admin),
+        datetime.fromisoformat(created),
+        scope,
+        instant(last_used),
+        instant(revoked),
+    )
 
 
 class WriterStopped(DatastoreUnavailable):
@@ -520,22 +538,57 @@ class SqliteStorage:
         return created
 
     async def add_api_key(
-        self, project: str, key_hash: str, *, name: str, admin: bool = False
+        self,
+        project: str,
+        key_hash: str,
+        *,
+        name: str,
+        admin: bool = False,
+        scope: str | None = None,
     ) -> ApiKeyRecord:
-        record: ApiKeyRecord = await self._write("add_api_key", project, key_hash, name, admin)
+        record: ApiKeyRecord = await self._write(
+            "add_api_key", project, key_hash, name, admin, scope
+        )
         return record
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         def work(conn: sqlite3.Connection) -> ApiKeyRecord | None:
-            row = conn.execute(
-                "SELECT id, project, name, admin, created FROM api_keys WHERE key_hash = ?",
-                (key_hash,),
-            ).fetchone()
-            if row is None:
-                return None
-            return ApiKeyRecord(
-                row[0], row[1], row[2], bool(row[3]), datetime.fromisoformat(row[4])
-            )
+            row = conn.execute(sql.FIND_LIVE_KEY, (key_hash,)).fetchone()
+            return None if row is None else _key_record(row)
+
+        return await self._read(work)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        def work(conn: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = conn.execute(sql.SELECT_KEY, (key_id,)).fetchone()
+            return None if row is None else _key_record(row)
+
+        return await self._read(work)
+
+    async def list_api_keys(self, project: str | None = None) -> list[ApiKeyRecord]:
+        def work(conn: sqlite3.Connection) -> list[ApiKeyRecord]:
+            if project is None:
+                return [_key_record(r) for r in conn.execute(sql.LIST_KEYS).fetchall()]
+            rows = conn.execute(sql.LIST_PROJECT_KEYS, (project,)).fetchall()
+            return [_key_record(r) for r in rows]
+
+        return await self._read(work)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        revoked: bool = await self._write(
+            "revoke_api_key", key_id, format_instant(datetime.now(UTC))
+        )
+        return revoked
+
+    async def touch_api_key(self, key_id: str, when: datetime, unless_after: datetime) -> None:
+        await self._write(
+            "touch_api_key", key_id, format_instant(when), format_instant(unless_after)
+        )
+
+    async def list_projects(self) -> list[ProjectRecord]:
+        def work(conn: sqlite3.Connection) -> list[ProjectRecord]:
+            rows = conn.execute(sql.LIST_PROJECTS).fetchall()
+            return [ProjectRecord(r[0], r[1], datetime.fromisoformat(r[2])) for r in rows]
 
         return await self._read(work)
 

@@ -228,14 +228,23 @@ class _Writes:
         )
         return cursor.rowcount == 1
 
-    def add_api_key(self, project: str, key_hash: str, name: str, admin: bool) -> ApiKeyRecord:
-        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC))
+    def add_api_key(
+        self, project: str, key_hash: str, name: str, admin: bool, scope: str | None = None
+    ) -> ApiKeyRecord:
+        record = ApiKeyRecord(str(uuid.uuid4()), project, name, admin, datetime.now(UTC), scope)
         self.conn.execute(
-            "INSERT INTO api_keys (id, project, name, key_hash, admin, created)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            sql.INSERT_KEY,
             (record.id, project, name, key_hash, int(admin), format_instant(record.created)),
         )
+        if scope is not None:
+            self.conn.execute(sql.INSERT_KEY_SCOPE, (record.id, scope))
         return record
+
+    def revoke_api_key(self, key_id: str, when: str) -> bool:
+        return self.conn.execute(sql.REVOKE_KEY, (key_id, when)).rowcount == 1
+
+    def touch_api_key(self, key_id: str, when: str, unless_after: str) -> None:
+        self.conn.execute(sql.TOUCH_KEY, (key_id, when, unless_after))
 
     def outbox_mark_published(self, seqs: Sequence[int]) -> None:
         if seqs:
@@ -279,6 +288,8 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
         "apply",
         "ensure_project",
         "add_api_key",
+        "revoke_api_key",
+        "touch_api_key",
         "outbox_mark_published",
         "outbox_purge",
         "reindex",
