@@ -119,6 +119,12 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", f"{BASE}/Bot/{{id}}/$deploy"): {"json": "deploy"},
     ("POST", f"{BASE}/Bot/{{id}}/$execute"): {"json": "empty"},
     ("GET", f"{BASE}/Bot/{{id}}/$execute"): {},
+    # the admin API (the operator's: 403 for project keys, before anything is read)
+    ("GET", "/admin/projects"): {},
+    ("POST", "/admin/projects"): {"json": "project"},
+    ("GET", "/admin/keys"): {"query": "project=p1"},
+    ("POST", "/admin/keys"): {"json": "key"},
+    ("POST", "/admin/keys/{id}/revoke"): {},
     # the dashboard
     ("GET", "/dashboard/static"): {},
     ("GET", "/dashboard/login"): {},
@@ -232,6 +238,8 @@ class World:
     def _fill(self, template: str, name: str) -> list[str]:
         ids = self.ids
         if name == "id":
+            if template.startswith("/admin/keys/"):
+                return [ids["key"]]
             if "/Subscription/" in template or "/subscriptions/" in template:
                 return [ids["subscription"], ids["ws_subscription"], ids["message_subscription"]]
             if "/Bot/" in template or "/bots/" in template:
@@ -307,6 +315,10 @@ class World:
             return {"resourceType": "Bundle", "type": "batch", "entry": entries}
         if kind == "dashboard":
             return {"code": "def handler(fhir, event):\n  pass\n", "version": "1", "input": {}}
+        if kind == "project":  # B creating A's project: 403, not a 409 that confirms it
+            return {"id": "p1", "name": "taken over"}
+        if kind == "key":
+            return {"project": "p1", "name": "b-owned"}
         if kind == "empty":
             return {}
         raise AssertionError(f"unknown body kind {kind!r}")
@@ -542,6 +554,9 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                 b_record.id,
             )
             await _seed(world)
+            a_key = await served.engine.storage.find_api_key(hash_key(served.key))
+            assert a_key is not None
+            world.ids["key"] = a_key.id
             yield world
         finally:
             for client in (a, b_key, b_session):
@@ -580,6 +595,40 @@ async def test_every_route_and_method_reveals_nothing(world: World) -> None:
         ("history", "dead letters", "event numbers"), before, after, strict=True
     ):
         assert now == was, f"B's calls changed A's {name}: {was} -> {now}"
+
+
+async def test_the_admin_api_refuses_project_keys(world: World) -> None:
+    """B's key and B's dashboard session get 403 on every admin route, with nothing of A (nor
+    of any other project) in the answer, and nothing changes: no project, no key, no
+    revocation."""
+    before = await world.engine.storage.list_api_keys()
+    projects = await world.engine.storage.list_projects()
+    for session in (False, True):
+        client = world.b_session if session else world.b_key
+        for (method, template), spec in ROUTES.items():
+            if not template.startswith("/admin/"):
+                continue
+            path = template.format(id=world.ids["key"])
+            query = spec.get("query", "")
+            headers: dict[str, str] = {} if session else dict(world.b_headers)
+            if session:
+                headers[CSRF_HEADER] = world.csrf
+            body = json.dumps(world.json_body(spec["json"], {})) if "json" in spec else None
+            response = await client.request(
+                method, f"{path}?{query}" if query else path, data=body, headers=headers
+            )
+            answer = await response.text()
+            assert response.status == 403, (method, path, session, response.status, answer)
+            assert not _leaks(world, path + (body or ""), answer), answer
+            for record in before:
+                assert record.id not in answer
+            for project in projects:
+                assert project.name not in answer
+    assert await world.engine.storage.list_api_keys() == before
+    assert [k.revoked for k in await world.engine.storage.list_api_keys()] == [
+        k.revoked for k in before
+    ]
+    assert await world.engine.storage.list_projects() == projects
 
 
 async def test_websocket_tokens_do_not_cross_projects(world: World) -> None:

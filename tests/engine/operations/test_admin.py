@@ -167,7 +167,8 @@ async def test_a_revoked_key_gets_401_at_once_and_use_is_recorded(api: Api) -> N
 
     async def last_used() -> str | None:
         keys = await (await call(api, "GET", f"{ADMIN}/keys?project=acme")).json()
-        return next(k["lastUsed"] for k in keys["keys"] if k["id"] == key_id)
+        used: str | None = next(k["lastUsed"] for k in keys["keys"] if k["id"] == key_id)
+        return used
 
     from tests.waiting import eventually
 
