@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhirbots.engine.storage.model import IndexOwner
-from fhirbots.engine.storage.sql import RESOURCE_COLUMNS, SELECT_PROJECT_KEY, marks
+from fhirbots.engine.storage.sql import (
+    REFERENCE_TARGET_INDEX,
+    RESOURCE_COLUMNS,
+    SELECT_PROJECT_KEY,
+    marks,
+)
 from fhirbots.subscriptions.search import SearchQuery, default_registry
 from fhirbots.subscriptions.search.entries import composite_groups, entries_for
 from fhirbots.subscriptions.search.errors import UnsupportedSearchError
@@ -143,11 +148,7 @@ def index_ddl(dialect: Dialect) -> list[str]:
             f"CREATE INDEX IF NOT EXISTS {table}_lookup ON {table} "
             f"(proj, resource_type, param, {lookup}, res)"
         )
-    # Who references a resource, whatever the source type and parameter (integrity checks on
-    # delete, fhirbots.engine.storage.references); url is "Type/id" for a relative reference.
-    statements.append(
-        "CREATE INDEX IF NOT EXISTS search_reference_target ON search_reference (proj, url, res)"
-    )
+    statements.append(REFERENCE_TARGET_INDEX)  # who references a resource (integrity)
     return statements
 
 

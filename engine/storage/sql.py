@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from fhirbots.engine.errors import FhirError
-from fhirbots.engine.storage.migrations import Migration, SchemaHistory
+from fhirbots.engine.storage.migrations import Migration, SchemaHistory, fixed
 
 __all__ = [
     "BUMP_GENERATION",
@@ -26,6 +26,7 @@ __all__ = [
     "LIST_KEYS",
     "LIST_PROJECTS",
     "LIST_PROJECT_KEYS",
+    "REFERENCE_TARGET_INDEX",
     "RESOURCE_COLUMNS",
     "REVOKE_KEY",
     "SCHEMA_VERSION",
@@ -140,6 +141,14 @@ def schema(dialect: Dialect) -> list[str]:
     ]
 
 
+REFERENCE_TARGET_INDEX = (
+    "CREATE INDEX IF NOT EXISTS search_reference_target ON search_reference (proj, url, res)"
+)
+"""Who references a resource, whatever the source type and parameter (``url`` is ``Type/id``
+for a relative reference): the search index DDL makes it, and step 3 adds it to databases
+made before (:mod:`fhirbots.engine.storage.references`)."""
+
+
 def history(index_ddl: Callable[[str], list[str]] | None) -> SchemaHistory:
     """The datastore's migrations: step 1 makes the tables of :func:`schema` and, with
     ``index_ddl`` (the search indexer's :meth:`ddl`), the search index tables.
@@ -157,6 +166,11 @@ def history(index_ddl: Callable[[str], list[str]] | None) -> SchemaHistory:
         (
             Migration(1, "projects, keys, resources, history, outbox, search index", first),
             Migration(2, "API key state: scope, last used, revoked", _key_columns),
+            Migration(
+                3,
+                "search index: who references a resource (referential integrity on delete)",
+                fixed([REFERENCE_TARGET_INDEX] if index_ddl is not None else []),
+            ),
         ),
     )
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from fhirbots.engine.cli.main import SCHEMA_STATUS
+from fhirbots.engine.storage.search_index import SqlSearchIndexer
+from fhirbots.engine.storage.sql import history as datastore_history
 from tests.conftest import child_env, scratch_database
 from tests.engine.scenarios.process import free_port
 from tests.waiting import eventually
@@ -66,15 +68,17 @@ async def test_distributed_servers_need_fhirbots_migrate(tmp_path: Path) -> None
 
         check = await _fhirbots(env, "migrate", "--check")
         assert check.returncode == 1
-        assert "datastore    version 0 (needs 1)" in check.stdout
+        latest = datastore_history(SqlSearchIndexer().ddl).latest
+        assert f"datastore    version 0 (needs {latest})" in check.stdout
 
         migrated = await _fhirbots(env, "migrate")
         assert migrated.returncode == 0, migrated.stderr
-        for store in ("datastore", "delivery", "bots", "observatory"):
+        assert f"datastore    version 0 -> {latest} (current)" in migrated.stdout
+        for store in ("delivery", "bots", "observatory"):
             assert f"{store:<12} version 0 -> 1 (current)" in migrated.stdout
         again = await _fhirbots(env, "migrate")
         assert again.returncode == 0
-        assert "datastore    version 1 (current)" in again.stdout
+        assert f"datastore    version {latest} (current)" in again.stdout
 
         port, management = free_port(), free_port()
         serve = await asyncio.create_subprocess_exec(
