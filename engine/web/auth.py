@@ -151,7 +151,7 @@ class Authenticator:
             raise Unauthorized("Authorization must be 'Bearer <key>'")
         principal = await self.authenticate_digest(hash_key(key.strip()))
         if principal is None:
-            raise Unauthorized("unknown or revoked API key")
+            raise Unauthorized("unknown API key (or a revoked one)")
         return principal
 
     async def authenticate_digest(self, digest: str) -> Principal | None:

@@ -272,3 +272,17 @@ async def test_rest_writes_cannot_carry_the_bot_tags(api: Api) -> None:
     )
     assert refused.status == 422
     assert BOT_TAG_SYSTEM in (await refused.json())["issue"][0]["diagnostics"]
+
+
+async def test_a_scoped_key_cannot_sign_in_to_the_dashboard(api: Api) -> None:
+    """The dashboard's pages are not checked against a key's scope: a scoped key stays out."""
+    await new_project(api, "acme")
+    _, reader = await new_key(api, "acme", {"interactions": ["read"]})
+    _, plain = await new_key(api, "acme")
+    refused = await api.client.post("/dashboard/login", data={"key": reader, "next": "/dashboard/"})
+    assert refused.status == 401
+    assert "scoped API key cannot sign in" in await refused.text()
+    admitted = await api.client.post(
+        "/dashboard/login", data={"key": plain, "next": "/dashboard/"}, allow_redirects=False
+    )
+    assert admitted.status == 303
