@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["COMPLETE_CODES", "binding_problems", "bound_codes"]
+__all__ = ["COMPLETE_CODES", "R4B_CODES", "binding_problems", "bound_codes"]
 
 COMPLETE_CODES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {
@@ -98,6 +98,15 @@ COMPLETE_CODES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
 """``(model class name, JSON key) -> codes`` where the model lists only the first codes of a
 required value set (its list ends in ``+``); the codes are those of the R4 value set."""
 
+R4B_CODES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
+    {
+        # R4B's BundleType adds the Bundle of a topic-based notification (the Subscriptions
+        # Backport IG), which the models' list leaves out.
+        ("Bundle", "type"): frozenset(["subscription-notification"]),
+    }
+)
+"""``(model class name, JSON key) -> codes`` R4B allows beyond the list the model carries."""
+
 _Spec = tuple[frozenset[str] | None, type[BaseModel] | None, bool]
 """Of one JSON key: its bound codes, or the model of its elements, or (True) that it holds
 resources (``contained``)."""
@@ -134,7 +143,12 @@ def _plan(model: type[BaseModel]) -> dict[str, _Spec]:
         codes = extra.get("enum_values")
         if isinstance(codes, list):
             if "+" not in codes:
-                plan[key] = (frozenset(str(c) for c in codes), None, False)
+                listed = frozenset(str(c) for c in codes)
+                plan[key] = (
+                    listed | R4B_CODES.get((model.__name__, key), frozenset()),
+                    None,
+                    False,
+                )
             elif (model.__name__, key) in COMPLETE_CODES:
                 plan[key] = (COMPLETE_CODES[model.__name__, key], None, False)
             continue

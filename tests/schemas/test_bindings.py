@@ -53,3 +53,9 @@ def test_the_facade_reports_structure_and_binding_problems_together() -> None:
     found = {(p.path, p.code) for p in refused.value.problems}
     assert ("Patient.gender", "code-invalid") in found
     assert ("Patient.active", "structure") in found
+
+
+def test_r4b_codes_the_models_leave_out_are_allowed() -> None:
+    notification = {"resourceType": "Bundle", "type": "subscription-notification"}
+    assert binding_problems(notification) == []
+    assert binding_problems({"resourceType": "Bundle", "type": "notification"}) != []
