@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from fhirbots.bots.policy import SandboxPolicy
+from fhirbots.engine.cli.backup import add_command as add_backup_command
 from fhirbots.engine.cli.bots import add_commands as add_bot_commands
 from fhirbots.engine.cli.client import FhirClient, client_settings
 from fhirbots.engine.cli.delivery import add_commands as add_delivery_commands
@@ -277,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
     add_migrate_command(sub)
+    add_backup_command(sub)
     add_subscription_commands(sub)
     add_delivery_commands(sub)
     add_bot_commands(sub)
