@@ -3,8 +3,9 @@
 The data dir holds the SQLite databases (with their ``-wal`` and ``-shm`` files), the embedded
 event log, bot secrets and the admin API key: nothing in it is for other users of the host.
 :func:`secure` makes it 0700 and every file in it 0600, on creation and at every start (a
-looser mode found at start is tightened and logged as a warning), and :data:`UMASK` (set by
-the server commands) gives the files the engine creates later the same modes.
+looser mode found at start is tightened and logged as a warning; one the process may not change,
+such as a volume's root owned by root, is logged and left), and :data:`UMASK` (set by the server
+commands) gives the files the engine creates later the same modes.
 
 :class:`DataDirLock` is an exclusive ``flock`` on ``<data dir>/lock``, held for the life of the
 process (the kernel releases it when the process ends, however it ends): a second embedded
@@ -48,14 +49,18 @@ class DataDirInUse(FhirbotsError):
 
 def _tighten(path: Path, mode: int) -> None:
     current = stat.S_IMODE(path.lstat().st_mode)
-    if current & ~mode & 0o777:
+    if not current & ~mode & 0o777:
+        return
+    try:
         os.chmod(path, current & mode)
-        log.warning(
-            "data_dir.permissions_tightened",
-            path=str(path),
-            was=oct(current),
-            now=oct(current & mode),
-        )
+    except PermissionError:
+        # Not ours to change (a volume mounted by root, e.g. an emptyDir): what the engine
+        # creates inside is still private through the umask.
+        log.warning("data_dir.permissions_not_tightened", path=str(path), mode=oct(current))
+        return
+    log.warning(
+        "data_dir.permissions_tightened", path=str(path), was=oct(current), now=oct(current & mode)
+    )
 
 
 def secure(data_dir: Path) -> None:

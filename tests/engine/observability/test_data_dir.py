@@ -56,6 +56,24 @@ def test_secure_tightens_a_looser_dir_and_its_files_with_a_warning(tmp_path: Pat
     assert all(e["log_level"] == "warning" for e in logs)
 
 
+def test_a_mode_the_process_may_not_change_is_logged_and_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A volume's root owned by another user (root's emptyDir): starting goes on."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(data, 0o777)
+
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    with capture_logs() as logs:
+        secure(data)
+    assert [e["event"] for e in logs] == ["data_dir.permissions_not_tightened"]
+    assert _mode(data) == 0o777
+
+
 def test_the_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
     with DataDirLock(tmp_path) as held:
         assert (tmp_path / "lock").read_text().strip() == str(os.getpid())
