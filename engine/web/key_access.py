@@ -12,9 +12,9 @@
 * **The bot tag.** Only a bot's writes carry the tags that say a bot wrote a version
   (:mod:`fhirbots.engine.automation.tags`). A REST create, update, or Bundle entry resource
   that carries them has them **stripped** before it is stored (a client that read a version a
-  bot wrote and sends it back changed it: its version was not written by the bot); a PATCH
-  whose body names their systems is **refused** with 422 (a patch that sets them cannot be
-  stripped meaningfully).
+  bot wrote and sends it back changed it: its version was not written by the bot); a PATCH,
+  or a Bundle's PATCH entry, whose body names their systems is **refused** with 422 (a patch
+  that sets them cannot be stripped meaningfully).
 """
 
 from __future__ import annotations
@@ -131,10 +131,24 @@ def strip_bot_tags(body: Any) -> bool:
     return stripped
 
 
-def _names_bot_system(raw: bytes, parsed: Any) -> bool:
-    return any(s.encode() in raw for s in BOT_SYSTEMS) or (
-        b"\\" in raw and any(s in orjson.dumps(parsed).decode() for s in BOT_SYSTEMS)
-    )
+def _names_bot_system(parsed: Any) -> bool:
+    text = orjson.dumps(parsed).decode()  # escapes (\\/, \\u0062) undone by the parse
+    return any(s in text for s in BOT_SYSTEMS)
+
+
+def _patches(method: str, body: Any) -> list[Any]:
+    """The patch bodies of a PATCH request, or of a Bundle's PATCH entries."""
+    if method == "PATCH":
+        return [body]
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        return []
+    return [
+        entry.get("resource")
+        for entry in body.get("entry") or []
+        if isinstance(entry, dict)
+        and isinstance(entry.get("request"), dict)
+        and str(entry["request"].get("method", "")).upper() == "PATCH"
+    ]
 
 
 @web.middleware
@@ -154,7 +168,7 @@ async def key_access_middleware(request: web.Request, handler: Handler) -> web.S
             parsed = None  # the handler answers what is wrong with it
     if caller is not None and caller.scope is not None:
         _check_scope(caller.author, caller.scope, required(request.method, request.path, parsed))
-    if parsed is not None and request.method == "PATCH" and _names_bot_system(raw, parsed):
+    if parsed is not None and any(_names_bot_system(p) for p in _patches(request.method, parsed)):
         message = (
             "a PATCH may not set the tags that say a bot wrote a version "
             f"({', '.join(sorted(BOT_SYSTEMS))}): only bots' writes carry them"

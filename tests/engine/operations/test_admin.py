@@ -286,3 +286,34 @@ async def test_a_scoped_key_cannot_sign_in_to_the_dashboard(api: Api) -> None:
         "/dashboard/login", data={"key": plain, "next": "/dashboard/"}, allow_redirects=False
     )
     assert admitted.status == 303
+
+
+async def test_a_bundle_patch_entry_cannot_set_the_bot_tags(api: Api) -> None:
+    created = await call(api, "POST", f"{BASE}/Patient", {"resourceType": "Patient"})
+    pid = (await created.json())["id"]
+    fhirpath_patch = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "add"},
+                    {"name": "path", "valueString": "Patient.meta"},
+                    {"name": "name", "valueString": "tag"},
+                    {"name": "value", "valueCoding": {"system": BOT_TAG_SYSTEM, "code": "Bot/x"}},
+                ],
+            }
+        ],
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": fhirpath_patch, "request": {"method": "PATCH", "url": f"Patient/{pid}"}}
+        ],
+    }
+    escaped = orjson.dumps(bundle).replace(b"/", b"\\/")
+    refused = await api.client.post(BASE, data=escaped, headers=api.headers())
+    assert refused.status == 422, await refused.text()
+    stored = await (await call(api, "GET", f"{BASE}/Patient/{pid}")).json()
+    assert stored["meta"]["versionId"] == "1" and not _tags(stored)
