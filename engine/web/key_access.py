@@ -41,7 +41,8 @@ BOT_SYSTEMS = frozenset({BOT_TAG_SYSTEM, EXECUTION_TAG_SYSTEM})
 """Tag systems only bots' writes may carry."""
 
 _MARK = b"fhirbots.dev/fhir/CodeSystem/bot"
-"""In every body that names a bot tag system, unless escaped (a body with a backslash is parsed)."""
+"""In every body that names a bot tag system without escapes; only bodies that hold it (or an
+escape that could disguise it) are parsed here."""
 
 _WRITES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _OPEN = frozenset({"metadata", "openapi.json"})
@@ -151,23 +152,39 @@ def _patches(method: str, body: Any) -> list[Any]:
     ]
 
 
+def _may_name_bot_system(raw: bytes) -> bool:
+    """Whether ``raw`` may hold a bot tag system: spelled out, or disguised by the only JSON
+    escapes that can spell its characters (``\\/`` and ``\\uXXXX``)."""
+    return _MARK in raw or b"\\/" in raw or b"\\u" in raw
+
+
+async def _parsed_body(request: web.Request, scoped: bool) -> Any:
+    """The request's JSON body when it must be looked into (None otherwise, or not JSON): a
+    scoped key's Bundle (its entries), or a write that may carry a bot tag."""
+    if request.method not in ("POST", "PUT", "PATCH") or not request.can_read_body:
+        return None
+    raw = await request.read()  # kept by aiohttp: the handler reads the same bytes
+    bundle = scoped and request.path.rstrip("/") == API_PATH
+    if not raw or not (bundle or _may_name_bot_system(raw)):
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # the handler answers what is wrong with it
+
+
 @web.middleware
 async def key_access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check a scoped key's request against its scope, and keep bot tags out of REST writes."""
     caller = request.get(PRINCIPAL)
-    fhir_path = request.path == API_PATH or request.path.startswith(API_PATH + "/")
-    if caller is not None and caller.scope is not None and not fhir_path:
-        raise Forbidden(f"{caller.author} is a scoped key: only the FHIR API is open to it")
-    writes = request.method in ("POST", "PUT", "PATCH") and fhir_path and request.can_read_body
-    raw = await request.read() if writes else b""
-    parsed: Any = None
-    if raw and (_MARK in raw or b"\\" in raw or request.path.rstrip("/") == API_PATH):
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed = None  # the handler answers what is wrong with it
-    if caller is not None and caller.scope is not None:
-        _check_scope(caller.author, caller.scope, required(request.method, request.path, parsed))
+    scope = caller.scope if caller is not None else None
+    if request.path != API_PATH and not request.path.startswith(API_PATH + "/"):
+        if caller is not None and scope is not None:
+            raise Forbidden(f"{caller.author} is a scoped key: only the FHIR API is open to it")
+        return await handler(request)
+    parsed = await _parsed_body(request, scope is not None)
+    if caller is not None and scope is not None:
+        _check_scope(caller.author, scope, required(request.method, request.path, parsed))
     if parsed is not None and any(_names_bot_system(p) for p in _patches(request.method, parsed)):
         message = (
             "a PATCH may not set the tags that say a bot wrote a version "
@@ -177,4 +194,5 @@ async def key_access_middleware(request: web.Request, handler: Handler) -> web.S
     if parsed is not None and request.method != "PATCH" and strip_bot_tags(parsed):
         # Handlers read the body through read(), which returns what it kept: the stripped one.
         request._read_bytes = orjson.dumps(parsed)
+    parsed = None  # not held while the handler parses the body again
     return await handler(request)
