@@ -87,7 +87,10 @@ def test_bot_tags_are_stripped_from_resources_and_entries() -> None:
     assert not strip_bot_tags(resource)  # nothing left to strip
     only = {"resourceType": "Flag", "meta": {"tag": [{"system": BOT_TAG_SYSTEM, "code": "x"}]}}
     assert strip_bot_tags(only) and only["meta"] == {}
-    bundle = {"resourceType": "Bundle", "entry": [{"resource": tagged()}, {"resource": None}]}
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "entry": [{"resource": tagged()}, {"resource": None}],
+    }
     assert strip_bot_tags(bundle)
     assert bundle["entry"][0]["resource"]["meta"]["tag"] == [{"system": "urn:x", "code": "kept"}]
     assert not strip_bot_tags({"resourceType": "Flag", "meta": {"tag": "not a list"}})
