@@ -2,9 +2,10 @@
 --url``.
 
 A bot author runs a bot locally against a real server without deploying it: the bot's FHIR
-calls become HTTP requests with the caller's key. Writes are tagged with the (local) bot and
-execution like engine-side writes; the causation chain cannot travel over HTTP, so a local run
-is not covered by the matcher's loop guard.
+calls become HTTP requests with the caller's key, and its writes are that key's: the tags that
+say a bot wrote a version are only for the engine's own bots (the server strips them from REST
+writes, see ``docs/security.md``). The causation chain cannot travel over HTTP either, so a
+local run is not covered by the matcher's loop guard.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from urllib.parse import quote, urlencode
 from fhirbots.bots.errors import FhirGatewayError
 from fhirbots.bots.gateway import CallContext
 from fhirbots.engine.automation.engine_gateway import search_pairs
-from fhirbots.engine.automation.tags import tag_resource
 from fhirbots.engine.cli.client import ClientError, FhirClient
 
 __all__ = ["HttpFhirGateway"]
@@ -66,21 +66,19 @@ class HttpFhirGateway:
         return found
 
     async def create(self, ctx: CallContext, resource: dict[str, Any]) -> dict[str, Any]:
-        """``POST Type``, tagged."""
-        tagged = tag_resource(resource, ctx.bot, ctx.execution_id)
+        """``POST Type``."""
         created: dict[str, Any] = await self._send(
-            ctx, "POST", _path(str(resource.get("resourceType"))), tagged
+            ctx, "POST", _path(str(resource.get("resourceType"))), resource
         )
         return created
 
     async def update(self, ctx: CallContext, resource: dict[str, Any]) -> dict[str, Any]:
-        """``PUT Type/id``, tagged."""
+        """``PUT Type/id``."""
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             raise FhirGatewayError("update needs the resource's id", code="invalid")
-        tagged = tag_resource(resource, ctx.bot, ctx.execution_id)
         path = _path(str(resource.get("resourceType")), resource_id)
-        updated: dict[str, Any] = await self._send(ctx, "PUT", path, tagged)
+        updated: dict[str, Any] = await self._send(ctx, "PUT", path, resource)
         return updated
 
     async def patch(
@@ -105,14 +103,6 @@ class HttpFhirGateway:
         return bundle
 
     async def transaction(self, ctx: CallContext, bundle: dict[str, Any]) -> dict[str, Any]:
-        """``POST`` the Bundle to the base URL; created and updated resources are tagged."""
-        entries = []
-        for entry in bundle.get("entry") or []:
-            request = entry.get("request") if isinstance(entry, dict) else None
-            method = str(request.get("method", "")).upper() if isinstance(request, dict) else ""
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if method in ("POST", "PUT") and isinstance(resource, dict):
-                entry = {**entry, "resource": tag_resource(resource, ctx.bot, ctx.execution_id)}
-            entries.append(entry)
-        response: dict[str, Any] = await self._send(ctx, "POST", "", {**bundle, "entry": entries})
+        """``POST`` the Bundle to the base URL."""
+        response: dict[str, Any] = await self._send(ctx, "POST", "", bundle)
         return response

@@ -160,9 +160,14 @@ def _may_name_bot_system(raw: bytes) -> bool:
 
 async def _parsed_body(request: web.Request, scoped: bool) -> Any:
     """The request's JSON body when it must be looked into (None otherwise, or not JSON): a
-    scoped key's Bundle (its entries), or a write that may carry a bot tag."""
+    scoped key's Bundle (its entries), or a write that may carry a bot tag.
+
+    Operations are left alone: some tell by ``can_read_body`` whether a body was sent, which is
+    False once the body was read here."""
     if request.method not in ("POST", "PUT", "PATCH") or not request.can_read_body:
         return None
+    if "/$" in request.path or request.path.endswith("/_search"):
+        return None  # an operation's or a search's body: no resource stored as sent
     raw = await request.read()  # kept by aiohttp: the handler reads the same bytes
     bundle = scoped and request.path.rstrip("/") == API_PATH
     if not raw or not (bundle or _may_name_bot_system(raw)):

@@ -25,8 +25,9 @@ async def test_every_call_goes_over_http(api: Api) -> None:
     async with FhirClient(settings) as client:
         gw = HttpFhirGateway(client)
         created = await gw.create(CTX, {"resourceType": "Patient", "gender": "female"})
-        tags = {t["system"]: t["code"] for t in created["meta"]["tag"]}
-        assert tags == {BOT_TAG_SYSTEM: "Bot/local", EXECUTION_TAG_SYSTEM: "x9"}
+        # A local run writes as its key: the bot tags are the engine's own bots' only.
+        tags = {t["system"] for t in created["meta"].get("tag", [])}
+        assert not tags & {BOT_TAG_SYSTEM, EXECUTION_TAG_SYSTEM}
         pid = created["id"]
         assert (await gw.read(CTX, "Patient", pid))["gender"] == "female"
         updated = await gw.update(CTX, {**created, "gender": "male"})
