@@ -12,8 +12,10 @@ pid of the engine that started it:
   intermediate, or not on Linux), a daemon thread looks for the engine every
   :data:`WATCH_SECONDS` and ends the child once it is gone.
 
-The kernel's signal is sent when the *thread* that forked the child ends: engine threads that
-start children (the event loop, the SQLite writer thread) live as long as the process.
+The kernel's signal is sent when the *thread* that forked the child ends, so children are
+started from threads that live as long as their use: the event loop's (bot workers, the
+validator pool), asyncio's default executor (the SQLite writer's first start; its threads end
+only when the loop closes) and the SQLite writer thread (a restarted writer).
 """
 
 from __future__ import annotations
