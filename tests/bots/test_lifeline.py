@@ -132,7 +132,9 @@ async def test_a_child_behind_an_intermediate_ends_with_the_engine() -> None:
         engine.kill()
         await engine.wait()
         await eventually(lambda: not _running(child) or None, "the child to end")
-        assert middle.returncode is None  # the intermediate lives on: the thread did it
+        # The intermediate (the child's parent) ends only after its child did, normally: the
+        # child's death signal cannot have ended it, the watching thread did.
+        assert await middle.wait() == 0
     finally:
         for process in (engine, middle):
             if process.returncode is None:
