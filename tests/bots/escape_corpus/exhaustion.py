@@ -131,7 +131,7 @@ ATTEMPTS = [
     Attempt("signal-import", handler("return 1", "import signal"), "compile", "signal"),
     Attempt(
         "pow-modular-bomb",
-        handler("return pow(3, 10 ** 9, 10 ** 100000) % 7"),
+        handler("return pow(3, 10 ** 60, 10 ** 100000) % 7"),
         "timeout",
     ),
 ]
