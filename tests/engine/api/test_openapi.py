@@ -86,6 +86,7 @@ async def test_the_fuzzer_finds_no_server_error_and_no_hang(tmp_path: Path) -> N
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
+            cwd=tmp_path,  # it keeps a replay cache in the working directory
         )
         out, _ = await proc.communicate()
     text = out.decode(errors="replace")
