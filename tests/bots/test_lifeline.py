@@ -53,6 +53,7 @@ def _running(pid: int) -> bool:
 
 async def test_kill_9_of_serve_ends_every_child(tmp_path: Path) -> None:
     port = free_port()
+    log_file = (tmp_path / "serve.log").open("wb")
     env = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -65,7 +66,7 @@ async def test_kill_9_of_serve_ends_every_child(tmp_path: Path) -> None:
         str(port),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=log_file,
     )
     try:
 
@@ -74,7 +75,8 @@ async def test_kill_9_of_serve_ends_every_child(tmp_path: Path) -> None:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
                     return True
             except OSError:
-                assert proc.returncode is None, "serve exited"
+                log = (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
+                assert proc.returncode is None, f"serve exited:\n{log}"
                 return False
 
         await eventually(lambda: asyncio.to_thread(ready), "serve to be ready")
@@ -94,6 +96,7 @@ async def test_kill_9_of_serve_ends_every_child(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        log_file.close()
 
 
 _INTERMEDIATE = """
