@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,55 +16,18 @@ import pytest
 
 from fhirbots.engine.cli.main import main
 from fhirbots.engine.storage.sqlite import SqliteStorage
-from tests.conftest import child_env
-from tests.waiting import eventually
+from tests.engine.scenarios.process import serve_process
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    port = _free_port()
-    env = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
     # The HL7 examples the load test sends one by one refer to resources that are not among
     # them (Practitioner/example, ...): references are taken as they are.
-    env["FHIRBOTS_REFERENTIAL_INTEGRITY_ON_WRITE"] = "false"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fhirbots.engine.cli.main",
-        "serve",
-        "--data-dir",
-        str(tmp_path),
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return True
-        except OSError:
-            assert proc.returncode is None, "serve exited"
-            return False
-
-    try:
-        await eventually(lambda: asyncio.to_thread(healthy), "serve to answer /healthz")
-        yield f"http://127.0.0.1:{port}/fhir/R4", tmp_path
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0
-        assert b"admin-token" in out
+    async with serve_process(tmp_path, FHIRBOTS_REFERENTIAL_INTEGRITY_ON_WRITE="false") as served:
+        yield served.base, tmp_path
+    assert b"admin-token" in b"".join(served.output)
 
 
 def test_serve_writes_admin_token_owner_only(server: tuple[str, Path]) -> None:
