@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,7 @@ import pytest
 
 from fhirbots.engine.cli.backup import backup
 from fhirbots.engine.settings import Settings
-from tests.conftest import child_env
-from tests.engine.scenarios.process import ServedProcess, serve_process
+from tests.engine.scenarios.process import ServedProcess, run_fhirbots, serve_process
 
 pytestmark = pytest.mark.integration
 
@@ -36,28 +33,16 @@ def request(served: ServedProcess, method: str, path: str, body: Any = None) -> 
         return json.load(answer)
 
 
-def backup_command(data_dir: Path, target: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
-    command = [sys.executable, "-m", "fhirbots.engine.cli.main", "backup", str(target)]
-    return subprocess.run(
-        [*command, "--data-dir", str(data_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 async def test_a_backup_of_a_running_engine_starts_with_its_data(tmp_path: Path) -> None:
     data, copy = tmp_path / "data", tmp_path / "copy"
     async with serve_process(data) as served:
         patient = {"resourceType": "Patient", "name": [{"family": "Kept"}]}
         created = await asyncio.to_thread(request, served, "POST", "/Patient", patient)
-        done = await asyncio.to_thread(backup_command, data, copy)
-        assert done.returncode == 0, done.stderr
-        assert "backed up" in done.stdout
-        again = await asyncio.to_thread(backup_command, data, copy)
-        assert again.returncode == 2 and "not empty" in again.stderr
+        status, out, err = await run_fhirbots("backup", str(copy), "--data-dir", str(data))
+        assert status == 0, err
+        assert "backed up" in out
+        status, _, err = await run_fhirbots("backup", str(copy), "--data-dir", str(data))
+        assert status == 2 and "not empty" in err
     assert stat.S_IMODE(copy.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in copy.iterdir())
     async with serve_process(copy) as restored:
@@ -66,15 +51,11 @@ async def test_a_backup_of_a_running_engine_starts_with_its_data(tmp_path: Path)
         assert found["name"][0]["family"] == "Kept"
 
 
-def test_backup_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
+async def test_backup_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no embedded datastore"):
         backup(Settings(data_dir=tmp_path / "empty"), tmp_path / "copy", progress=False)
-    clean = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "fhirbots.engine.cli.main", "backup", str(tmp_path / "x")],
-        env={**clean, "FHIRBOTS_DATABASE_URL": "postgresql://nobody@127.0.0.1/none"},
-        capture_output=True,
-        text=True,
-        check=False,
+    postgres = "postgresql://nobody@127.0.0.1/none"
+    status, _, err = await run_fhirbots(
+        "backup", str(tmp_path / "x"), FHIRBOTS_DATABASE_URL=postgres
     )
-    assert done.returncode == 2 and "pg_dump" in done.stderr
+    assert status == 2 and "pg_dump" in err

@@ -5,7 +5,6 @@ revoked key refused."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,8 +13,7 @@ import pytest
 
 from fhirbots.engine.cli.key import READ_ONLY, parse_scopes, scope_text
 from fhirbots.engine.web.auth import READ_ONLY as SERVER_READ_ONLY
-from tests.conftest import child_env
-from tests.engine.scenarios.process import ServedProcess, serve_process
+from tests.engine.scenarios.process import ServedProcess, run_fhirbots, serve_process
 
 
 def test_scopes_parse_and_add_up() -> None:
@@ -35,23 +33,7 @@ async def fhirbots(
     served: ServedProcess, *argv: str, token: str | None = None
 ) -> tuple[int, str, str]:
     """Run a ``fhirbots`` client command against ``served``; (status, stdout, stderr)."""
-    env = {
-        **{k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")},
-        "FHIRBOTS_URL": served.base,
-        "FHIRBOTS_TOKEN": token or served.token,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fhirbots.engine.cli.main",
-        *argv,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_fhirbots(*argv, FHIRBOTS_URL=served.base, FHIRBOTS_TOKEN=token or served.token)
 
 
 def status_of(url: str, key: str, method: str = "GET", body: bytes | None = None) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fhirbots.engine.observability.data_dir import DataDirInUse, DataDirLock, secure
-from tests.conftest import child_env
-from tests.engine.scenarios.process import serve_process
+from tests.engine.scenarios.process import run_fhirbots, serve_process
 
 
 def _mode(path: Path) -> int:
@@ -86,21 +84,9 @@ def test_the_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
         pass
 
 
-async def _serve_refused(*args: str) -> tuple[int, str]:
-    env = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fhirbots.engine.cli.main",
-        "serve",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
+async def _serve(*args: str) -> tuple[int, str]:
+    status, _, err = await run_fhirbots("serve", *args)
+    return status, err
 
 
 @pytest.mark.integration
@@ -113,11 +99,11 @@ async def test_a_second_serve_on_the_data_dir_or_the_port_refuses(tmp_path: Path
         for name in ("fhirbots.db", "fhirbots.db-wal", "eventlog.sqlite", "admin-token", "lock"):
             assert _mode(data / name) == 0o600, name
         port = served.base.split(":")[2].split("/")[0]
-        status, err = await _serve_refused("--data-dir", str(data), "--port", "0")
+        status, err = await _serve("--data-dir", str(data), "--port", "0")
         assert status == 4
         assert f"the data dir {data} is in use" in err
         assert f"pid {served.pid}" in err
-        status, err = await _serve_refused("--data-dir", str(tmp_path / "other"), "--port", port)
+        status, err = await _serve("--data-dir", str(tmp_path / "other"), "--port", port)
         assert status == 4
         assert f"cannot listen on 127.0.0.1:{port}: the address is in use" in err
         assert "Traceback" not in err

@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.conftest import child_env
 from tests.waiting import eventually
 
-__all__ = ["ServedProcess", "free_port", "serve_process"]
+__all__ = ["ServedProcess", "clean_env", "free_port", "run_fhirbots", "serve_process"]
 
 
 def free_port() -> int:
@@ -22,6 +22,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """The environment of a ``fhirbots`` child: this checkout's code, no ``FHIRBOTS_*`` setting
+    of the test's own environment, and ``env``."""
+    return {**{k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}, **env}
+
+
+async def run_fhirbots(*argv: str, **env: str) -> tuple[int, str, str]:
+    """Run a ``fhirbots`` command to its end; (status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fhirbots.engine.cli.main",
+        *argv,
+        env=clean_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,6 @@ async def serve_process(data_dir: Path, **env: str) -> AsyncIterator[ServedProce
     """``fhirbots serve`` (embedded mode) with ``env`` on top of a clean ``FHIRBOTS_*``-free
     environment; stopped with SIGTERM at exit, which must end it with status 0."""
     port = free_port()
-    clean = {k: v for k, v in child_env().items() if not k.startswith("FHIRBOTS_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -53,7 +74,7 @@ async def serve_process(data_dir: Path, **env: str) -> AsyncIterator[ServedProce
         str(data_dir),
         "--port",
         str(port),
-        env={**clean, **env},
+        env=clean_env(**env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
