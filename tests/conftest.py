@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,28 @@ def child_env(*first: Path, **extra: str) -> dict[str, str]:
 def shared_path() -> Path:
     """The shared reference data folder: ``$FHIRBOTS_SHARED`` or ``<repo>/../shared``."""
     return Path(os.environ.get("FHIRBOTS_SHARED", REPO_ROOT / ".." / "shared")).resolve()
+
+
+_PROCESS_LIMITS = (
+    resource.RLIMIT_AS,
+    resource.RLIMIT_CPU,
+    resource.RLIMIT_NOFILE,
+    resource.RLIMIT_NPROC,
+    resource.RLIMIT_CORE,
+)
+
+
+@pytest.fixture(autouse=True)
+def process_limits_kept() -> Iterator[None]:
+    """Every test leaves the test process's resource limits as it found them: sandbox code
+    run in-process sets a worker's limits (a 512 MiB address space, a CPU budget) on whatever
+    process runs it, and every later test would run under them."""
+    before = {kind: resource.getrlimit(kind) for kind in _PROCESS_LIMITS}
+    yield
+    changed = [kind for kind in _PROCESS_LIMITS if resource.getrlimit(kind) != before[kind]]
+    for kind in changed:
+        resource.setrlimit(kind, before[kind])
+    assert not changed, f"the test changed the process's resource limits {changed}"
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ is either refused or gone before the next execution, in another project or the s
 from __future__ import annotations
 
 import hashlib
+import resource
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,19 @@ async def test_a_worker_keeps_serving_its_project_while_the_state_holds() -> Non
         assert one.worker_pids == [first]  # refused or reset: nothing to replace it for
 
 
-def test_a_worker_whose_process_state_changed_asks_to_be_replaced() -> None:
+@pytest.fixture
+def own_limits() -> Iterator[None]:
+    """A worker's execute sets CPU and address-space limits on the process it runs in: here,
+    the test's own. Put them back, or every later test runs under them (a 512 MiB address
+    space leaves no room to start a thread)."""
+    kinds = (resource.RLIMIT_CPU, resource.RLIMIT_AS)
+    saved = {kind: resource.getrlimit(kind) for kind in kinds}
+    yield
+    for kind, limits in saved.items():
+        resource.setrlimit(kind, limits)
+
+
+def test_a_worker_whose_process_state_changed_asks_to_be_replaced(own_limits: None) -> None:
     worker = Worker(-1, -1, SandboxPolicy())
     message = {"op": "exec", "digest": "d", "source": PROBE, "event": {"secrets": {}}}
     worker._state = process_state()
