@@ -149,6 +149,8 @@ _BOT_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("bot_project_concurrency", "FHIRBOTS_BOT_PROJECT_CONCURRENCY", int, "a whole number"),
     ("bot_project_queue", "FHIRBOTS_BOT_PROJECT_QUEUE", int, "a whole number"),
 )
+"""Each ``bot_*`` setting: its variable, how the value parses, and what it must be (said when
+it does not parse)."""
 
 
 def _whole(value: str) -> int:
@@ -185,8 +187,40 @@ _INTEGRITY_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("cascade_delete_limit", "FHIRBOTS_CASCADE_DELETE_LIMIT", _whole, "a whole number above 0"),
 )
 """Referential integrity (docs/rest.md): attribute, variable, parser, what it must be."""
-"""Each ``bot_*`` setting: its variable, how the value parses, and what it must be (said when
-it does not parse)."""
+
+
+_RUNNING_SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    (
+        "conditional_delete_multiple",
+        "FHIRBOTS_CONDITIONAL_DELETE_MULTIPLE",
+        _flag,
+        "true or false",
+    ),
+    ("retention_days", "FHIRBOTS_RETENTION_DAYS", _positive, "a number of days"),
+    ("dashboard_session_hours", "FHIRBOTS_DASHBOARD_SESSION_HOURS", _positive, "a number of hours"),
+    ("management_port", "FHIRBOTS_MANAGEMENT_PORT", int, "a port number"),
+    ("shutdown_grace_seconds", "FHIRBOTS_SHUTDOWN_GRACE_SECONDS", _positive, "a number of seconds"),
+    ("auto_migrate", "FHIRBOTS_AUTO_MIGRATE", _flag, "true or false"),
+    (
+        "kafka_security_protocol",
+        "FHIRBOTS_KAFKA_SECURITY_PROTOCOL",
+        _choice(*KAFKA_SECURITY_PROTOCOLS),
+        "one of " + ", ".join(KAFKA_SECURITY_PROTOCOLS),
+    ),
+    (
+        "kafka_sasl_mechanism",
+        "FHIRBOTS_KAFKA_SASL_MECHANISM",
+        _choice(*KAFKA_SASL_MECHANISMS),
+        "one of " + ", ".join(KAFKA_SASL_MECHANISMS),
+    ),
+    ("kafka_ssl_cafile", "FHIRBOTS_KAFKA_SSL_CAFILE", Path, "a path"),
+    ("kafka_ssl_certfile", "FHIRBOTS_KAFKA_SSL_CERTFILE", Path, "a path"),
+    ("kafka_ssl_keyfile", "FHIRBOTS_KAFKA_SSL_KEYFILE", Path, "a path"),
+    ("tls_certfile", "FHIRBOTS_TLS_CERTFILE", Path, "a path"),
+    ("tls_keyfile", "FHIRBOTS_TLS_KEYFILE", Path, "a path"),
+)
+"""The other settings read with a check (conditional delete, dashboard, running in
+production): attribute, variable, parser, what it must be."""
 
 
 @dataclass(frozen=True)
@@ -439,13 +473,6 @@ class Settings:
                 if part.strip()
             ),
             loop_guard_depth=int(env.get("FHIRBOTS_LOOP_GUARD_DEPTH", str(base.loop_guard_depth))),
-            conditional_delete_multiple=_parsed(
-                env,
-                "FHIRBOTS_CONDITIONAL_DELETE_MULTIPLE",
-                _flag,
-                "true or false",
-                base.conditional_delete_multiple,
-            ),
             delivery_timeout=float(
                 env.get("FHIRBOTS_DELIVERY_TIMEOUT", str(base.delivery_timeout))
             ),
@@ -457,56 +484,15 @@ class Settings:
                     "FHIRBOTS_DELIVERY_AUTO_DISABLE_AFTER", str(base.delivery_auto_disable_after)
                 )
             ),
-            retention_days=_parsed(
-                env, "FHIRBOTS_RETENTION_DAYS", _positive, "a number of days", base.retention_days
-            ),
-            dashboard_session_hours=_parsed(
-                env,
-                "FHIRBOTS_DASHBOARD_SESSION_HOURS",
-                _positive,
-                "a number of hours",
-                base.dashboard_session_hours,
-            ),
-            management_port=_parsed(
-                env, "FHIRBOTS_MANAGEMENT_PORT", int, "a port number", base.management_port
-            ),
-            shutdown_grace_seconds=_parsed(
-                env,
-                "FHIRBOTS_SHUTDOWN_GRACE_SECONDS",
-                _positive,
-                "a number of seconds",
-                base.shutdown_grace_seconds,
-            ),
-            auto_migrate=_parsed(
-                env, "FHIRBOTS_AUTO_MIGRATE", _flag, "true or false", base.auto_migrate
-            ),
-            kafka_security_protocol=_parsed(
-                env,
-                "FHIRBOTS_KAFKA_SECURITY_PROTOCOL",
-                _choice(*KAFKA_SECURITY_PROTOCOLS),
-                "one of " + ", ".join(KAFKA_SECURITY_PROTOCOLS),
-                base.kafka_security_protocol,
-            ),
-            kafka_sasl_mechanism=_parsed(
-                env,
-                "FHIRBOTS_KAFKA_SASL_MECHANISM",
-                _choice(*KAFKA_SASL_MECHANISMS),
-                "one of " + ", ".join(KAFKA_SASL_MECHANISMS),
-                base.kafka_sasl_mechanism,
-            ),
             kafka_sasl_username=env.get("FHIRBOTS_KAFKA_SASL_USERNAME") or None,
             kafka_sasl_password=env.get("FHIRBOTS_KAFKA_SASL_PASSWORD") or None,
-            kafka_ssl_cafile=_parsed(env, "FHIRBOTS_KAFKA_SSL_CAFILE", Path, "a path", None),
-            kafka_ssl_certfile=_parsed(env, "FHIRBOTS_KAFKA_SSL_CERTFILE", Path, "a path", None),
-            kafka_ssl_keyfile=_parsed(env, "FHIRBOTS_KAFKA_SSL_KEYFILE", Path, "a path", None),
-            tls_certfile=_parsed(env, "FHIRBOTS_TLS_CERTFILE", Path, "a path", None),
-            tls_keyfile=_parsed(env, "FHIRBOTS_TLS_KEYFILE", Path, "a path", None),
             otlp_endpoint=env.get("FHIRBOTS_OTLP_ENDPOINT") or None,
             **{
                 name: _parsed(env, variable, parse, kind, getattr(base, name))
                 for name, variable, parse, kind in _BOT_SETTINGS
                 + _LIMIT_SETTINGS
                 + _INTEGRITY_SETTINGS
+                + _RUNNING_SETTINGS
             },
         )
 
