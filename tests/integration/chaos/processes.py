@@ -41,6 +41,20 @@ STOP_SECONDS = 20.0
 """How long a process may take to exit after SIGTERM before it is killed."""
 
 
+def _group_running(group: int) -> bool:
+    """Whether a process of process group ``group`` is still running (not a zombie)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
+
+
 class Process:
     """One long-running process in a node's namespace, restartable.
 
@@ -108,10 +122,16 @@ class Process:
                 os.killpg(self.popen.pid, sig)
 
     def kill(self) -> None:
-        """``kill -9`` its process group and reap it."""
+        """``kill -9`` its process group and reap it; returns once no process of the group is
+        left running (a killed PostgreSQL's backends hold its shared memory until they end,
+        and a server started before that refuses to start)."""
         if self.popen is not None:
             self.signal(signal.SIGKILL)
             self.popen.wait()
+            group = self.popen.pid
+            deadline = time.monotonic() + STOP_SECONDS
+            while _group_running(group) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM, SIGKILL after :data:`STOP_SECONDS`; then anything left of its group."""
